@@ -1,0 +1,1 @@
+//! Dataset names, splits and where their text is found (helper-owned; stub).

@@ -1,0 +1,1 @@
+//! Python's `random` module, bit for bit (helper-owned; stub).

@@ -1,0 +1,11 @@
+//! sparselab: LLM compression research in Rust.
+//!
+//! A model is a sequence of stages — embed, decoder layers 0…L−1, head — that can
+//! be run one at a time over a batch of hidden states ([`model::Model`]). Datasets
+//! are tokenized and windowed exactly as the reference SparseGPT scripts do
+//! ([`data`]), and perplexity follows the reference protocol ([`eval`]).
+
+pub mod data;
+pub mod device;
+pub mod eval;
+pub mod model;
