@@ -8,4 +8,6 @@
 pub mod data;
 pub mod device;
 pub mod eval;
+pub mod hub;
 pub mod model;
+pub mod progress;

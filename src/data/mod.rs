@@ -6,5 +6,5 @@ pub mod pyrandom;
 pub mod sentencepiece;
 pub mod tokenizer;
 
-pub use datasets::{DatasetSpec, Split};
+// (re-exports of datasets arrive with that module)
 pub use tokenizer::TextTokenizer;

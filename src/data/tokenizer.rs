@@ -58,9 +58,13 @@ impl TextTokenizer {
         use tokenizers::models::bpe::BPE;
         use tokenizers::pre_tokenizers::byte_level::ByteLevel;
         let (v, m) = (path_str(vocab)?, path_str(merges)?);
-        let bpe = BPE::from_file(v, m)
-            .build()
-            .map_err(|e| anyhow!("cannot read {} / {}: {e}", vocab.display(), merges.display()))?;
+        let bpe = BPE::from_file(v, m).build().map_err(|e| {
+            anyhow!(
+                "cannot read {} / {}: {e}",
+                vocab.display(),
+                merges.display()
+            )
+        })?;
         let mut tok = Tokenizer::new(bpe);
         tok.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
         tok.with_decoder(Some(ByteLevelDecoder::default()));
@@ -68,7 +72,8 @@ impl TextTokenizer {
             .iter()
             .map(|s| AddedToken::from(s.clone(), true))
             .collect();
-        tok.add_special_tokens(&added);
+        tok.add_special_tokens(added)
+            .map_err(|e| anyhow!("cannot add special tokens: {e}"))?;
         Ok(Self::Hf(Box::new(tok)))
     }
 
@@ -113,10 +118,9 @@ fn special_tokens(dir: &Path) -> Vec<String> {
             // Either a plain string or an AddedToken-like object with `content`.
             let s = match v.get(key) {
                 Some(serde_json::Value::String(s)) => Some(s.clone()),
-                Some(serde_json::Value::Object(o)) => o
-                    .get("content")
-                    .and_then(|c| c.as_str())
-                    .map(str::to_owned),
+                Some(serde_json::Value::Object(o)) => {
+                    o.get("content").and_then(|c| c.as_str()).map(str::to_owned)
+                }
                 _ => None,
             };
             if let Some(s) = s {

@@ -1,1 +1,323 @@
-//! Models.
+//! Models as a sequence of stages: embed → decoder layer 0 … L−1 → head.
+//!
+//! [`Model::load`] resolves a local directory or a hub id, checks the checkpoint
+//! against `config.json`, and keeps only the embedding and head resident on the
+//! compute device; [`Model::layer`] brings one decoder layer onto the device for as
+//! long as the caller holds it.
+
+pub mod config;
+pub mod layers;
+pub mod llama;
+pub mod opt;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use hf_hub::RepoType;
+
+pub use config::{Arch, ModelConfig};
+pub use layers::LinearHook;
+pub use weights::{CheckpointFormat, WeightStore};
+
+use crate::data::TextTokenizer;
+use crate::hub::{self, HubOptions, RepoSpec};
+
+/// How to load a model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Compute device.
+    pub device: Device,
+    /// Compute dtype; `None` keeps the checkpoint's (f32, f16 or bf16).
+    pub dtype: Option<DType>,
+    /// Hub revision, overriding an `@revision` in the spec.
+    pub revision: Option<String>,
+    /// Hub cache and offline mode.
+    pub hub: HubOptions,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            device: Device::Cpu,
+            dtype: None,
+            revision: None,
+            hub: HubOptions::from_env(),
+        }
+    }
+}
+
+enum Outer {
+    Opt(opt::OptOuter),
+    Llama(llama::LlamaOuter),
+}
+
+/// A decoder layer resident on the compute device.
+pub enum DecoderLayer {
+    /// An OPT layer.
+    Opt(opt::OptLayer),
+    /// A Llama layer.
+    Llama(llama::LlamaLayer),
+}
+
+impl DecoderLayer {
+    /// Runs the layer over hidden states `[b, t, hidden]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with_hook(x, None)
+    }
+
+    /// Runs the layer, calling `hook(linear name, input)` before each linear.
+    pub fn forward_with_hook(
+        &self,
+        x: &Tensor,
+        hook: Option<&mut LinearHook<'_>>,
+    ) -> Result<Tensor> {
+        let mut hook = hook;
+        Ok(match self {
+            DecoderLayer::Opt(l) => l.forward(x, &mut hook)?,
+            DecoderLayer::Llama(l) => l.forward(x, &mut hook)?,
+        })
+    }
+
+    /// The layer's linears in the reference's order.
+    pub fn linears(&self) -> &[layers::Linear] {
+        match self {
+            DecoderLayer::Opt(l) => &l.linears,
+            DecoderLayer::Llama(l) => &l.linears,
+        }
+    }
+}
+
+/// A loaded causal language model.
+pub struct Model {
+    /// The spec it was loaded from (directory or hub id).
+    pub spec: String,
+    /// The local directory holding its files.
+    pub dir: PathBuf,
+    /// Its parsed `config.json`.
+    pub config: ModelConfig,
+    /// Its tokenizer, when the directory has one.
+    pub tokenizer: Option<TextTokenizer>,
+    weights: WeightStore,
+    device: Device,
+    dtype: DType,
+    outer: Outer,
+}
+
+impl Model {
+    /// Loads a model from a local directory or a hub id `org/name[@revision]`.
+    pub fn load(spec: &str, opts: &LoadOptions) -> Result<Self> {
+        let dir = resolve(spec, opts)?;
+        Self::load_dir(spec, &dir, opts)
+    }
+
+    fn load_dir(spec: &str, dir: &Path, opts: &LoadOptions) -> Result<Self> {
+        let config = ModelConfig::from_file(&dir.join("config.json"))?;
+        let weights = WeightStore::open(dir, &config.tensor_shapes())?;
+        let dtype = opts.dtype.unwrap_or_else(|| weights.dominant_dtype());
+        let tokenizer = match TextTokenizer::from_dir(dir) {
+            Ok(t) => Some(t),
+            Err(e) if e.to_string().starts_with("no tokenizer in") => None,
+            Err(e) => return Err(e),
+        };
+        let device = opts.device.clone();
+        let get = |name: &str, dt: DType| weights.get(name, dt, &device);
+        let outer = match &config {
+            ModelConfig::Opt(c) => Outer::Opt(opt::OptOuter::load(c, dtype, &get)?),
+            ModelConfig::Llama(c) => Outer::Llama(llama::LlamaOuter::load(c, dtype, &get)?),
+        };
+        Ok(Self {
+            spec: spec.to_string(),
+            dir: dir.to_path_buf(),
+            config,
+            tokenizer,
+            weights,
+            device,
+            dtype,
+            outer,
+        })
+    }
+
+    /// The architecture.
+    pub fn arch(&self) -> Arch {
+        self.config.arch()
+    }
+    /// Number of decoder layers.
+    pub fn num_layers(&self) -> usize {
+        self.config.num_layers()
+    }
+    /// Residual width.
+    pub fn hidden_size(&self) -> usize {
+        self.config.hidden_size()
+    }
+    /// Names of the linears within a decoder layer.
+    pub fn linear_names(&self) -> &'static [&'static str] {
+        self.config.linear_names()
+    }
+    /// Compute device.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+    /// Compute dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    /// The checkpoint's tensors.
+    pub fn weights(&self) -> &WeightStore {
+        &self.weights
+    }
+    /// The checkpoint's tensors, for replacing compressed ones.
+    pub fn weights_mut(&mut self) -> &mut WeightStore {
+        &mut self.weights
+    }
+
+    /// The tokenizer, or an error saying where it was looked for.
+    pub fn tokenizer(&self) -> Result<&TextTokenizer> {
+        self.tokenizer.as_ref().with_context(|| {
+            format!(
+                "model {} has no tokenizer: looked for tokenizer.json, tokenizer.model, \
+                 and vocab.json + merges.txt in {}",
+                self.spec,
+                self.dir.display()
+            )
+        })
+    }
+
+    /// Token ids `[b, t]` (u32) → hidden states `[b, t, hidden]` on the compute device.
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        let ids = ids.to_device(&self.device)?;
+        Ok(match &self.outer {
+            Outer::Opt(o) => o.embed(&ids)?,
+            Outer::Llama(o) => o.embed(&ids)?,
+        })
+    }
+
+    /// Brings decoder layer `index` onto the compute device.
+    pub fn layer(&self, index: usize) -> Result<DecoderLayer> {
+        if index >= self.num_layers() {
+            bail!(
+                "layer {index} does not exist: the model has {} layers",
+                self.num_layers()
+            );
+        }
+        let get = |name: &str, dt: DType| self.weights.get(name, dt, &self.device);
+        let layer: Result<DecoderLayer> = match &self.config {
+            ModelConfig::Opt(c) => {
+                opt::OptLayer::load(c, index, self.dtype, &get).map(DecoderLayer::Opt)
+            }
+            ModelConfig::Llama(c) => {
+                llama::LlamaLayer::load(c, index, self.dtype, &get).map(DecoderLayer::Llama)
+            }
+        };
+        layer.with_context(|| format!("loading decoder layer {index} of {}", self.spec))
+    }
+
+    /// Hidden states `[b, t, hidden]` → logits `[b, t, vocab]` (f32).
+    pub fn head(&self, hidden: &Tensor) -> Result<Tensor> {
+        Ok(match &self.outer {
+            Outer::Opt(o) => o.head(hidden)?,
+            Outer::Llama(o) => o.head(hidden)?,
+        })
+    }
+
+    /// The whole model at once: ids `[b, t]` → logits `[b, t, vocab]` (f32).
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let mut x = self.embed(ids)?;
+        for i in 0..self.num_layers() {
+            x = self.layer(i)?.forward(&x)?;
+        }
+        self.head(&x)
+    }
+}
+
+/// Resolves a model spec to a local directory holding `config.json`.
+///
+/// A spec that names an existing path, or looks like one (starts with `/`, `.` or
+/// `~`, or has more than one `/`), is a local directory; otherwise it is a hub id
+/// looked up in the cache, then downloaded unless offline.
+pub fn resolve(spec: &str, opts: &LoadOptions) -> Result<PathBuf> {
+    let path = Path::new(spec);
+    let looks_local = path.exists()
+        || spec.starts_with(['/', '.', '~'])
+        || spec.matches('/').count() != 1
+        || spec.contains('\\');
+    if looks_local {
+        if !path.is_dir() {
+            bail!("model directory {spec} does not exist");
+        }
+        if !path.join("config.json").is_file() {
+            bail!("{spec} is not a model directory: it has no config.json");
+        }
+        return Ok(path.to_path_buf());
+    }
+    let mut repo = RepoSpec::parse(spec)?;
+    if let Some(rev) = &opts.revision {
+        repo.revision = rev.clone();
+    }
+    if let Some(snap) = hub::cached_snapshot(&opts.hub.cache_dir, RepoType::Model, &repo) {
+        if snap.join("config.json").is_file() && weights::find_checkpoint(&snap).is_ok() {
+            return Ok(snap);
+        }
+    }
+    let fetched = hub::download(&opts.hub, RepoType::Model, &repo, &choose_model_files)
+        .with_context(|| {
+            format!(
+            "model {spec} is not a local directory and revision `{}` is not in the hub cache {}",
+            repo.revision,
+            opts.hub.cache_dir.display()
+        )
+        })?;
+    let config = fetched
+        .iter()
+        .find(|p| p.file_name().is_some_and(|n| n == "config.json"))
+        .context("config.json was not downloaded")?;
+    Ok(config
+        .parent()
+        .context("config.json has no folder")?
+        .to_path_buf())
+}
+
+/// The files of a hub model repository worth downloading: config, tokenizer and
+/// one complete set of weights (safetensors preferred).
+fn choose_model_files(files: &[String]) -> Result<Vec<String>> {
+    let has = |f: &str| files.iter().any(|x| x == f);
+    if !has("config.json") {
+        bail!("the repository has no config.json");
+    }
+    let mut out: Vec<String> = [
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer.model",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "vocab.json",
+        "merges.txt",
+    ]
+    .iter()
+    .filter(|f| has(f))
+    .map(|f| f.to_string())
+    .collect();
+    let shards = |prefix: &str, ext: &str| -> Vec<String> {
+        files
+            .iter()
+            .filter(|f| f.starts_with(prefix) && f.ends_with(ext) && !f.contains('/'))
+            .cloned()
+            .collect()
+    };
+    if has("model.safetensors.index.json") {
+        out.push("model.safetensors.index.json".into());
+        out.extend(shards("model-", ".safetensors"));
+    } else if has("model.safetensors") {
+        out.push("model.safetensors".into());
+    } else if has("pytorch_model.bin.index.json") {
+        out.push("pytorch_model.bin.index.json".into());
+        out.extend(shards("pytorch_model-", ".bin"));
+    } else if has("pytorch_model.bin") {
+        out.push("pytorch_model.bin".into());
+    } else {
+        bail!("the repository has neither safetensors nor pytorch_model.bin weights");
+    }
+    Ok(out)
+}

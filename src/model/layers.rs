@@ -1,0 +1,156 @@
+//! Pieces both architectures share: linears, norms computed in f32, causal
+//! self-attention with the softmax in f32.
+
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+
+/// Called with (linear name within the layer, that linear's input) just before
+/// each linear runs; calibration uses it to accumulate Hessians.
+pub type LinearHook<'a> = dyn FnMut(&str, &Tensor) -> anyhow::Result<()> + 'a;
+
+/// A linear sublayer `y = x Wᵀ + b`, weight `[out, in]` as transformers stores it.
+#[derive(Clone)]
+pub struct Linear {
+    /// Name within the decoder layer (`self_attn.q_proj`, `fc1`, …).
+    pub name: &'static str,
+    inner: candle_nn::Linear,
+}
+
+impl Linear {
+    /// Wraps a weight and optional bias.
+    pub fn new(name: &'static str, weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self {
+            name,
+            inner: candle_nn::Linear::new(weight, bias),
+        }
+    }
+
+    /// The weight `[out, in]`.
+    pub fn weight(&self) -> &Tensor {
+        self.inner.weight()
+    }
+
+    /// The bias `[out]`, if any.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.inner.bias()
+    }
+
+    /// Applies the linear, reporting its input to `hook` first.
+    pub fn forward(&self, x: &Tensor, hook: &mut Option<&mut LinearHook<'_>>) -> Result<Tensor> {
+        if let Some(h) = hook.as_mut() {
+            h(self.name, x).map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?;
+        }
+        self.inner.forward(x)
+    }
+}
+
+/// LayerNorm over the last dimension, computed in f32 and returned in `x`'s dtype.
+/// `weight`/`bias` are f32.
+pub fn layer_norm(
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f64,
+) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let x = x.to_dtype(DType::F32)?;
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let centered = x.broadcast_sub(&mean)?;
+    let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+    let mut y = centered.broadcast_div(&(var + eps)?.sqrt()?)?;
+    if let Some(w) = weight {
+        y = y.broadcast_mul(w)?;
+    }
+    if let Some(b) = bias {
+        y = y.broadcast_add(b)?;
+    }
+    y.to_dtype(dtype)
+}
+
+/// RMSNorm as transformers' `LlamaRMSNorm`: normalise in f32, cast back to the
+/// input dtype, then scale by `weight` (in the input dtype).
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let x32 = x.to_dtype(DType::F32)?;
+    let ms = x32.sqr()?.mean_keepdim(D::Minus1)?;
+    let y = x32.broadcast_div(&(ms + eps)?.sqrt()?)?.to_dtype(dtype)?;
+    y.broadcast_mul(weight)
+}
+
+/// An additive causal mask `[t, t]` (0 on and below the diagonal, −∞ above).
+pub fn causal_mask(t: usize, device: &Device) -> Result<Tensor> {
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(mask, (t, t), device)
+}
+
+/// Scaled dot-product attention with a causal mask.
+///
+/// `q`: `[b, heads, t, d]`; `k`, `v`: `[b, kv_heads, t, d]` (repeated to `heads`
+/// for grouped-query attention). Scores and softmax in f32 (as transformers'
+/// eager attention), the weighted sum in the input dtype. Returns `[b, t, heads·d]`.
+pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    let (b, heads, t, d) = q.dims4()?;
+    let kv_heads = k.dim(1)?;
+    let rep = heads / kv_heads;
+    let k = candle_transformers::utils::repeat_kv(k.contiguous()?, rep)?;
+    let v = candle_transformers::utils::repeat_kv(v.contiguous()?, rep)?;
+    let dtype = q.dtype();
+    let scores = q
+        .contiguous()?
+        .matmul(&k.t()?.contiguous()?)?
+        .to_dtype(DType::F32)?;
+    let scores = (scores * scale)?.broadcast_add(&causal_mask(t, q.device())?)?;
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
+    probs
+        .matmul(&v.contiguous()?)?
+        .transpose(1, 2)?
+        .reshape((b, t, heads * d))
+}
+
+/// Splits `[b, t, heads·d]` into `[b, heads, t, d]`.
+pub fn split_heads(x: &Tensor, heads: usize, head_dim: usize) -> Result<Tensor> {
+    let (b, t, _) = x.dims3()?;
+    x.reshape((b, t, heads, head_dim))?
+        .transpose(1, 2)?
+        .contiguous()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_norm_matches_definition() -> anyhow::Result<()> {
+        let x = Tensor::new(&[[1f32, 2., 3., 6.]], &Device::Cpu)?;
+        let y = layer_norm(&x, None, None, 0.0)?.to_vec2::<f32>()?;
+        // mean 3, variance (4+1+0+9)/4 = 3.5
+        let s = 3.5f32.sqrt();
+        let want = [-2. / s, -1. / s, 0., 3. / s];
+        for (a, b) in y[0].iter().zip(want) {
+            assert!((a - b).abs() < 1e-6);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn attention_is_causal() -> anyhow::Result<()> {
+        // With v = one-hot positions, row i of the output may only mix positions ≤ i.
+        let dev = Device::Cpu;
+        let q = Tensor::randn(0f32, 1., (1, 1, 4, 4), &dev)?;
+        let k = Tensor::randn(0f32, 1., (1, 1, 4, 4), &dev)?;
+        let v = Tensor::eye(4, DType::F32, &dev)?.reshape((1, 1, 4, 4))?;
+        let out = causal_attention(&q, &k, &v, 0.5)?
+            .reshape((4, 4))?
+            .to_vec2::<f32>()?;
+        for (i, row) in out.iter().enumerate() {
+            for (j, p) in row.iter().enumerate() {
+                if j > i {
+                    assert_eq!(*p, 0.0);
+                }
+            }
+            assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,190 @@
+//! Llama (`LlamaForCausalLM`): RMSNorm, RoPE (with linear or Llama-3 scaling),
+//! grouped-query attention, SwiGLU MLP, tied or untied head.
+
+use candle_core::{DType, Device, Result, Tensor};
+
+use super::config::{LlamaConfig, RopeScaling};
+use super::layers::{causal_attention, rms_norm, split_heads, Linear, LinearHook};
+
+/// RoPE inverse frequencies as transformers computes them for `cfg`.
+pub fn inv_freq(cfg: &LlamaConfig) -> Vec<f64> {
+    let dim = cfg.head_dim;
+    let base: Vec<f64> = (0..dim / 2)
+        .map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f64 / dim as f64))
+        .collect();
+    match &cfg.rope_scaling {
+        RopeScaling::Default => base,
+        RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        } => {
+            // transformers' `_compute_llama3_parameters`: long wavelengths are slowed by
+            // `factor`, short ones kept, and the band between interpolated smoothly.
+            let old = *original_max_position_embeddings as f64;
+            let low_wavelen = old / low_freq_factor;
+            let high_wavelen = old / high_freq_factor;
+            base.iter()
+                .map(|&f| {
+                    let wavelen = 2.0 * std::f64::consts::PI / f;
+                    if wavelen < high_wavelen {
+                        f
+                    } else if wavelen > low_wavelen {
+                        f / factor
+                    } else {
+                        let smooth = (old / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
+                        (1.0 - smooth) * f / factor + smooth * f
+                    }
+                })
+                .collect()
+        }
+    }
+}
+
+/// cos and sin tables `[t, head_dim/2]` for positions 0…t−1.
+fn rope_tables(
+    inv_freq: &[f64],
+    t: usize,
+    dtype: DType,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let half = inv_freq.len();
+    let mut cos = Vec::with_capacity(t * half);
+    let mut sin = Vec::with_capacity(t * half);
+    for p in 0..t {
+        for &f in inv_freq {
+            // transformers forms the angle in f32; do the same so long contexts agree.
+            let angle = (p as f32) * (f as f32);
+            cos.push(angle.cos());
+            sin.push(angle.sin());
+        }
+    }
+    let cos = Tensor::from_vec(cos, (t, half), device)?.to_dtype(dtype)?;
+    let sin = Tensor::from_vec(sin, (t, half), device)?.to_dtype(dtype)?;
+    Ok((cos, sin))
+}
+
+/// One Llama decoder layer, resident on a device.
+pub struct LlamaLayer {
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    eps: f64,
+    inv_freq: Vec<f64>,
+    /// `q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj`.
+    pub linears: Vec<Linear>,
+    input_norm: Tensor,
+    post_attn_norm: Tensor,
+}
+
+impl LlamaLayer {
+    /// Loads layer `index` through `get(canonical name, dtype)`.
+    pub fn load(
+        cfg: &LlamaConfig,
+        index: usize,
+        dtype: DType,
+        get: &dyn Fn(&str, DType) -> anyhow::Result<Tensor>,
+    ) -> anyhow::Result<Self> {
+        let p = format!("model.layers.{index}");
+        let mut linears = Vec::new();
+        for (name, bias) in [
+            ("self_attn.q_proj", cfg.attention_bias),
+            ("self_attn.k_proj", cfg.attention_bias),
+            ("self_attn.v_proj", cfg.attention_bias),
+            ("self_attn.o_proj", cfg.attention_bias),
+            ("mlp.gate_proj", cfg.mlp_bias),
+            ("mlp.up_proj", cfg.mlp_bias),
+            ("mlp.down_proj", cfg.mlp_bias),
+        ] {
+            let w = get(&format!("{p}.{name}.weight"), dtype)?;
+            let b = if bias {
+                Some(get(&format!("{p}.{name}.bias"), dtype)?)
+            } else {
+                None
+            };
+            linears.push(Linear::new(name, w, b));
+        }
+        Ok(Self {
+            heads: cfg.num_attention_heads,
+            kv_heads: cfg.num_key_value_heads,
+            head_dim: cfg.head_dim,
+            eps: cfg.rms_norm_eps,
+            inv_freq: inv_freq(cfg),
+            linears,
+            input_norm: get(&format!("{p}.input_layernorm.weight"), dtype)?,
+            post_attn_norm: get(&format!("{p}.post_attention_layernorm.weight"), dtype)?,
+        })
+    }
+
+    /// Runs the layer over hidden states `[b, t, hidden]` at positions 0…t−1.
+    pub fn forward(&self, x: &Tensor, hook: &mut Option<&mut LinearHook<'_>>) -> Result<Tensor> {
+        let [q_proj, k_proj, v_proj, o_proj, gate, up, down] = &self.linears[..] else {
+            unreachable!("a Llama layer has seven linears")
+        };
+        let t = x.dim(1)?;
+        let h = rms_norm(x, &self.input_norm, self.eps)?;
+        let q = split_heads(&q_proj.forward(&h, hook)?, self.heads, self.head_dim)?;
+        let k = split_heads(&k_proj.forward(&h, hook)?, self.kv_heads, self.head_dim)?;
+        let v = split_heads(&v_proj.forward(&h, hook)?, self.kv_heads, self.head_dim)?;
+        let (cos, sin) = rope_tables(&self.inv_freq, t, x.dtype(), x.device())?;
+        let q = candle_nn::rotary_emb::rope(&q, &cos, &sin)?;
+        let k = candle_nn::rotary_emb::rope(&k, &cos, &sin)?;
+        let attn = causal_attention(&q, &k, &v, (self.head_dim as f64).powf(-0.5))?;
+        let x = (x + o_proj.forward(&attn, hook)?)?;
+        let h = rms_norm(&x, &self.post_attn_norm, self.eps)?;
+        let g = candle_nn::ops::silu(&gate.forward(&h, hook)?)?;
+        let u = up.forward(&h, hook)?;
+        x + down.forward(&(g * u)?, hook)?
+    }
+}
+
+/// The parts of Llama outside the decoder layers, kept resident on the device.
+pub struct LlamaOuter {
+    embed_tokens: Tensor,
+    norm: Tensor,
+    eps: f64,
+    lm_head: Tensor,
+}
+
+impl LlamaOuter {
+    /// Loads the embedding, final norm and head.
+    pub fn load(
+        cfg: &LlamaConfig,
+        dtype: DType,
+        get: &dyn Fn(&str, DType) -> anyhow::Result<Tensor>,
+    ) -> anyhow::Result<Self> {
+        let embed_tokens = get("model.embed_tokens.weight", dtype)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            embed_tokens.clone()
+        } else {
+            get("lm_head.weight", dtype)?
+        };
+        Ok(Self {
+            embed_tokens,
+            norm: get("model.norm.weight", dtype)?,
+            eps: cfg.rms_norm_eps,
+            lm_head,
+        })
+    }
+
+    /// Token ids `[b, t]` → hidden states `[b, t, hidden]`.
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        self.embed_tokens
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, ()))
+    }
+
+    /// Hidden states `[b, t, hidden]` → logits `[b, t, vocab]` in f32.
+    pub fn head(&self, x: &Tensor) -> Result<Tensor> {
+        let x = rms_norm(x, &self.norm, self.eps)?;
+        let (b, t, h) = x.dims3()?;
+        x.reshape((b * t, h))?
+            .matmul(&self.lm_head.t()?)?
+            .to_dtype(DType::F32)?
+            .reshape((b, t, ()))
+    }
+}

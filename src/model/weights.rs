@@ -1,0 +1,283 @@
+//! Checkpoint tensors: safetensors (memory-mapped) or PyTorch `.bin`, single or
+//! sharded, with names and shapes checked against `config.json` when opened.
+//!
+//! Tensors are read on demand, so a decoder layer's weights exist on the compute
+//! device only while something holds them. Tensors a compression step replaces
+//! are kept as host-side overrides in front of the checkpoint.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::pickle::PthTensors;
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor};
+
+/// The on-disk format of a checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointFormat {
+    /// `model.safetensors` or shards listed in `model.safetensors.index.json`.
+    Safetensors,
+    /// `pytorch_model.bin` or shards listed in `pytorch_model.bin.index.json`.
+    PyTorch,
+}
+
+enum Backend {
+    Safetensors(MmapedSafetensors),
+    Pth {
+        files: Vec<PthTensors>,
+        route: HashMap<String, usize>,
+    },
+}
+
+/// Where a tensor lives and what it is.
+#[derive(Debug, Clone)]
+pub struct TensorMeta {
+    /// Name in the checkpoint file (may lack the `model.` prefix of transformers' names).
+    pub stored_name: String,
+    /// Stored dtype.
+    pub dtype: DType,
+    /// Stored shape.
+    pub shape: Vec<usize>,
+}
+
+/// The tensors of a checkpoint, addressed by transformers' canonical names.
+pub struct WeightStore {
+    format: CheckpointFormat,
+    files: Vec<PathBuf>,
+    backend: Backend,
+    meta: HashMap<String, TensorMeta>,
+    overrides: HashMap<String, Tensor>,
+}
+
+impl WeightStore {
+    /// Opens the checkpoint in `dir` and checks it holds every tensor of `expected`
+    /// (canonical name, shape) with that shape and a floating-point dtype.
+    pub fn open(dir: &Path, expected: &[(String, Vec<usize>)]) -> Result<Self> {
+        let (format, files) = find_checkpoint(dir)?;
+        let (backend, stored) = match format {
+            CheckpointFormat::Safetensors => {
+                // SAFETY: the files are opened read-only; like every mmap-based reader we
+                // rely on them not being truncated by another process while mapped.
+                let st = unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| {
+                    anyhow!(
+                        "cannot read safetensors checkpoint in {}: {e}",
+                        dir.display()
+                    )
+                })?;
+                let stored: Vec<(String, DType, Vec<usize>)> = st
+                    .tensors()
+                    .into_iter()
+                    .map(|(name, view)| {
+                        let dtype = DType::try_from(view.dtype())
+                            .map_err(|e| anyhow!("tensor {name} in {}: {e}", dir.display()))?;
+                        Ok((name, dtype, view.shape().to_vec()))
+                    })
+                    .collect::<Result<_>>()?;
+                (Backend::Safetensors(st), stored)
+            }
+            CheckpointFormat::PyTorch => {
+                let mut pth = Vec::new();
+                let mut route = HashMap::new();
+                let mut stored = Vec::new();
+                for (i, f) in files.iter().enumerate() {
+                    let t = PthTensors::new(f, None).map_err(|e| {
+                        anyhow!("cannot read PyTorch checkpoint {}: {e}", f.display())
+                    })?;
+                    for (name, info) in t.tensor_infos() {
+                        route.insert(name.clone(), i);
+                        stored.push((name.clone(), info.dtype, info.layout.dims().to_vec()));
+                    }
+                    pth.push(t);
+                }
+                (Backend::Pth { files: pth, route }, stored)
+            }
+        };
+        let by_name: HashMap<&str, (DType, &Vec<usize>)> = stored
+            .iter()
+            .map(|(n, d, s)| (n.as_str(), (*d, s)))
+            .collect();
+        let mut meta = HashMap::new();
+        let mut missing = Vec::new();
+        for (name, shape) in expected {
+            // facebook/opt-* .bin files store `decoder.…` without transformers' `model.` prefix.
+            let candidates = [name.clone(), name.trim_start_matches("model.").to_string()];
+            let Some(stored_name) = candidates.iter().find(|c| by_name.contains_key(c.as_str()))
+            else {
+                missing.push(name.clone());
+                continue;
+            };
+            let (dtype, got) = by_name[stored_name.as_str()];
+            if got != shape {
+                bail!(
+                    "tensor {name} in {} has shape {got:?}, but config.json implies {shape:?}",
+                    describe_files(dir, &files)
+                );
+            }
+            if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+                bail!("tensor {name} has dtype {dtype:?}; expected f32, f16 or bf16");
+            }
+            meta.insert(
+                name.clone(),
+                TensorMeta {
+                    stored_name: stored_name.clone(),
+                    dtype,
+                    shape: shape.clone(),
+                },
+            );
+        }
+        if !missing.is_empty() {
+            let shown: Vec<_> = missing.iter().take(5).cloned().collect();
+            bail!(
+                "{} tensor(s) that config.json requires are missing from {}: {}{}",
+                missing.len(),
+                describe_files(dir, &files),
+                shown.join(", "),
+                if missing.len() > 5 { ", …" } else { "" }
+            );
+        }
+        Ok(Self {
+            format,
+            files,
+            backend,
+            meta,
+            overrides: HashMap::new(),
+        })
+    }
+
+    /// The checkpoint's format.
+    pub fn format(&self) -> CheckpointFormat {
+        self.format
+    }
+
+    /// The weight files read.
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
+    /// Metadata of a tensor by canonical name.
+    pub fn meta(&self, name: &str) -> Option<&TensorMeta> {
+        self.meta.get(name)
+    }
+
+    /// The stored dtype most tensors have (what "the model's dtype" means).
+    pub fn dominant_dtype(&self) -> DType {
+        let mut counts: HashMap<DType, usize> = HashMap::new();
+        for m in self.meta.values() {
+            *counts.entry(m.dtype).or_default() += m.shape.iter().product::<usize>();
+        }
+        counts
+            .into_iter()
+            .max_by_key(|(_, n)| *n)
+            .map(|(d, _)| d)
+            .unwrap_or(DType::F32)
+    }
+
+    /// Loads a tensor onto `device` as `dtype`: the in-memory replacement if one was
+    /// set, else the checkpoint's copy.
+    pub fn get(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
+        if let Some(t) = self.overrides.get(name) {
+            return Ok(t.to_device(device)?.to_dtype(dtype)?);
+        }
+        let meta = self
+            .meta
+            .get(name)
+            .with_context(|| format!("no tensor named {name} in the checkpoint"))?;
+        let t = match &self.backend {
+            Backend::Safetensors(st) => st.load(&meta.stored_name, device),
+            Backend::Pth { files, route } => {
+                let file = route[&meta.stored_name];
+                files[file]
+                    .get(&meta.stored_name)
+                    .and_then(|t| t.ok_or_else(|| candle_core::Error::Msg("vanished".into())))
+                    .and_then(|t| t.to_device(device))
+            }
+        }
+        .map_err(|e| anyhow!("cannot load tensor {name}: {e}"))?;
+        Ok(t.to_dtype(dtype)?)
+    }
+
+    /// Replaces a tensor in memory (kept on the host); later [`get`](Self::get)s see it.
+    pub fn set(&mut self, name: &str, tensor: Tensor) -> Result<()> {
+        let meta = self
+            .meta
+            .get(name)
+            .with_context(|| format!("no tensor named {name} in the checkpoint"))?;
+        if tensor.dims() != meta.shape.as_slice() {
+            bail!(
+                "replacement for {name} has shape {:?}, expected {:?}",
+                tensor.dims(),
+                meta.shape
+            );
+        }
+        self.overrides
+            .insert(name.to_string(), tensor.to_device(&Device::Cpu)?);
+        Ok(())
+    }
+}
+
+fn describe_files(dir: &Path, files: &[PathBuf]) -> String {
+    let names: Vec<String> = files
+        .iter()
+        .map(|f| {
+            f.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
+        .collect();
+    format!("{} ({})", dir.display(), names.join(", "))
+}
+
+/// Finds the weight files of the checkpoint in `dir`, preferring safetensors.
+pub fn find_checkpoint(dir: &Path) -> Result<(CheckpointFormat, Vec<PathBuf>)> {
+    for (format, single, index) in [
+        (
+            CheckpointFormat::Safetensors,
+            "model.safetensors",
+            "model.safetensors.index.json",
+        ),
+        (
+            CheckpointFormat::PyTorch,
+            "pytorch_model.bin",
+            "pytorch_model.bin.index.json",
+        ),
+    ] {
+        let index_path = dir.join(index);
+        if index_path.is_file() {
+            return Ok((format, shards_from_index(dir, &index_path)?));
+        }
+        if dir.join(single).is_file() {
+            return Ok((format, vec![dir.join(single)]));
+        }
+    }
+    bail!(
+        "no weights in {}: looked for model.safetensors, model.safetensors.index.json, \
+         pytorch_model.bin and pytorch_model.bin.index.json",
+        dir.display()
+    )
+}
+
+/// The shard files an index names, in a stable order; every one must exist.
+pub fn shards_from_index(dir: &Path, index_path: &Path) -> Result<Vec<PathBuf>> {
+    let text = std::fs::read_to_string(index_path)
+        .with_context(|| format!("cannot read {}", index_path.display()))?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", index_path.display()))?;
+    let map = value
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .with_context(|| format!("{} has no `weight_map`", index_path.display()))?;
+    let shards: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
+    let mut out = Vec::new();
+    for shard in shards {
+        let path = dir.join(shard);
+        if !path.is_file() {
+            bail!(
+                "shard {shard} listed in {} is missing",
+                index_path.display()
+            );
+        }
+        out.push(path);
+    }
+    Ok(out)
+}
