@@ -9,6 +9,7 @@ pub mod config;
 pub mod layers;
 pub mod llama;
 pub mod opt;
+pub mod random;
 pub mod weights;
 
 use std::path::{Path, PathBuf};
