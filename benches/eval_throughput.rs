@@ -1,1 +1,109 @@
-fn main() {}
+//! Evaluation throughput and peak memory on an OPT-125M-shaped model with random
+//! weights (12 layers, 768 wide, vocab 50272), against PyTorch eager on the same
+//! checkpoint and tokens when a Python with torch and transformers is available.
+//!
+//! `cargo bench --bench eval_throughput`; environment: `SPARSELAB_BENCH_WINDOWS`
+//! (default 4), `SPARSELAB_BENCH_SEQLEN` (default 2048), `SPARSELAB_BENCH_DTYPE`
+//! (default f32), `SPARSELAB_BENCH_DEVICE` (default cpu), `SPARSELAB_PYTHON`
+//! (default `python3`).
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result};
+use candle_core::DType;
+use sparselab::device::{parse_device, parse_dtype};
+use sparselab::eval::{perplexity, PplOptions};
+use sparselab::model::random::{opt_config, write_random_model};
+use sparselab::model::{LoadOptions, Model};
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+/// Peak resident memory of this process in MiB (VmHWM).
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+/// Resets the peak-RSS counter so that writing the checkpoint is not counted.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn main() -> Result<()> {
+    let windows: usize = env_or("SPARSELAB_BENCH_WINDOWS", "4").parse()?;
+    let seqlen: usize = env_or("SPARSELAB_BENCH_SEQLEN", "2048").parse()?;
+    let dtype = parse_dtype(&env_or("SPARSELAB_BENCH_DTYPE", "f32"))?;
+    let device = parse_device(&env_or("SPARSELAB_BENCH_DEVICE", "cpu"))?;
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("opt-125m-random");
+    let vocab = 50272;
+    write_random_model(&dir, &opt_config(vocab, 768, 12, 12, 3072, 2048), DType::F32, 0)?;
+    // Deterministic pseudo-random token ids shared with the PyTorch run.
+    let tokens: Vec<u32> = (0..windows * seqlen)
+        .map(|i| ((i as u64 * 2_654_435_761) % vocab as u64) as u32)
+        .collect();
+    std::fs::write(dir.join("tokens.json"), serde_json::to_string(&tokens)?)?;
+
+    reset_peak_rss();
+    let opts = LoadOptions {
+        device,
+        dtype: Some(dtype),
+        ..LoadOptions::default()
+    };
+    let model = Model::load(dir.to_str().unwrap(), &opts)?;
+    let ppl_opts = PplOptions {
+        seqlen: Some(seqlen),
+        batch: 1,
+        max_windows: None,
+        quiet: true,
+    };
+    // One warm-up window, then the timed run.
+    perplexity(&model, &tokens[..seqlen], &ppl_opts)?;
+    let r = perplexity(&model, &tokens, &ppl_opts)?;
+    let threads = rayon::current_num_threads();
+    println!(
+        "sparselab  OPT-125M-shaped, {windows} x {seqlen} tokens, {dtype:?}, {} ({threads} threads): \
+         {:.0} tokens/s, {:.2} s, peak RSS {:.0} MiB, ppl {:.1}",
+        sparselab::device::device_name(model.device()),
+        (windows * seqlen) as f64 / r.seconds,
+        r.seconds,
+        peak_rss_mib(),
+        r.ppl
+    );
+    drop(model);
+    torch_baseline(&dir, seqlen, dtype, threads)
+}
+
+/// Runs benches/torch_eval.py on the same checkpoint and tokens, if possible.
+fn torch_baseline(dir: &Path, seqlen: usize, dtype: DType, threads: usize) -> Result<()> {
+    let python = env_or("SPARSELAB_PYTHON", "python3");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/torch_eval.py");
+    let probe = Command::new(&python)
+        .args(["-c", "import torch, transformers"])
+        .output();
+    if !matches!(&probe, Ok(o) if o.status.success()) {
+        println!("pytorch    skipped: `{python}` cannot import torch and transformers (set SPARSELAB_PYTHON)");
+        return Ok(());
+    }
+    let out = Command::new(&python)
+        .arg(&script)
+        .arg(dir)
+        .arg(seqlen.to_string())
+        .arg(dtype.as_str())
+        .arg(threads.to_string())
+        .output()
+        .context("running the PyTorch baseline")?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    if !out.status.success() {
+        println!("pytorch    failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}

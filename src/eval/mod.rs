@@ -12,6 +12,7 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Tensor, D};
 use serde::Serialize;
 
+use crate::data::datasets::{eval_tokens, DatasetSpec, Split};
 use crate::model::Model;
 use crate::progress::Progress;
 
@@ -114,6 +115,25 @@ pub fn perplexity(model: &Model, tokens: &[u32], opts: &PplOptions) -> Result<Pp
         nll_sum,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// Perplexity of `model` on a dataset named as [`DatasetSpec::parse`] accepts it
+/// (split defaults to `test`). Named datasets follow the reference protocol: its
+/// text joins, one leading BOS, C4 truncated to 256 windows.
+pub fn eval_dataset(model: &Model, dataset: &str, opts: &PplOptions) -> Result<PplResult> {
+    let spec = DatasetSpec::parse(dataset, Split::Test)?;
+    let seqlen = opts.seqlen.unwrap_or_else(|| default_seqlen(model));
+    let tokens = eval_tokens(
+        &spec,
+        model.tokenizer()?,
+        Some(model.config.bos_token_id()),
+        seqlen,
+    )?;
+    let opts = PplOptions {
+        seqlen: Some(seqlen),
+        ..opts.clone()
+    };
+    perplexity(model, &tokens, &opts)
 }
 
 /// Mean cross-entropy of `logits[:-1]` (`[t, vocab]`, f32) against `ids[1:]`.

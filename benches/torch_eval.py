@@ -1,0 +1,44 @@
+"""PyTorch eager baseline for benches/eval_throughput.rs.
+
+Usage: torch_eval.py MODEL_DIR SEQLEN DTYPE THREADS — loads the checkpoint with
+transformers, evaluates the token ids in MODEL_DIR/tokens.json in windows of
+SEQLEN exactly as the reference SparseGPT `opt_eval` does (loss on logits[:-1]
+against ids[1:]), and prints tokens/s, seconds and peak RSS.
+"""
+import json
+import resource
+import sys
+import time
+
+import torch
+from transformers import AutoModelForCausalLM
+
+model_dir, seqlen, dtype, threads = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+torch.set_num_threads(threads)
+dt = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[dtype]
+model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dt).eval()
+ids = torch.tensor(json.load(open(f"{model_dir}/tokens.json")), dtype=torch.long)
+n = ids.numel() // seqlen
+ids = ids[: n * seqlen].view(n, seqlen)
+
+
+def run(windows):
+    nlls = []
+    with torch.no_grad():
+        for w in windows:
+            logits = model(w.unsqueeze(0)).logits.float()
+            loss = torch.nn.functional.cross_entropy(logits[0, :-1], w[1:])
+            nlls.append(loss * seqlen)
+    return torch.stack(nlls).sum()
+
+
+run(ids[:1])  # warm-up
+start = time.perf_counter()
+nll = run(ids)
+secs = time.perf_counter() - start
+ppl = torch.exp(nll / (n * seqlen)).item()
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(
+    f"pytorch    OPT-125M-shaped, {n} x {seqlen} tokens, {dtype}, torch {torch.__version__} "
+    f"({threads} threads): {n * seqlen / secs:.0f} tokens/s, {secs:.2f} s, peak RSS {peak:.0f} MiB, ppl {ppl:.1f}"
+)
