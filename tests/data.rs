@@ -488,7 +488,7 @@ fn too_short_datasets_are_errors_naming_what_was_asked() {
         "{:#}",
         calibration_windows_with(&spec, &paths, &tok, None, 128, 512, 0).unwrap_err()
     );
-    for want in ["tiny.txt", &format!("{n} tokens"), "128", "512"] {
+    for want in ["tiny.txt", &format!("{n} tokens"), "128 windows", "512"] {
         assert!(err.contains(want), "`{want}` missing from: {err}");
     }
 

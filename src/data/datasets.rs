@@ -374,14 +374,12 @@ pub fn calibration_windows_with(
     match load_corpus(spec, paths)? {
         Corpus::Stream(text) => {
             let tokens = tokenize(tok, &text, bos)?;
-            let starts =
-                window_starts(tokens.len(), nsamples, seqlen, seed).with_context(|| {
-                    format!(
-                        "dataset {spec} has {} tokens: too short for {nsamples} calibration \
-                     windows of {seqlen} tokens",
-                        tokens.len()
-                    )
-                })?;
+            let n = tokens.len();
+            let starts = window_starts(n, nsamples, seqlen, seed).with_context(|| {
+                format!(
+                    "dataset {spec} has {n} tokens: too short for {nsamples} windows of {seqlen}"
+                )
+            })?;
             Ok(starts
                 .into_iter()
                 .map(|s| tokens[s..s + seqlen].to_vec())
