@@ -16,26 +16,32 @@ pub struct HubOptions {
     pub cache_dir: PathBuf,
     /// Never touch the network.
     pub offline: bool,
+    /// Hub endpoint for downloads (`HF_ENDPOINT`); `None` is huggingface.co.
+    pub endpoint: Option<String>,
 }
 
 impl HubOptions {
-    /// From the environment: `HF_HUB_CACHE`, else `$HF_HOME/hub`, else
-    /// `~/.cache/huggingface/hub`; offline when `HF_HUB_OFFLINE` is `1`/`true`.
+    /// From the environment, with `huggingface_hub`'s precedence: `HF_HUB_CACHE`,
+    /// else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`; offline when
+    /// `HF_HUB_OFFLINE` is 1/true/yes/on; `HF_ENDPOINT`.
     pub fn from_env() -> Self {
-        let cache_dir = if let Some(p) = std::env::var_os("HF_HUB_CACHE") {
+        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+        let cache_dir = if let Some(p) = var("HF_HUB_CACHE") {
             PathBuf::from(p)
+        } else if let Some(home) = var("HF_HOME") {
+            PathBuf::from(home).join("hub")
         } else {
             hf_hub::Cache::from_env().path().clone()
         };
-        let offline = std::env::var("HF_HUB_OFFLINE")
-            .map(|v| {
-                matches!(
-                    v.trim().to_ascii_lowercase().as_str(),
-                    "1" | "true" | "yes" | "on"
-                )
-            })
-            .unwrap_or(false);
-        Self { cache_dir, offline }
+        let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| {
+            matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
+        });
+        let endpoint = std::env::var("HF_ENDPOINT").ok().filter(|e| !e.is_empty());
+        Self {
+            cache_dir,
+            offline,
+            endpoint,
+        }
     }
 }
 
@@ -106,18 +112,7 @@ pub fn download(
     repo: &RepoSpec,
     choose: &dyn Fn(&[String]) -> Result<Vec<String>>,
 ) -> Result<Vec<PathBuf>> {
-    if opts.offline {
-        bail!("HF_HUB_OFFLINE is set, so {} was not downloaded", repo.id);
-    }
-    let api = hf_hub::api::sync::ApiBuilder::from_cache(hf_hub::Cache::new(opts.cache_dir.clone()))
-        .with_progress(console_is_terminal())
-        .build()
-        .map_err(|e| anyhow!("cannot start the hub client: {e}"))?;
-    let remote = api.repo(Repo::with_revision(
-        repo.id.clone(),
-        kind,
-        repo.revision.clone(),
-    ));
+    let remote = api_repo(opts, kind, repo)?;
     let info = remote
         .info()
         .map_err(|e| anyhow!("cannot reach {} on the hub: {e}", repo.id))?;
@@ -131,6 +126,29 @@ pub fn download(
                 .map_err(|e| anyhow!("downloading {f} from {}: {e}", repo.id))
         })
         .collect()
+}
+
+/// Downloads one file of `repo` into the cache; returns its local path.
+pub fn download_file(opts: &HubOptions, kind: RepoType, repo: &RepoSpec, file: &str) -> Result<PathBuf> {
+    let remote = api_repo(opts, kind, repo)?;
+    remote
+        .get(file)
+        .map_err(|e| anyhow!("downloading {} from {}: {e}", remote.url(file), repo.id))
+}
+
+fn api_repo(opts: &HubOptions, kind: RepoType, repo: &RepoSpec) -> Result<hf_hub::api::sync::ApiRepo> {
+    if opts.offline {
+        bail!("HF_HUB_OFFLINE is set, so nothing was downloaded from {}", repo.id);
+    }
+    let mut builder = hf_hub::api::sync::ApiBuilder::from_cache(hf_hub::Cache::new(opts.cache_dir.clone()))
+        .with_progress(console_is_terminal());
+    if let Some(endpoint) = &opts.endpoint {
+        builder = builder.with_endpoint(endpoint.clone());
+    }
+    let api = builder
+        .build()
+        .map_err(|e| anyhow!("cannot start the hub client: {e}"))?;
+    Ok(api.repo(Repo::with_revision(repo.id.clone(), kind, repo.revision.clone())))
 }
 
 fn console_is_terminal() -> bool {

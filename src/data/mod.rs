@@ -6,5 +6,5 @@ pub mod pyrandom;
 pub mod sentencepiece;
 pub mod tokenizer;
 
-// (re-exports of datasets arrive with that module)
+pub use datasets::{DatasetSpec, Split};
 pub use tokenizer::TextTokenizer;
