@@ -13,7 +13,7 @@ use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use prost::Message;
 
 /// The protobuf messages of sentencepiece_model.proto, as far as they are read here.
@@ -172,25 +172,37 @@ impl PrefixMatcher {
 /// precompiled normalization map (e.g. `nmt_nfkc`): Llama-family models use neither.
 #[derive(Clone, Debug)]
 pub struct SentencePiece {
+    /// Boxed because the tables are large and `TextTokenizer` holds this in an enum.
+    vocab: Box<Vocab>,
+    /// Longest piece in `vocab.normal`, in bytes: longer pairs need no lookup.
+    max_normal_len: usize,
+    /// Whether the text may be cut where no merge can cross (no UNUSED pieces).
+    segmentable: bool,
+    unk_id: u32,
+    add_dummy_prefix: bool,
+    remove_extra_whitespaces: bool,
+    escape_whitespaces: bool,
+    treat_whitespace_as_suffix: bool,
+}
+
+/// The pieces of a [`SentencePiece`] and the lookups built from them.
+#[derive(Clone, Debug)]
+struct Vocab {
     pieces: Vec<Piece>,
     /// NORMAL, USER_DEFINED and UNUSED pieces: the only ones merges may form.
     normal: HashMap<String, u32>,
     /// CONTROL, UNKNOWN and BYTE pieces, which text never merges into.
     reserved: HashMap<String, u32>,
-    /// Longest piece in `normal`, in bytes: longer pairs need no lookup.
-    max_normal_len: usize,
+    /// Every pair of adjacent characters inside a piece of `normal` (see [`bigram`]):
+    /// no merge can join two characters whose pair is missing here.
+    bigrams: HashSet<u64>,
     user_defined: PrefixMatcher,
-    unk_id: u32,
     /// Ids of `<0x00>`…`<0xFF>` when byte fallback is on.
     byte_ids: Option<Vec<u32>>,
     bos_piece: String,
     eos_piece: String,
     pad_piece: String,
     unk_surface: String,
-    add_dummy_prefix: bool,
-    remove_extra_whitespaces: bool,
-    escape_whitespaces: bool,
-    treat_whitespace_as_suffix: bool,
 }
 
 impl SentencePiece {
@@ -201,10 +213,10 @@ impl SentencePiece {
     /// inconsistent in the ways the C++ library rejects (no `<unk>`, duplicate pieces,
     /// byte fallback without the 256 byte pieces, …).
     pub fn from_file(path: &Path) -> Result<Self> {
+        // One message with both the file and the reason, so that plain `{}` shows both.
         let bytes = std::fs::read(path)
-            .with_context(|| format!("cannot read SentencePiece model {}", path.display()))?;
-        Self::from_bytes(&bytes)
-            .with_context(|| format!("invalid SentencePiece model {}", path.display()))
+            .map_err(|e| anyhow!("cannot read SentencePiece model {}: {e}", path.display()))?;
+        Self::from_bytes(&bytes).map_err(|e| anyhow!("{}: {e:#}", path.display()))
     }
 
     /// Builds the model from the bytes of a `tokenizer.model` file (a serialized
@@ -281,9 +293,10 @@ impl SentencePiece {
                     user_defined.insert(text.clone());
                 }
                 Kind::Unknown => {
-                    if unk_id.replace(id).is_some() {
+                    if unk_id.is_some() {
                         bail!("more than one unknown piece");
                     }
+                    unk_id = Some(id);
                 }
                 Kind::Byte => {
                     if !byte_fallback {
@@ -302,18 +315,33 @@ impl SentencePiece {
             });
         }
         let unk_id = unk_id.context("no unknown piece (<unk>) is defined")?;
-        let mut sp = Self {
+        let mut bigrams = HashSet::new();
+        for text in normal.keys() {
+            let mut chars = text.chars();
+            let mut prev = chars.next();
+            for c in chars {
+                bigrams.extend(prev.map(|p| bigram(p, c)));
+                prev = Some(c);
+            }
+        }
+        let segmentable = !pieces.iter().any(|p: &Piece| p.kind == Kind::Unused);
+        let vocab = Vocab {
             pieces,
             normal,
             reserved,
-            max_normal_len,
+            bigrams,
             user_defined: PrefixMatcher::new(user_defined),
-            unk_id,
             byte_ids: None,
             bos_piece: trainer.bos_piece.unwrap_or_else(|| "<s>".into()),
             eos_piece: trainer.eos_piece.unwrap_or_else(|| "</s>".into()),
             pad_piece: trainer.pad_piece.unwrap_or_else(|| "<pad>".into()),
             unk_surface: trainer.unk_surface.unwrap_or_else(|| " \u{2047} ".into()),
+        };
+        let mut sp = Self {
+            vocab: Box::new(vocab),
+            max_normal_len,
+            segmentable,
+            unk_id,
             add_dummy_prefix: norm.add_dummy_prefix.unwrap_or(true),
             remove_extra_whitespaces: norm.remove_extra_whitespaces.unwrap_or(true),
             escape_whitespaces: norm.escape_whitespaces.unwrap_or(true),
@@ -326,15 +354,19 @@ impl SentencePiece {
             let ids = (0..=255u8)
                 .map(|b| sp.lookup(&format!("<0x{b:02X}>")))
                 .collect();
-            sp.byte_ids = Some(ids);
+            sp.vocab.byte_ids = Some(ids);
         }
         Ok(sp)
     }
 
     /// Ids as SentencePiece's `encode(text)` gives them (no BOS/EOS).
     ///
-    /// Runs in O(n log n) over the whole normalized text (BPE in SentencePiece does
-    /// not split into words first), so long documents can be encoded in one call.
+    /// BPE in SentencePiece does not split into words first; this runs in O(n log n)
+    /// over the whole text, so long documents can be encoded in one call.
+    ///
+    /// # Panics
+    ///
+    /// If the text, with spaces escaped, is 4 GiB or longer.
     pub fn encode(&self, text: &str) -> Vec<u32> {
         let normalized = self.normalize(text);
         self.encode_normalized(&normalized)
@@ -342,7 +374,7 @@ impl SentencePiece {
 
     /// Number of pieces.
     pub fn vocab_size(&self) -> usize {
-        self.pieces.len()
+        self.vocab.pieces.len()
     }
 
     /// Id of the unknown piece (`<unk>`).
@@ -353,31 +385,32 @@ impl SentencePiece {
     /// Id of the beginning-of-sentence piece (`<s>` unless the model renames it), or
     /// `None` when the model has no such control piece.
     pub fn bos_id(&self) -> Option<u32> {
-        self.control_id(&self.bos_piece)
+        self.control_id(&self.vocab.bos_piece)
     }
 
     /// Id of the end-of-sentence piece (`</s>` unless the model renames it), or
     /// `None` when the model has no such control piece.
     pub fn eos_id(&self) -> Option<u32> {
-        self.control_id(&self.eos_piece)
+        self.control_id(&self.vocab.eos_piece)
     }
 
     /// Id of the padding piece (`<pad>` unless renamed), or `None` (Llama has none).
     pub fn pad_id(&self) -> Option<u32> {
-        self.control_id(&self.pad_piece)
+        self.control_id(&self.vocab.pad_piece)
     }
 
     /// The piece string of `id` (with `▁` for spaces), or `None` when out of range.
     pub fn id_to_piece(&self, id: u32) -> Option<&str> {
-        self.pieces.get(id as usize).map(|p| p.text.as_str())
+        self.vocab.pieces.get(id as usize).map(|p| p.text.as_str())
     }
 
     /// The id of an exact piece string, or `None` when it is not in the vocabulary
     /// (the C++ `PieceToId` returns the unknown id instead).
     pub fn piece_to_id(&self, piece: &str) -> Option<u32> {
-        self.reserved
+        self.vocab
+            .reserved
             .get(piece)
-            .or_else(|| self.normal.get(piece))
+            .or_else(|| self.vocab.normal.get(piece))
             .copied()
     }
 
@@ -392,8 +425,11 @@ impl SentencePiece {
         let mut is_bos_ws = true;
         let mut bos_ws_seen = false;
         for &id in ids {
-            let piece = self.pieces.get(id as usize).with_context(|| {
-                format!("invalid id {id} (vocabulary size {})", self.pieces.len())
+            let piece = self.vocab.pieces.get(id as usize).with_context(|| {
+                format!(
+                    "invalid id {id} (vocabulary size {})",
+                    self.vocab.pieces.len()
+                )
             })?;
             if piece.kind == Kind::Byte {
                 bytes.push(piece_to_byte(&piece.text).unwrap_or(0));
@@ -407,7 +443,7 @@ impl SentencePiece {
             bos_ws_seen = false;
             match piece.kind {
                 Kind::Control => {}
-                Kind::Unknown => text.push_str(&self.unk_surface),
+                Kind::Unknown => text.push_str(&self.vocab.unk_surface),
                 _ => {
                     let mut s = piece.text.as_str();
                     if is_bos_ws && (self.add_dummy_prefix || self.remove_extra_whitespaces) {
@@ -430,10 +466,11 @@ impl SentencePiece {
     }
 
     fn control_id(&self, piece: &str) -> Option<u32> {
-        self.reserved
+        self.vocab
+            .reserved
             .get(piece)
             .copied()
-            .filter(|&id| self.pieces[id as usize].kind == Kind::Control)
+            .filter(|&id| self.vocab.pieces[id as usize].kind == Kind::Control)
     }
 
     /// `Normalizer::Normalize` with an empty character map: only whitespace handling;
@@ -498,6 +535,7 @@ impl SentencePiece {
     /// symbol at the start of `input`, else its first character.
     fn normalize_prefix<'a>(&self, input: &'a str) -> (&'a str, usize) {
         let n = self
+            .vocab
             .user_defined
             .longest_prefix(input)
             .unwrap_or_else(|| utf8_len(input.as_bytes()[0]));
@@ -506,35 +544,83 @@ impl SentencePiece {
 
     /// `bpe::Model::Encode` followed by the id assignment of
     /// `PopulateSentencePieceText`.
+    ///
+    /// The C++ runs one priority queue over the whole text. Where no merge can ever
+    /// cross a boundary, the two sides evolve independently and in the same relative
+    /// order, so the text is cut there and each segment gets a small queue: the same
+    /// ids, several times faster on long texts. No cuts are made when the model has
+    /// UNUSED pieces, whose resegmentation depends on the global order of proposals.
     fn encode_normalized(&self, normalized: &str) -> Vec<u32> {
-        if normalized.is_empty() {
-            return Vec::new();
-        }
+        assert!(
+            normalized.len() < NONE as usize,
+            "SentencePiece::encode: text of 4 GiB or more"
+        );
         let mut bpe = Bpe::new(self, normalized);
-        bpe.run();
-
-        let mut ids = Vec::with_capacity(bpe.symbols.len() / 2);
-        let mut prev_unknown = false;
-        let mut emit = |w: &str| {
-            let id = self.lookup(w);
-            let unknown = self.pieces[id as usize].kind == Kind::Unknown;
-            match (&self.byte_ids, unknown) {
-                (Some(byte_ids), true) => ids.extend(w.bytes().map(|b| byte_ids[b as usize])),
-                // Without byte fallback a run of unknown pieces becomes one `<unk>`.
-                (None, true) if prev_unknown => {}
-                _ => ids.push(id),
-            }
-            prev_unknown = unknown;
+        let mut out = IdWriter {
+            model: self,
+            ids: Vec::with_capacity(normalized.len() / 3),
+            prev_unknown: false,
         };
-        let mut index = Some(0usize);
-        while let Some(i) = index {
-            let s = &bpe.symbols[i];
-            bpe.resegment(s.start as usize, s.len as usize, &mut emit);
-            index = s.next;
+        let mut pos = 0;
+        // Last character of the previous symbol, or `None` if that symbol is frozen.
+        let mut prev_char = None;
+        while pos < normalized.len() {
+            let rest = &normalized[pos..];
+            let (len, freeze, c) = match self.vocab.user_defined.longest_prefix(rest) {
+                Some(l) => (l, true, None),
+                None => {
+                    let c = rest.chars().next().unwrap_or_default();
+                    (c.len_utf8(), false, Some(c))
+                }
+            };
+            if self.segmentable && !bpe.symbols.is_empty() {
+                let joinable = match (prev_char, c) {
+                    (Some(a), Some(b)) => self.vocab.bigrams.contains(&bigram(a, b)),
+                    _ => false,
+                };
+                if !joinable {
+                    bpe.finish(&mut out);
+                }
+            }
+            bpe.push(pos, len, freeze);
+            prev_char = c;
+            pos += len;
         }
-        ids
+        bpe.finish(&mut out);
+        out.ids
     }
 }
+
+/// Key of the character pair `a` `b` in [`Vocab::bigrams`].
+fn bigram(a: char, b: char) -> u64 {
+    (u64::from(a) << 32) | u64::from(b)
+}
+
+/// Turns final pieces into ids as `PopulateSentencePieceText` does.
+struct IdWriter<'a> {
+    model: &'a SentencePiece,
+    ids: Vec<u32>,
+    prev_unknown: bool,
+}
+
+impl IdWriter<'_> {
+    fn push(&mut self, w: &str) {
+        let model = self.model;
+        let id = model.lookup(w);
+        let unknown = model.vocab.pieces[id as usize].kind == Kind::Unknown;
+        match (&model.vocab.byte_ids, unknown) {
+            (Some(byte_ids), true) => self.ids.extend(w.bytes().map(|b| byte_ids[b as usize])),
+            // Without byte fallback a run of unknown pieces becomes one `<unk>`.
+            (None, true) if self.prev_unknown => {}
+            _ => self.ids.push(id),
+        }
+        self.prev_unknown = unknown;
+    }
+}
+
+/// "No symbol" in [`Symbol::prev`] / [`Symbol::next`]; compact indices keep the queue
+/// entries at 16 bytes.
+const NONE: u32 = u32::MAX;
 
 /// One symbol of the BPE working sequence: a byte range of the normalized text and
 /// its neighbours in the linked list of live symbols. A symbol merged into its left
@@ -543,8 +629,8 @@ impl SentencePiece {
 struct Symbol {
     start: u32,
     len: u32,
-    prev: Option<usize>,
-    next: Option<usize>,
+    prev: u32,
+    next: u32,
     /// User-defined symbols are never merged with anything.
     freeze: bool,
 }
@@ -553,8 +639,8 @@ struct Symbol {
 #[derive(Clone, Copy, Debug)]
 struct Candidate {
     score: f32,
-    left: usize,
-    right: usize,
+    left: u32,
+    right: u32,
     len: u32,
 }
 
@@ -583,7 +669,8 @@ impl PartialEq for Candidate {
 
 impl Eq for Candidate {}
 
-/// The state of one `bpe::Model::SampleEncode` call (alpha = 0).
+/// `bpe::Model::SampleEncode` with alpha = 0, run segment by segment: symbols are
+/// pushed, then [`Bpe::finish`] merges them, writes their ids and clears the buffers.
 struct Bpe<'a> {
     model: &'a SentencePiece,
     text: &'a str,
@@ -597,42 +684,54 @@ struct Bpe<'a> {
 
 impl<'a> Bpe<'a> {
     fn new(model: &'a SentencePiece, text: &'a str) -> Self {
-        let mut symbols = Vec::with_capacity(text.len());
-        let mut pos = 0;
-        while pos < text.len() {
-            let (len, freeze) = match model.user_defined.longest_prefix(&text[pos..]) {
-                Some(l) => (l, true),
-                None => (utf8_len(text.as_bytes()[pos]), false),
-            };
-            let index = symbols.len();
-            symbols.push(Symbol {
-                start: pos as u32,
-                len: len as u32,
-                prev: index.checked_sub(1),
-                next: (pos + len < text.len()).then_some(index + 1),
-                freeze,
-            });
-            pos += len;
-        }
-        let mut bpe = Self {
+        Self {
             model,
             text,
-            agenda: BinaryHeap::with_capacity(symbols.len()),
-            symbols,
+            symbols: Vec::new(),
+            agenda: BinaryHeap::new(),
             rev_merge: HashMap::new(),
-        };
-        for i in 1..bpe.symbols.len() {
-            bpe.maybe_add_pair(Some(i - 1), Some(i));
         }
-        bpe
+    }
+
+    /// Appends the next character (or user-defined symbol) of the segment.
+    fn push(&mut self, start: usize, len: usize, freeze: bool) {
+        let index = self.symbols.len() as u32;
+        if let Some(last) = self.symbols.last_mut() {
+            last.next = index;
+        }
+        self.symbols.push(Symbol {
+            start: start as u32,
+            len: len as u32,
+            prev: index.checked_sub(1).unwrap_or(NONE),
+            next: NONE,
+            freeze,
+        });
+    }
+
+    /// Merges the pending segment, writes its pieces to `out` and starts a new one.
+    fn finish(&mut self, out: &mut IdWriter) {
+        if self.symbols.is_empty() {
+            return;
+        }
+        for i in 1..self.symbols.len() as u32 {
+            self.maybe_add_pair(i - 1, i);
+        }
+        self.run();
+        let mut i = 0;
+        while i != NONE {
+            let s = self.symbols[i as usize];
+            self.resegment(s.start as usize, s.len as usize, out);
+            i = s.next;
+        }
+        self.symbols.clear();
     }
 
     /// Queues the merge of `left` and `right` if their concatenation is a piece.
-    fn maybe_add_pair(&mut self, left: Option<usize>, right: Option<usize>) {
-        let (Some(left), Some(right)) = (left, right) else {
+    fn maybe_add_pair(&mut self, left: u32, right: u32) {
+        if left == NONE || right == NONE {
             return;
-        };
-        let (l, r) = (self.symbols[left], self.symbols[right]);
+        }
+        let (l, r) = (self.symbols[left as usize], self.symbols[right as usize]);
         if l.freeze || r.freeze {
             return;
         }
@@ -644,12 +743,13 @@ impl<'a> Bpe<'a> {
         let start = l.start as usize;
         let Some(&id) = self
             .model
+            .vocab
             .normal
             .get(&self.text[start..start + len as usize])
         else {
             return;
         };
-        let piece = &self.model.pieces[id as usize];
+        let piece = &self.model.vocab.pieces[id as usize];
         self.agenda.push(Candidate {
             score: piece.score,
             left,
@@ -663,36 +763,39 @@ impl<'a> Bpe<'a> {
 
     fn run(&mut self) {
         while let Some(top) = self.agenda.pop() {
-            let (l, r) = (self.symbols[top.left], self.symbols[top.right]);
+            let (l, r) = (
+                self.symbols[top.left as usize],
+                self.symbols[top.right as usize],
+            );
             // Stale entry: one side was merged away or has grown since it was queued.
             if l.len == 0 || r.len == 0 || l.len + r.len != top.len {
                 continue;
             }
-            self.symbols[top.left].len = top.len;
-            self.symbols[top.left].next = r.next;
-            if let Some(n) = r.next {
-                self.symbols[n].prev = Some(top.left);
+            self.symbols[top.left as usize].len = top.len;
+            self.symbols[top.left as usize].next = r.next;
+            if r.next != NONE {
+                self.symbols[r.next as usize].prev = top.left;
             }
-            self.symbols[top.right].len = 0;
-            self.maybe_add_pair(l.prev, Some(top.left));
-            self.maybe_add_pair(Some(top.left), r.next);
+            self.symbols[top.right as usize].len = 0;
+            self.maybe_add_pair(l.prev, top.left);
+            self.maybe_add_pair(top.left, r.next);
         }
     }
 
-    /// Emits the piece at `text[start..start + len]`, split back into the pieces it was
-    /// merged from if it is an UNUSED piece (recursively, as the C++ `resegment`).
-    fn resegment(&self, start: usize, len: usize, emit: &mut impl FnMut(&str)) {
+    /// Writes the piece at `text[start..start + len]`, split back into the pieces it
+    /// was merged from if it is an UNUSED piece (recursively, as the C++ `resegment`).
+    fn resegment(&self, start: usize, len: usize, out: &mut IdWriter) {
         let w = &self.text[start..start + len];
         let id = self.model.lookup(w);
-        if self.model.pieces[id as usize].kind == Kind::Unused {
+        if self.model.vocab.pieces[id as usize].kind == Kind::Unused {
             if let Some(&left) = self.rev_merge.get(&id) {
                 let left = left as usize;
-                self.resegment(start, left, emit);
-                self.resegment(start + left, len - left, emit);
+                self.resegment(start, left, out);
+                self.resegment(start + left, len - left, out);
                 return;
             }
         }
-        emit(w);
+        out.push(w);
     }
 }
 
@@ -874,6 +977,47 @@ mod tests {
         assert_eq!(squeeze.normalize("   "), "");
         assert_eq!(keep.normalize("a\tb\n"), "▁a\tb\n");
         assert!(keep.encode("").is_empty());
+    }
+
+    /// Cutting the text where no merge can cross must give the same ids as one queue
+    /// over the whole text.
+    #[test]
+    fn segmented_equals_global() {
+        let sp = model(
+            &[
+                ("▁", -1.0, N),
+                ("a", -1.0, N),
+                ("b", -1.0, N),
+                ("c", -1.0, N),
+                ("ab", -2.0, N),
+                ("bc", -2.0, N),
+                ("▁▁", -3.0, N),
+                ("▁a", -4.0, N),
+                ("abc", -5.0, N),
+                ("c▁", -6.0, N),
+                ("▁▁▁", -3.0, N),
+                ("▁ab", -2.5, N),
+                ("<x>", 0.0, proto::USER_DEFINED),
+            ],
+            true,
+            false,
+        );
+        assert!(sp.segmentable);
+        let mut global = sp.clone();
+        global.segmentable = false;
+        let alphabet = ["a", "b", "c", " ", "x", "é", "<x>"];
+        let mut state = 7u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) as usize
+        };
+        for _ in 0..3000 {
+            let n = next() % 40;
+            let s: String = (0..n).map(|_| alphabet[next() % alphabet.len()]).collect();
+            assert_eq!(sp.encode(&s), global.encode(&s), "{s:?}");
+        }
     }
 
     #[test]
