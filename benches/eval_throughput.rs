@@ -45,7 +45,12 @@ fn main() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().join("opt-125m-random");
     let vocab = 50272;
-    write_random_model(&dir, &opt_config(vocab, 768, 12, 12, 3072, 2048), DType::F32, 0)?;
+    write_random_model(
+        &dir,
+        &opt_config(vocab, 768, 12, 12, 3072, 2048),
+        DType::F32,
+        0,
+    )?;
     // Deterministic pseudo-random token ids shared with the PyTorch run.
     let tokens: Vec<u32> = (0..windows * seqlen)
         .map(|i| ((i as u64 * 2_654_435_761) % vocab as u64) as u32)
@@ -103,7 +108,10 @@ fn torch_baseline(dir: &Path, seqlen: usize, dtype: DType, threads: usize) -> Re
         .context("running the PyTorch baseline")?;
     print!("{}", String::from_utf8_lossy(&out.stdout));
     if !out.status.success() {
-        println!("pytorch    failed: {}", String::from_utf8_lossy(&out.stderr));
+        println!(
+            "pytorch    failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(())
 }

@@ -34,7 +34,10 @@ impl HubOptions {
             hf_hub::Cache::from_env().path().clone()
         };
         let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| {
-            matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
+            matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "1" | "true" | "yes" | "on"
+            )
         });
         let endpoint = std::env::var("HF_ENDPOINT").ok().filter(|e| !e.is_empty());
         Self {
@@ -129,26 +132,43 @@ pub fn download(
 }
 
 /// Downloads one file of `repo` into the cache; returns its local path.
-pub fn download_file(opts: &HubOptions, kind: RepoType, repo: &RepoSpec, file: &str) -> Result<PathBuf> {
+pub fn download_file(
+    opts: &HubOptions,
+    kind: RepoType,
+    repo: &RepoSpec,
+    file: &str,
+) -> Result<PathBuf> {
     let remote = api_repo(opts, kind, repo)?;
     remote
         .get(file)
         .map_err(|e| anyhow!("downloading {} from {}: {e}", remote.url(file), repo.id))
 }
 
-fn api_repo(opts: &HubOptions, kind: RepoType, repo: &RepoSpec) -> Result<hf_hub::api::sync::ApiRepo> {
+fn api_repo(
+    opts: &HubOptions,
+    kind: RepoType,
+    repo: &RepoSpec,
+) -> Result<hf_hub::api::sync::ApiRepo> {
     if opts.offline {
-        bail!("HF_HUB_OFFLINE is set, so nothing was downloaded from {}", repo.id);
+        bail!(
+            "HF_HUB_OFFLINE is set, so nothing was downloaded from {}",
+            repo.id
+        );
     }
-    let mut builder = hf_hub::api::sync::ApiBuilder::from_cache(hf_hub::Cache::new(opts.cache_dir.clone()))
-        .with_progress(console_is_terminal());
+    let mut builder =
+        hf_hub::api::sync::ApiBuilder::from_cache(hf_hub::Cache::new(opts.cache_dir.clone()))
+            .with_progress(console_is_terminal());
     if let Some(endpoint) = &opts.endpoint {
         builder = builder.with_endpoint(endpoint.clone());
     }
     let api = builder
         .build()
         .map_err(|e| anyhow!("cannot start the hub client: {e}"))?;
-    Ok(api.repo(Repo::with_revision(repo.id.clone(), kind, repo.revision.clone())))
+    Ok(api.repo(Repo::with_revision(
+        repo.id.clone(),
+        kind,
+        repo.revision.clone(),
+    )))
 }
 
 fn console_is_terminal() -> bool {

@@ -9,7 +9,11 @@ use sparselab::eval::{eval_dataset, PplOptions};
 use sparselab::model::{LoadOptions, Model};
 
 #[derive(Parser)]
-#[command(name = "sparselab", version, about = "LLM compression research: load, prune, quantize, evaluate")]
+#[command(
+    name = "sparselab",
+    version,
+    about = "LLM compression research: load, prune, quantize, evaluate"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -13,6 +13,7 @@ fn opts_offline(cache: &Path) -> LoadOptions {
         hub: HubOptions {
             cache_dir: cache.to_path_buf(),
             offline: true,
+            endpoint: None,
         },
         ..LoadOptions::default()
     }
