@@ -99,10 +99,9 @@ pub fn perplexity(model: &Model, tokens: &[u32], opts: &PplOptions) -> Result<Pp
             hidden = model.layer(l)?.forward(&hidden)?;
             progress.inc(1);
         }
-        // One window at a time through the head keeps the [seqlen, vocab] logits small.
         for w in 0..n {
-            let logits = model.head(&hidden.narrow(0, w, 1)?)?;
-            nll_sum += window_nll(&logits.squeeze(0)?, &ids.get(w)?)? * seqlen as f64;
+            let window = &tokens[(first + w) * seqlen..(first + w + 1) * seqlen];
+            nll_sum += window_nll(model, &hidden.narrow(0, w, 1)?, window)? * seqlen as f64;
         }
         progress.inc(1);
     }
@@ -136,18 +135,32 @@ pub fn eval_dataset(model: &Model, dataset: &str, opts: &PplOptions) -> Result<P
     perplexity(model, &tokens, &opts)
 }
 
-/// Mean cross-entropy of `logits[:-1]` (`[t, vocab]`, f32) against `ids[1:]`.
-pub fn window_nll(logits: &Tensor, ids: &Tensor) -> Result<f64> {
-    let t = logits.dim(0)?;
-    let logits = logits.narrow(0, 0, t - 1)?.to_dtype(DType::F32)?;
-    let targets = ids.narrow(0, 1, t - 1)?.to_device(logits.device())?;
+/// Positions per head call: bounds the `[positions, vocab]` logits held at once.
+const HEAD_CHUNK: usize = 512;
+
+/// Mean cross-entropy of the window's logits at positions 0…t−2 against ids 1…t−1,
+/// computed from its final hidden states `[1, t, hidden]` in chunks of positions.
+pub fn window_nll(model: &Model, hidden: &Tensor, ids: &[u32]) -> Result<f64> {
+    let t = ids.len();
+    let mut sum = 0f64;
+    for p0 in (0..t - 1).step_by(HEAD_CHUNK) {
+        let rows = HEAD_CHUNK.min(t - 1 - p0);
+        let logits = model.head(&hidden.narrow(1, p0, rows)?)?.squeeze(0)?;
+        sum += nll_sum(&logits, &ids[p0 + 1..p0 + 1 + rows])?;
+    }
+    Ok(sum / (t - 1) as f64)
+}
+
+/// Σ of −log softmax(logits[r])[targets[r]] over rows of `[rows, vocab]` logits.
+pub fn nll_sum(logits: &Tensor, targets: &[u32]) -> Result<f64> {
+    if logits.device().is_cpu() {
+        return Ok(crate::model::kernels::nll_sum(logits, targets)?);
+    }
+    let logits = logits.to_dtype(DType::F32)?;
+    let targets = Tensor::from_slice(targets, targets.len(), logits.device())?;
     let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
     let picked = logp.gather(&targets.unsqueeze(1)?, 1)?;
-    let mean = picked
-        .to_dtype(DType::F64)?
-        .mean_all()?
-        .to_scalar::<f64>()?;
-    Ok(-mean)
+    Ok(-picked.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?)
 }
 
 #[cfg(test)]
@@ -157,9 +170,8 @@ mod tests {
 
     #[test]
     fn nll_of_uniform_logits_is_log_vocab() -> Result<()> {
-        let logits = Tensor::zeros((5, 7), DType::F32, &Device::Cpu)?;
-        let ids = Tensor::new(&[1u32, 2, 3, 4, 5], &Device::Cpu)?;
-        let nll = window_nll(&logits, &ids)?;
+        let logits = Tensor::zeros((4, 7), DType::F32, &Device::Cpu)?;
+        let nll = nll_sum(&logits, &[2, 3, 4, 5])? / 4.0;
         assert!((nll - 7f64.ln()).abs() < 1e-6);
         Ok(())
     }

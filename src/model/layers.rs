@@ -95,17 +95,47 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Resul
     let rep = heads / kv_heads;
     let k = candle_transformers::utils::repeat_kv(k.contiguous()?, rep)?;
     let v = candle_transformers::utils::repeat_kv(v.contiguous()?, rep)?;
+    let out = if q.device().is_cpu() {
+        cpu_causal_attention(
+            &q.reshape((b * heads, t, d))?,
+            &k.reshape((b * heads, t, d))?,
+            &v.reshape((b * heads, t, d))?,
+            scale,
+        )?
+        .reshape((b, heads, t, d))?
+    } else {
+        let dtype = q.dtype();
+        let scores = q
+            .contiguous()?
+            .matmul(&k.t()?.contiguous()?)?
+            .to_dtype(DType::F32)?;
+        let scores = (scores * scale)?.broadcast_add(&causal_mask(t, q.device())?)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
+        probs.matmul(&v.contiguous()?)?
+    };
+    out.transpose(1, 2)?.reshape((b, t, heads * d))
+}
+
+/// Query rows per block of the CPU attention: scores for one block of rows over
+/// all heads stay cache-sized, and keys after the block's last row are never
+/// touched (half the work of a full `[t, t]` score matrix).
+const ATTENTION_BLOCK: usize = 256;
+
+/// Causal attention on `[heads, t, d]` tensors, block by block of query rows.
+fn cpu_causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    let (_, t, _) = q.dims3()?;
     let dtype = q.dtype();
-    let scores = q
-        .contiguous()?
-        .matmul(&k.t()?.contiguous()?)?
-        .to_dtype(DType::F32)?;
-    let scores = (scores * scale)?.broadcast_add(&causal_mask(t, q.device())?)?;
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
-    probs
-        .matmul(&v.contiguous()?)?
-        .transpose(1, 2)?
-        .reshape((b, t, heads * d))
+    let mut outs = Vec::with_capacity(t.div_ceil(ATTENTION_BLOCK));
+    for r0 in (0..t).step_by(ATTENTION_BLOCK) {
+        let rows = ATTENTION_BLOCK.min(t - r0);
+        let keys = r0 + rows;
+        let qb = q.narrow(1, r0, rows)?.contiguous()?;
+        let kb = k.narrow(1, 0, keys)?.contiguous()?;
+        let scores = qb.matmul(&kb.t()?)?.to_dtype(DType::F32)?;
+        let probs = super::kernels::causal_softmax(&scores, r0, scale as f32)?.to_dtype(dtype)?;
+        outs.push(probs.matmul(&v.narrow(1, 0, keys)?.contiguous()?)?);
+    }
+    Tensor::cat(&outs, 1)
 }
 
 /// Splits `[b, t, heads·d]` into `[b, heads, t, d]`.

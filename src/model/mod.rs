@@ -6,6 +6,7 @@
 //! long as the caller holds it.
 
 pub mod config;
+pub mod kernels;
 pub mod layers;
 pub mod llama;
 pub mod opt;

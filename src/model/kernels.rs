@@ -1,0 +1,114 @@
+//! CPU fast paths for the two places where candle's generic ops are far from the
+//! machine's limit: the causal softmax of attention (scale, mask and softmax in
+//! one parallel pass instead of three single-threaded ones) and the per-token
+//! negative log-likelihood (no [tokens, vocab] log-softmax materialised).
+
+use candle_core::{DType, Device, Result, Storage, Tensor};
+use rayon::prelude::*;
+
+/// Runs `f` on the contiguous f32 data of a CPU tensor.
+pub fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("with_cpu_f32: tensor is not on the CPU")
+    };
+    let data = cpu.as_slice::<f32>()?;
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("not contiguous".into()))?;
+    Ok(f(&data[start..end]))
+}
+
+/// Causal softmax of `scores` (`[heads, rows, cols]`, f32, CPU) scaled by `scale`,
+/// where row `i` holds query position `row_offset + i` and may only attend to key
+/// positions `0..=row_offset + i`; masked entries come out as exactly 0.
+pub fn causal_softmax(scores: &Tensor, row_offset: usize, scale: f32) -> Result<Tensor> {
+    let (heads, rows, cols) = scores.dims3()?;
+    let out = with_cpu_f32(scores, |s| {
+        let mut out = vec![0f32; s.len()];
+        out.par_chunks_mut(cols)
+            .zip(s.par_chunks(cols))
+            .enumerate()
+            .for_each(|(r, (o, x))| {
+                let visible = (row_offset + r % rows + 1).min(cols);
+                let x = &x[..visible];
+                let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) * scale;
+                let mut sum = 0f32;
+                for (o, &v) in o.iter_mut().zip(x) {
+                    let e = (v * scale - max).exp();
+                    *o = e;
+                    sum += e;
+                }
+                let inv = 1.0 / sum;
+                o[..visible].iter_mut().for_each(|v| *v *= inv);
+            });
+        out
+    })?;
+    Tensor::from_vec(out, (heads, rows, cols), &Device::Cpu)
+}
+
+/// Σ over rows of −log softmax(logits[r])[targets[r]], in f64; `logits` is
+/// `[rows, vocab]` f32 on the CPU.
+pub fn nll_sum(logits: &Tensor, targets: &[u32]) -> Result<f64> {
+    let (rows, vocab) = logits.dims2()?;
+    if targets.len() != rows {
+        candle_core::bail!("nll_sum: {} targets for {rows} rows", targets.len());
+    }
+    let logits = logits.to_dtype(DType::F32)?;
+    with_cpu_f32(&logits, |l| {
+        l.par_chunks(vocab)
+            .zip(targets.par_iter())
+            .map(|(row, &t)| {
+                let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                let sum: f64 = row.iter().map(|&v| ((v - max) as f64).exp()).sum();
+                (max as f64 + sum.ln()) - row[t as usize] as f64
+            })
+            .sum()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causal_softmax_matches_masked_softmax() -> Result<()> {
+        let s = Tensor::randn(0f32, 2., (2, 3, 5), &Device::Cpu)?;
+        let got = causal_softmax(&s, 2, 0.5)?.to_vec3::<f32>()?;
+        let s = s.to_vec3::<f32>()?;
+        for h in 0..2 {
+            for r in 0..3 {
+                let visible = r + 3;
+                let m = s[h][r][..visible]
+                    .iter()
+                    .fold(f32::MIN, |a, &b| a.max(b * 0.5));
+                let z: f32 = s[h][r][..visible].iter().map(|v| (v * 0.5 - m).exp()).sum();
+                for c in 0..5 {
+                    let want = if c < visible {
+                        (s[h][r][c] * 0.5 - m).exp() / z
+                    } else {
+                        0.0
+                    };
+                    assert!((got[h][r][c] - want).abs() < 1e-6);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn nll_matches_log_softmax() -> Result<()> {
+        let l = Tensor::randn(0f32, 3., (4, 11), &Device::Cpu)?;
+        let targets = [0u32, 10, 5, 3];
+        let got = nll_sum(&l, &targets)?;
+        let lp = candle_nn::ops::log_softmax(&l, 1)?.to_vec2::<f32>()?;
+        let want: f64 = targets
+            .iter()
+            .enumerate()
+            .map(|(r, &t)| -lp[r][t as usize] as f64)
+            .sum();
+        assert!((got - want).abs() < 1e-4, "{got} vs {want}");
+        Ok(())
+    }
+}
