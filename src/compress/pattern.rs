@@ -1,0 +1,198 @@
+//! Which weights a pruning method removes: none, a fraction, or n of every m.
+
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use candle_core::Tensor;
+
+use super::matrix::{from_host, mask_tensor};
+use super::{CompressResult, CompressStats};
+
+/// A sparsity pattern.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum SparsityPattern {
+    /// Prune nothing (quantization only).
+    #[default]
+    Dense,
+    /// Prune this fraction of the weights, chosen by the method's saliency.
+    /// `0.0` prunes nothing. (The reference scripts, given 0, still prune the
+    /// weights tied with the smallest saliency, because they threshold with
+    /// `<=` at index 0 of the sorted scores; a request for no pruning should not
+    /// do that.)
+    Unstructured {
+        /// Fraction in `[0, 1)`.
+        sparsity: f64,
+    },
+    /// In every row, prune `n` of every `m` consecutive columns (2:4, 4:8).
+    NM {
+        /// Weights pruned per group, `0 < n < m`.
+        n: usize,
+        /// Group width.
+        m: usize,
+    },
+}
+
+impl SparsityPattern {
+    /// Checks the pattern against a weight with `columns` input columns.
+    pub fn validate(&self, columns: usize) -> Result<()> {
+        match *self {
+            SparsityPattern::Dense => Ok(()),
+            SparsityPattern::Unstructured { sparsity } => {
+                if !(sparsity.is_finite() && (0.0..1.0).contains(&sparsity)) {
+                    bail!("sparsity must be in [0, 1), got {sparsity}");
+                }
+                Ok(())
+            }
+            SparsityPattern::NM { n, m } => {
+                if m == 0 {
+                    bail!("n:m pattern {n}:{m}: prune_m must be positive");
+                }
+                if n == 0 || n >= m {
+                    bail!("n:m pattern {n}:{m}: prune_n must satisfy 0 < n < m");
+                }
+                // A trailing partial group has no defined n:m meaning (the reference's
+                // topk fails on it once it is narrower than n).
+                if columns % m != 0 {
+                    bail!("n:m pattern {n}:{m}: the weight's {columns} input columns are not a multiple of m = {m}");
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// `(n, m)` for an n:m pattern.
+    pub fn nm(&self) -> Option<(usize, usize)> {
+        match *self {
+            SparsityPattern::NM { n, m } => Some((n, m)),
+            _ => None,
+        }
+    }
+
+    /// The unstructured fraction, when it prunes anything.
+    pub fn unstructured(&self) -> Option<f64> {
+        match *self {
+            SparsityPattern::Unstructured { sparsity } if sparsity > 0.0 => Some(sparsity),
+            _ => None,
+        }
+    }
+
+    /// Whether the pattern prunes anything at all.
+    pub fn prunes(&self) -> bool {
+        self.nm().is_some() || self.unstructured().is_some()
+    }
+}
+
+/// The reference's threshold: the value at index `⌊len · sparsity⌋` of the sorted
+/// scores (`torch.sort(x.flatten())[0][int(x.numel() * sparsity)]`); everything
+/// `<=` it is pruned, ties included. Reorders `scores`.
+pub(crate) fn quantile_threshold(scores: &mut [f32], sparsity: f64) -> f32 {
+    let k = ((scores.len() as f64) * sparsity) as usize;
+    let k = k.min(scores.len() - 1);
+    let (_, kth, _) = scores.select_nth_unstable_by(k, |a, b| a.total_cmp(b));
+    *kth
+}
+
+/// Marks in `mask` the `n` smallest of `m` scores given by `score(k)`, the lowest
+/// index first among ties (as a stable sort would). `mask` must be all false on
+/// entry; it doubles as the "already chosen" marker so that nothing is allocated.
+#[inline]
+pub(crate) fn mark_n_smallest(n: usize, mask: &mut [bool], score: impl Fn(usize) -> f32) {
+    for _ in 0..n {
+        let mut best = usize::MAX;
+        let mut best_score = f32::INFINITY;
+        for (k, chosen) in mask.iter().enumerate() {
+            if *chosen {
+                continue;
+            }
+            let s = score(k);
+            if best == usize::MAX || s.total_cmp(&best_score).is_lt() {
+                best = k;
+                best_score = s;
+            }
+        }
+        mask[best] = true;
+    }
+}
+
+/// Whether every group of `m` consecutive columns of every row of a row-major
+/// `[rows, columns]` matrix holds at most `m − n` non-zeros.
+pub(crate) fn nm_valid(w: &[f32], columns: usize, n: usize, m: usize) -> bool {
+    w.chunks_exact(columns).all(|row| {
+        row.chunks(m)
+            .all(|g| g.iter().filter(|x| **x != 0.0).count() <= m - n)
+    })
+}
+
+/// Zeroes the masked weights of a row-major host copy of `like` and packages the
+/// result of a mask-only method (magnitude, Wanda).
+pub(crate) fn masked_result(
+    like: &Tensor,
+    mut w: Vec<f32>,
+    rows: usize,
+    cols: usize,
+    mask: Vec<bool>,
+    pattern: &SparsityPattern,
+    start: Instant,
+) -> Result<CompressResult> {
+    for (x, &m) in w.iter_mut().zip(&mask) {
+        if m {
+            *x = 0.0;
+        }
+    }
+    let pruned = mask.iter().filter(|&&m| m).count();
+    let nm = pattern.nm().map(|(n, m)| nm_valid(&w, cols, n, m));
+    let mask = mask_tensor(&mask, rows, cols, like.device())?;
+    let weight = from_host(w, rows, cols, like)?;
+    Ok(CompressResult {
+        weight,
+        stats: CompressStats {
+            sparsity: pruned as f64 / (rows * cols) as f64,
+            nm_valid: nm,
+            avg_bits: None,
+            loss: None,
+            dead_columns: 0,
+            seconds: start.elapsed().as_secs_f64(),
+            mask,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_names_the_problem() {
+        let err = |p: SparsityPattern, c| p.validate(c).unwrap_err().to_string();
+        assert!(err(SparsityPattern::Unstructured { sparsity: 1.0 }, 8).contains("[0, 1)"));
+        assert!(err(SparsityPattern::Unstructured { sparsity: -0.1 }, 8).contains("[0, 1)"));
+        assert!(err(SparsityPattern::Unstructured { sparsity: f64::NAN }, 8).contains("[0, 1)"));
+        assert!(err(SparsityPattern::NM { n: 4, m: 4 }, 8).contains("0 < n < m"));
+        assert!(err(SparsityPattern::NM { n: 0, m: 4 }, 8).contains("0 < n < m"));
+        assert!(err(SparsityPattern::NM { n: 2, m: 0 }, 8).contains("positive"));
+        assert!(err(SparsityPattern::NM { n: 2, m: 4 }, 10).contains("multiple"));
+        SparsityPattern::NM { n: 2, m: 4 }.validate(8).unwrap();
+        SparsityPattern::Unstructured { sparsity: 0.0 }
+            .validate(8)
+            .unwrap();
+        assert!(!SparsityPattern::Unstructured { sparsity: 0.0 }.prunes());
+    }
+
+    #[test]
+    fn n_smallest_breaks_ties_by_index() {
+        let s = [3.0f32, 1.0, 1.0, 0.5];
+        let mut mask = [false; 4];
+        mark_n_smallest(2, &mut mask, |k| s[k]);
+        assert_eq!(mask, [false, true, false, true]);
+        let mut mask = [false; 4];
+        mark_n_smallest(3, &mut mask, |k| s[k]);
+        assert_eq!(mask, [false, true, true, true]);
+    }
+
+    #[test]
+    fn threshold_matches_sorted_index() {
+        let mut v = vec![5.0f32, 1.0, 4.0, 2.0, 3.0, 0.0];
+        // ⌊6 · 0.5⌋ = 3 → sorted [0,1,2,3,4,5][3] = 3.
+        assert_eq!(quantile_threshold(&mut v, 0.5), 3.0);
+    }
+}
