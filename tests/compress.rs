@@ -129,13 +129,11 @@ fn python() -> Option<&'static str> {
         if ok {
             return Some(py);
         }
-        let why = format!(
-            "`{py}` with numpy is not available (pip install numpy, or set SPARSELAB_PYTHON)"
-        );
+        let hint = "pip install numpy, or set SPARSELAB_PYTHON";
         if std::env::var_os("CI").is_some() {
-            panic!("reference cross-checks need {why}");
+            panic!("the reference cross-checks need `{py}` with numpy ({hint})");
         }
-        eprintln!("skipped: {why}");
+        eprintln!("skipped: `{py}` with numpy is not available ({hint})");
         None
     })
     .as_deref()

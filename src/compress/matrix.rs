@@ -22,6 +22,19 @@ pub(crate) fn to_host(t: &Tensor, what: &str) -> Result<HostMatrix> {
         .flatten_all()?
         .to_vec1::<f32>()
         .with_context(|| format!("reading {what}"))?;
+    if rows == 0 || cols == 0 {
+        bail!("{what} is empty ({rows}×{cols})");
+    }
+    // A NaN or infinity would silently poison every later column through the
+    // error feedback (or the Cholesky factorization): refuse it up front.
+    if let Some(i) = data.iter().position(|x| !x.is_finite()) {
+        bail!(
+            "{what} has a non-finite value ({}) at [{}, {}]",
+            data[i],
+            i / cols,
+            i % cols
+        );
+    }
     Ok(HostMatrix { data, rows, cols })
 }
 
@@ -30,9 +43,14 @@ pub(crate) fn vector_to_host(t: &Tensor, len: usize, what: &str) -> Result<Vec<f
     if t.dims() != [len] {
         bail!("{what} must have shape [{len}], got {:?}", t.dims());
     }
-    Ok(t.to_dtype(DType::F32)?
+    let v = t
+        .to_dtype(DType::F32)?
         .to_device(&Device::Cpu)?
-        .to_vec1::<f32>()?)
+        .to_vec1::<f32>()?;
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        bail!("{what} has a non-finite value ({}) at [{i}]", v[i]);
+    }
+    Ok(v)
 }
 
 /// A tensor of `like`'s dtype and device from a row-major f32 buffer.

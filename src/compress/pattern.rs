@@ -15,7 +15,10 @@ pub enum SparsityPattern {
     #[default]
     Dense,
     /// Prune this fraction of the weights, chosen by the method's saliency.
-    /// `0.0` prunes nothing. (The reference scripts, given 0, still prune the
+    /// Methods that threshold (SparseGPT per block, magnitude per matrix) prune,
+    /// as the reference does, every score `<=` the one at index `⌊n · sparsity⌋`
+    /// of the `n` sorted scores: `⌊n · sparsity⌋ + 1` weights, more with ties.
+    /// Wanda prunes exactly `⌊columns · sparsity⌋` per row. `0.0` prunes nothing. (The reference scripts, given 0, still prune the
     /// weights tied with the smallest saliency, because they threshold with
     /// `<=` at index 0 of the sorted scores; a request for no pruning should not
     /// do that.)

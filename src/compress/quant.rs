@@ -276,6 +276,17 @@ mod tests {
     }
 
     #[test]
+    fn rounds_half_to_even_like_torch() {
+        // torch.round: 2.5 → 2, 3.5 → 4, −2.5 → −2 (f32::round would give 3 and −3).
+        assert_eq!(quantize(2.5, 1.0, 0.0, 15.0), 2.0);
+        assert_eq!(quantize(3.5, 1.0, 0.0, 15.0), 4.0);
+        assert_eq!(quantize(-2.5, 1.0, 8.0, 15.0), -2.0);
+        // Clamped to [0, maxq] in integer levels.
+        assert_eq!(quantize(100.0, 1.0, 8.0, 15.0), 7.0);
+        assert_eq!(quantize(-100.0, 1.0, 8.0, 15.0), -8.0);
+    }
+
+    #[test]
     fn symmetric_matches_reference_zero_point() {
         let cfg = QuantizerConfig {
             sym: true,

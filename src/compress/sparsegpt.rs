@@ -137,6 +137,18 @@ impl SparseGptOptions {
 /// SparseGPT/GPTQ, given the Hessian `h` (`[columns, columns]`, e.g. from
 /// [`super::HessianAccumulator`]). Any dtype and device; the sweep runs on the
 /// host in f32 and the result comes back in `w`'s dtype and device.
+///
+/// Pure pruning and joint pruning + quantization follow `SparseGPT.fasterprune`;
+/// pure quantization (a [`SparsityPattern::Dense`] pattern) is `GPTQ.fasterquant`,
+/// whose groups, `act_order` and static groups also apply to the joint case.
+/// Where this differs from the reference code, it is on purpose and documented:
+/// an unstructured sparsity of 0 prunes nothing (the reference would prune the
+/// block minimum), per-column bit widths are an extension, and requests the
+/// reference would silently mishandle (n:m with `act_order`, a block size that
+/// splits n:m groups, no work at all) are errors.
+///
+/// The returned stats carry the mask in the original column order, the OBS loss
+/// as the reference prints it, and the number of dead columns.
 pub fn fasterprune(w: &Tensor, h: &Tensor, opts: &SparseGptOptions) -> Result<CompressResult> {
     let start = Instant::now();
     let wm = to_host(w, "weight")?;
@@ -260,21 +272,19 @@ pub fn fasterprune(w: &Tensor, h: &Tensor, opts: &SparseGptOptions) -> Result<Co
     }
 
     let pruned = mask.iter().filter(|&&m| m).count();
-    let stats = CompressStats {
-        sparsity: pruned as f64 / (rows * cols) as f64,
-        nm_valid: opts.pattern.nm().map(|(n, m)| nm_valid(&wd, cols, n, m)),
-        avg_bits: quant.map(|q| q.bits.average(cols)),
-        loss: Some(loss),
-        dead_columns,
-        seconds: 0.0,
-        mask: mask_tensor(&mask, rows, cols, w.device())?,
-    };
+    let nm_valid = opts.pattern.nm().map(|(n, m)| nm_valid(&wd, cols, n, m));
+    let mask = mask_tensor(&mask, rows, cols, w.device())?;
     let weight = from_host(wd, rows, cols, w)?;
     Ok(CompressResult {
         weight,
         stats: CompressStats {
+            sparsity: pruned as f64 / (rows * cols) as f64,
+            nm_valid,
+            avg_bits: quant.map(|q| q.bits.average(cols)),
+            loss: Some(loss),
+            dead_columns,
             seconds: start.elapsed().as_secs_f64(),
-            ..stats
+            mask,
         },
     })
 }
