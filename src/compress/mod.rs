@@ -27,7 +27,7 @@ pub use hessian::HessianAccumulator;
 pub use magnitude::magnitude_prune;
 pub use pattern::SparsityPattern;
 pub use quant::{BitWidths, QuantizerConfig};
-pub use sparsegpt::{fasterprune, QuantOptions, SparseGptOptions};
+pub use sparsegpt::{fasterprune, NotPositiveDefinite, QuantOptions, SparseGptOptions};
 pub use stats::relative_output_error;
 pub use wanda::wanda_prune;
 

@@ -28,6 +28,16 @@ use super::pattern::{mark_n_smallest, nm_valid, quantile_threshold, SparsityPatt
 use super::quant::{find_row_params, quantize, BitWidths, Levels, QuantizerConfig};
 use super::{CompressResult, CompressStats};
 
+/// The damped Hessian (or its inverse) has no Cholesky factor. Callers can
+/// recognise it (`err.downcast_ref::<NotPositiveDefinite>()`) and retry with more
+/// damping, as the calibration loop does.
+#[derive(Debug, thiserror::Error)]
+#[error("Cholesky factorization of {what} failed: the damped Hessian is not positive definite (raise percdamp or add calibration data)")]
+pub struct NotPositiveDefinite {
+    /// Which matrix failed (`H` or `H⁻¹`).
+    pub what: String,
+}
+
 /// Quantization settings of a sweep.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuantOptions {
@@ -318,12 +328,7 @@ fn permute_columns<T: Copy + Send + Sync + Default>(
 /// The upper Cholesky factor `U` of `H⁻¹` (`H⁻¹ = UᵀU`), row-major: the
 /// reference's `cholesky` → `cholesky_inverse` → `cholesky(upper=True)`, in f32.
 fn upper_cholesky_of_inverse(h: &[f32], n: usize) -> Result<Vec<f32>> {
-    let not_pd = |what: &str| {
-        anyhow!(
-            "Cholesky factorization of {what} failed: the damped Hessian is not positive definite \
-             (raise percdamp or add calibration data)"
-        )
-    };
+    let not_pd = |what: &str| anyhow::Error::new(NotPositiveDefinite { what: what.to_string() });
     let hm = Mat::<f32>::from_fn(n, n, |i, j| h[i * n + j]);
     let inv = hm.llt(Side::Lower).map_err(|_| not_pd("H"))?.inverse();
     drop(hm);

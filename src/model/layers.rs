@@ -29,6 +29,21 @@ impl Linear {
         self.inner.weight()
     }
 
+    /// Replaces the weight (same shape), keeping the bias.
+    pub fn set_weight(&mut self, weight: Tensor) -> Result<()> {
+        if weight.dims() != self.weight().dims() {
+            candle_core::bail!(
+                "{}: new weight has shape {:?}, expected {:?}",
+                self.name,
+                weight.dims(),
+                self.weight().dims()
+            );
+        }
+        let weight = weight.to_dtype(self.weight().dtype())?.to_device(self.weight().device())?;
+        self.inner = candle_nn::Linear::new(weight, self.bias().cloned());
+        Ok(())
+    }
+
     /// The bias `[out]`, if any.
     pub fn bias(&self) -> Option<&Tensor> {
         self.inner.bias()

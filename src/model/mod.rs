@@ -89,6 +89,19 @@ impl DecoderLayer {
             DecoderLayer::Llama(l) => &l.linears,
         }
     }
+
+    /// The linear named `name` (`self_attn.q_proj`, `fc1`, …), mutably.
+    pub fn linear_mut(&mut self, name: &str) -> Result<&mut layers::Linear> {
+        let linears = match self {
+            DecoderLayer::Opt(l) => &mut l.linears,
+            DecoderLayer::Llama(l) => &mut l.linears,
+        };
+        let names: Vec<&str> = linears.iter().map(|l| l.name).collect();
+        match linears.iter_mut().find(|l| l.name == name) {
+            Some(l) => Ok(l),
+            None => bail!("no linear `{name}` in this layer; linears: {}", names.join(", ")),
+        }
+    }
 }
 
 /// A loaded causal language model.
@@ -221,6 +234,33 @@ impl Model {
             Outer::Opt(o) => o.head(hidden)?,
             Outer::Llama(o) => o.head(hidden)?,
         })
+    }
+
+    /// The canonical tensor name of a linear's weight in decoder layer `index`.
+    pub fn linear_weight_name(&self, index: usize, linear: &str) -> String {
+        match self.arch() {
+            Arch::Opt => format!("model.decoder.layers.{index}.{linear}.weight"),
+            Arch::Llama => format!("model.layers.{index}.{linear}.weight"),
+        }
+    }
+
+    /// Linears that read the same input, in the order GPTQ's `true_sequential`
+    /// compresses them: attention inputs, attention output, MLP input(s), MLP output.
+    pub fn sequential_groups(&self) -> Vec<Vec<&'static str>> {
+        match self.arch() {
+            Arch::Opt => vec![
+                vec!["self_attn.k_proj", "self_attn.v_proj", "self_attn.q_proj"],
+                vec!["self_attn.out_proj"],
+                vec!["fc1"],
+                vec!["fc2"],
+            ],
+            Arch::Llama => vec![
+                vec!["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+                vec!["self_attn.o_proj"],
+                vec!["mlp.gate_proj", "mlp.up_proj"],
+                vec!["mlp.down_proj"],
+            ],
+        }
     }
 
     /// The whole model at once: ids `[b, t]` → logits `[b, t, vocab]` (f32).
