@@ -4,6 +4,10 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
+use sparselab::calibrate::{uniform_policy, CalibOptions, Calibration, LayerFilter, Method};
+use sparselab::compress::{
+    BitWidths, QuantOptions, QuantizerConfig, SparseGptOptions, SparsityPattern,
+};
 use sparselab::device::{dtype_name, parse_device, parse_dtype};
 use sparselab::eval::{eval_dataset, PplOptions};
 use sparselab::model::{LoadOptions, Model};
@@ -23,6 +27,237 @@ struct Cli {
 enum Command {
     /// Perplexity of a model on a dataset, by the reference protocol.
     Eval(EvalArgs),
+    /// Compress a model layer by layer (SparseGPT, GPTQ, magnitude, Wanda) with
+    /// one setting for every linear, then evaluate it.
+    Prune(PruneArgs),
+}
+
+#[derive(Args)]
+struct PruneArgs {
+    /// Model directory or hub id `org/name[@revision]`.
+    #[arg(long)]
+    model: String,
+    /// sparsegpt (also GPTQ with --sparsity 0 and --bits), magnitude or wanda.
+    #[arg(long, default_value = "sparsegpt")]
+    method: String,
+    /// Fraction of weights to prune, in [0, 1).
+    #[arg(long, default_value_t = 0.0)]
+    sparsity: f64,
+    /// n of n:m structured sparsity (with --prunem).
+    #[arg(long, default_value_t = 0)]
+    prunen: usize,
+    /// m of n:m structured sparsity.
+    #[arg(long, default_value_t = 0)]
+    prunem: usize,
+    /// Quantize to this many bits (1..=16); SparseGPT only.
+    #[arg(long)]
+    bits: Option<u32>,
+    /// Symmetric quantization grid.
+    #[arg(long)]
+    sym: bool,
+    /// Quantization group size (columns).
+    #[arg(long)]
+    groupsize: Option<usize>,
+    /// GPTQ act-order (columns by descending Hessian diagonal).
+    #[arg(long)]
+    act_order: bool,
+    /// OBS block size.
+    #[arg(long, default_value_t = 128)]
+    blocksize: usize,
+    /// Dampening as a fraction of the mean Hessian diagonal.
+    #[arg(long, default_value_t = 0.01)]
+    percdamp: f64,
+    /// Calibration dataset (split defaults to train).
+    #[arg(long, default_value = "wikitext2")]
+    calib: String,
+    /// Calibration windows.
+    #[arg(long, default_value_t = 128)]
+    nsamples: usize,
+    /// Window length for calibration and evaluation.
+    #[arg(long)]
+    seqlen: Option<usize>,
+    /// Seed of the calibration sampler.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// GPTQ's true-sequential order within each layer.
+    #[arg(long)]
+    true_sequential: bool,
+    /// First layer to compress.
+    #[arg(long)]
+    minlayer: Option<usize>,
+    /// Layers from this index on are left as they are.
+    #[arg(long)]
+    maxlayer: Option<usize>,
+    /// Compress only linears whose name contains this.
+    #[arg(long)]
+    prune_only: Option<String>,
+    /// Evaluate perplexity on these datasets afterwards (repeatable).
+    #[arg(long)]
+    eval: Vec<String>,
+    /// Write the per-linear reports and perplexities as JSON here.
+    #[arg(long)]
+    report: Option<std::path::PathBuf>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// f32, f16 or bf16 (default: the checkpoint's).
+    #[arg(long)]
+    dtype: Option<String>,
+    /// No progress output and no per-linear lines.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+impl PruneArgs {
+    fn pattern(&self) -> Result<SparsityPattern> {
+        if self.prunen > 0 || self.prunem > 0 {
+            if self.sparsity > 0.0 {
+                anyhow::bail!("give either --sparsity or --prunen/--prunem, not both");
+            }
+            return Ok(SparsityPattern::NM {
+                n: self.prunen,
+                m: self.prunem,
+            });
+        }
+        if self.sparsity > 0.0 {
+            return Ok(SparsityPattern::Unstructured {
+                sparsity: self.sparsity,
+            });
+        }
+        Ok(SparsityPattern::Dense)
+    }
+
+    fn method(&self) -> Result<Method> {
+        let pattern = self.pattern()?;
+        let quant_only_flags =
+            self.bits.is_some() || self.sym || self.groupsize.is_some() || self.act_order;
+        match self.method.as_str() {
+            "sparsegpt" | "gptq" => Ok(Method::SparseGpt(SparseGptOptions {
+                pattern,
+                quant: self.bits.map(|b| QuantOptions {
+                    bits: BitWidths::Uniform(b),
+                    quantizer: QuantizerConfig {
+                        sym: self.sym,
+                        ..QuantizerConfig::default()
+                    },
+                    groupsize: self.groupsize,
+                    static_groups: false,
+                }),
+                blocksize: self.blocksize,
+                percdamp: self.percdamp,
+                act_order: self.act_order,
+            })),
+            "magnitude" | "wanda" if quant_only_flags => {
+                anyhow::bail!("--bits, --sym, --groupsize and --act-order need --method sparsegpt")
+            }
+            "magnitude" => Ok(Method::Magnitude(pattern)),
+            "wanda" => Ok(Method::Wanda(pattern)),
+            other => anyhow::bail!(
+                "unknown method `{other}`: expected sparsegpt, gptq, magnitude or wanda"
+            ),
+        }
+    }
+}
+
+fn prune(args: PruneArgs) -> Result<()> {
+    let method = args.method()?;
+    if let Method::SparseGpt(o) = &method {
+        // Fail on bad settings before a long calibration, not after it.
+        if o.quant.is_none() && !o.pattern.prunes() {
+            anyhow::bail!("nothing to do: give --sparsity, --prunen/--prunem or --bits");
+        }
+    } else if !matches!(&method, Method::Magnitude(p) | Method::Wanda(p) if p.prunes()) {
+        anyhow::bail!("nothing to do: give --sparsity or --prunen/--prunem");
+    }
+    let opts = LoadOptions {
+        device: parse_device(&args.device)?,
+        dtype: args.dtype.as_deref().map(parse_dtype).transpose()?,
+        ..LoadOptions::default()
+    };
+    let mut model = Model::load(&args.model, &opts)?;
+    let start = std::time::Instant::now();
+    let calib_opts = CalibOptions {
+        dataset: args.calib.clone(),
+        nsamples: args.nsamples,
+        seqlen: args.seqlen,
+        seed: args.seed,
+        true_sequential: args.true_sequential,
+        quiet: args.quiet,
+        ..CalibOptions::default()
+    };
+    let mut calib = Calibration::new(&model, calib_opts)?;
+    let filter = LayerFilter {
+        min_layer: args.minlayer,
+        max_layer: args.maxlayer,
+        only: args.prune_only.clone(),
+    };
+    let mut policy = uniform_policy(method, filter);
+    let quiet = args.quiet;
+    calib.run(&mut model, |work| {
+        policy(work)?;
+        if !quiet {
+            for r in &work.reports {
+                println!(
+                    "layer {:>3} {:<18} sparsity {:.4}{} bits {} loss {} rel.err {:.3e} ({:.2}s)",
+                    r.layer,
+                    r.linear,
+                    r.sparsity,
+                    r.nm_valid
+                        .map(|v| if v { " n:m ok" } else { " n:m BROKEN" })
+                        .unwrap_or(""),
+                    r.avg_bits
+                        .map(|b| format!("{b:.2}"))
+                        .unwrap_or_else(|| "-".into()),
+                    r.loss
+                        .map(|l| format!("{l:.3}"))
+                        .unwrap_or_else(|| "-".into()),
+                    r.rel_error,
+                    r.seconds
+                );
+            }
+        }
+        Ok(())
+    })?;
+    let compress_seconds = start.elapsed().as_secs_f64();
+    if calib.reports.is_empty() {
+        anyhow::bail!("no linear was compressed: check --minlayer, --maxlayer and --prune-only");
+    }
+    let ppl_opts = PplOptions {
+        seqlen: Some(calib.seqlen()),
+        quiet: args.quiet,
+        ..PplOptions::default()
+    };
+    let mut ppls = serde_json::Map::new();
+    for dataset in &args.eval {
+        let r = eval_dataset(&model, dataset, &ppl_opts)?;
+        println!(
+            "{} ({}) on {dataset}: ppl {:.4} ({} windows)",
+            args.model, calib.reports[0].method, r.ppl, r.windows
+        );
+        ppls.insert(dataset.clone(), serde_json::json!(r.ppl));
+    }
+    let n = calib.reports.len() as f64;
+    let mean = |f: &dyn Fn(&sparselab::calibrate::LinearReport) -> f64| {
+        calib.reports.iter().map(f).sum::<f64>() / n
+    };
+    println!(
+        "compressed {} linears in {compress_seconds:.1}s: mean sparsity {:.4}, mean rel.err {:.3e}",
+        calib.reports.len(),
+        mean(&|r| r.sparsity),
+        mean(&|r| r.rel_error)
+    );
+    if let Some(path) = &args.report {
+        let out = serde_json::json!({
+            "model": args.model,
+            "calibration": {"dataset": args.calib, "nsamples": args.nsamples, "seqlen": calib.seqlen(), "seed": args.seed},
+            "seconds": compress_seconds,
+            "linears": calib.reports,
+            "ppl": ppls,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&out)?)
+            .map_err(|e| anyhow::anyhow!("cannot write report {}: {e}", path.display()))?;
+    }
+    Ok(())
 }
 
 #[derive(Args)]
@@ -106,6 +341,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Eval(args) => eval(args),
+        Command::Prune(args) => prune(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

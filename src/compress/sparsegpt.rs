@@ -328,7 +328,11 @@ fn permute_columns<T: Copy + Send + Sync + Default>(
 /// The upper Cholesky factor `U` of `H⁻¹` (`H⁻¹ = UᵀU`), row-major: the
 /// reference's `cholesky` → `cholesky_inverse` → `cholesky(upper=True)`, in f32.
 fn upper_cholesky_of_inverse(h: &[f32], n: usize) -> Result<Vec<f32>> {
-    let not_pd = |what: &str| anyhow::Error::new(NotPositiveDefinite { what: what.to_string() });
+    let not_pd = |what: &str| {
+        anyhow::Error::new(NotPositiveDefinite {
+            what: what.to_string(),
+        })
+    };
     let hm = Mat::<f32>::from_fn(n, n, |i, j| h[i * n + j]);
     let inv = hm.llt(Side::Lower).map_err(|_| not_pd("H"))?.inverse();
     drop(hm);

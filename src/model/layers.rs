@@ -39,7 +39,9 @@ impl Linear {
                 self.weight().dims()
             );
         }
-        let weight = weight.to_dtype(self.weight().dtype())?.to_device(self.weight().device())?;
+        let weight = weight
+            .to_dtype(self.weight().dtype())?
+            .to_device(self.weight().device())?;
         self.inner = candle_nn::Linear::new(weight, self.bias().cloned());
         Ok(())
     }

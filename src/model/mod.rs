@@ -99,7 +99,10 @@ impl DecoderLayer {
         let names: Vec<&str> = linears.iter().map(|l| l.name).collect();
         match linears.iter_mut().find(|l| l.name == name) {
             Some(l) => Ok(l),
-            None => bail!("no linear `{name}` in this layer; linears: {}", names.join(", ")),
+            None => bail!(
+                "no linear `{name}` in this layer; linears: {}",
+                names.join(", ")
+            ),
         }
     }
 }

@@ -1,0 +1,465 @@
+//! Sequential calibration: the layer-by-layer loop of SparseGPT/GPTQ.
+//!
+//! The inputs of decoder layer 0 are captured for every calibration window. Then,
+//! for each layer in order, the layer runs over all windows while each linear's
+//! input Hessian accumulates; the caller compresses the linears it chooses
+//! ([`LayerWork::compress`]); and the compressed layer runs again to produce the
+//! inputs of the next layer ([`Calibration::commit`]). Only one decoder layer is
+//! resident on the device at a time, and each layer's Hessians come from the
+//! outputs of the already-compressed layers before it.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor, TensorId};
+use serde::Serialize;
+
+use crate::compress::{
+    fasterprune, magnitude_prune, relative_output_error, wanda_prune, CompressResult,
+    HessianAccumulator, NotPositiveDefinite, SparseGptOptions, SparsityPattern,
+};
+use crate::data::datasets::{calibration_windows, DatasetSpec, Split};
+use crate::eval::default_seqlen;
+use crate::model::{DecoderLayer, Model};
+use crate::progress::Progress;
+
+/// Settings of a calibration run.
+#[derive(Debug, Clone)]
+pub struct CalibOptions {
+    /// Calibration text (split defaults to `train`). Default `wikitext2`.
+    pub dataset: String,
+    /// Windows. Default 128.
+    pub nsamples: usize,
+    /// Window length; `None` = as evaluation (max_position_embeddings, ≤ 2048).
+    pub seqlen: Option<usize>,
+    /// Seed of the reference sampler. Default 0.
+    pub seed: u64,
+    /// Windows per forward pass. Default 8.
+    pub batch: usize,
+    /// GPTQ's order: each group of linears that read one input gets its Hessian
+    /// only after the groups before it are compressed. Default false.
+    pub true_sequential: bool,
+    /// No progress output.
+    pub quiet: bool,
+}
+
+impl Default for CalibOptions {
+    fn default() -> Self {
+        Self {
+            dataset: "wikitext2".to_string(),
+            nsamples: 128,
+            seqlen: None,
+            seed: 0,
+            batch: 8,
+            true_sequential: false,
+            quiet: false,
+        }
+    }
+}
+
+/// How to compress one linear.
+#[derive(Debug, Clone)]
+pub enum Method {
+    /// SparseGPT / GPTQ (pruning, quantization or both) with OBS updates.
+    SparseGpt(SparseGptOptions),
+    /// Smallest |W| per linear (or n:m).
+    Magnitude(SparsityPattern),
+    /// Wanda: |W_ij|·‖X_j‖ compared within each output row (or n:m).
+    Wanda(SparsityPattern),
+}
+
+impl Method {
+    /// `sparsegpt`, `gptq` (quantization only), `magnitude` or `wanda`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Method::SparseGpt(o) if !o.pattern.prunes() => "gptq",
+            Method::SparseGpt(_) => "sparsegpt",
+            Method::Magnitude(_) => "magnitude",
+            Method::Wanda(_) => "wanda",
+        }
+    }
+}
+
+/// What compressing one linear did.
+#[derive(Debug, Clone, Serialize)]
+pub struct LinearReport {
+    /// Decoder layer.
+    pub layer: usize,
+    /// Linear within the layer (`self_attn.q_proj`, `fc1`, …).
+    pub linear: String,
+    /// Method name.
+    pub method: String,
+    /// Output rows.
+    pub rows: usize,
+    /// Input columns (channels).
+    pub columns: usize,
+    /// Fraction of weights the mask removed.
+    pub sparsity: f64,
+    /// For n:m patterns, whether every group satisfies it.
+    pub nm_valid: Option<bool>,
+    /// Mean bits per input channel, when quantized.
+    pub avg_bits: Option<f64>,
+    /// The OBS loss as the reference prints it (SparseGPT/GPTQ only).
+    pub loss: Option<f64>,
+    /// ‖WX − ŴX‖² / ‖WX‖² on the calibration inputs (through the Hessian).
+    pub rel_error: f64,
+    /// Input channels never activated by the calibration data.
+    pub dead_columns: usize,
+    /// The damping that succeeded (SparseGPT/GPTQ), after any retries.
+    pub percdamp: Option<f64>,
+    /// Seconds spent compressing this linear.
+    pub seconds: f64,
+}
+
+/// The state of a calibration: the inputs of the next decoder layer to process.
+pub struct Calibration {
+    inputs: Vec<Tensor>,
+    next: usize,
+    seqlen: usize,
+    windows: usize,
+    /// The settings it runs with.
+    pub opts: CalibOptions,
+    /// Reports of every linear compressed so far, in order.
+    pub reports: Vec<LinearReport>,
+}
+
+impl Calibration {
+    /// Samples the calibration windows (bit-identical to the reference sampler)
+    /// and runs them through the embedding: the inputs of decoder layer 0.
+    pub fn new(model: &Model, opts: CalibOptions) -> Result<Self> {
+        if opts.nsamples == 0 {
+            bail!("nsamples must be at least 1");
+        }
+        let seqlen = opts.seqlen.unwrap_or_else(|| default_seqlen(model));
+        if seqlen > model.config.max_position_embeddings() {
+            bail!(
+                "calibration seqlen {seqlen} exceeds the model's max_position_embeddings {}",
+                model.config.max_position_embeddings()
+            );
+        }
+        let spec = DatasetSpec::parse(&opts.dataset, Split::Train)?;
+        let windows = calibration_windows(
+            &spec,
+            model.tokenizer()?,
+            Some(model.config.bos_token_id()),
+            opts.nsamples,
+            seqlen,
+            opts.seed,
+        )
+        .with_context(|| format!("sampling calibration windows from {}", opts.dataset))?;
+        let batch = opts.batch.max(1);
+        let mut inputs = Vec::new();
+        for chunk in windows.chunks(batch) {
+            let flat: Vec<u32> = chunk.iter().flatten().copied().collect();
+            let ids = Tensor::from_vec(flat, (chunk.len(), seqlen), &Device::Cpu)?;
+            inputs.push(model.embed(&ids)?);
+        }
+        Ok(Self {
+            inputs,
+            next: 0,
+            seqlen,
+            windows: windows.len(),
+            opts,
+            reports: Vec::new(),
+        })
+    }
+
+    /// Window length.
+    pub fn seqlen(&self) -> usize {
+        self.seqlen
+    }
+    /// Number of calibration windows.
+    pub fn windows(&self) -> usize {
+        self.windows
+    }
+    /// The decoder layer [`next_layer`](Self::next_layer) will yield.
+    pub fn next_index(&self) -> usize {
+        self.next
+    }
+
+    /// Brings the next decoder layer onto the device with its Hessians (all of
+    /// them now, or group by group on demand under `true_sequential`); `None`
+    /// after the last layer.
+    pub fn next_layer(&self, model: &Model) -> Result<Option<LayerWork>> {
+        if self.next >= model.num_layers() {
+            return Ok(None);
+        }
+        let index = self.next;
+        let mut work = LayerWork {
+            index,
+            layer: model.layer(index)?,
+            inputs: self.inputs.clone(),
+            groups: model.sequential_groups(),
+            accs: Vec::new(),
+            owner: HashMap::new(),
+            accumulated: Vec::new(),
+            compressed: Vec::new(),
+            reports: Vec::new(),
+        };
+        work.accumulated = vec![false; work.groups.len()];
+        if !self.opts.true_sequential {
+            work.accumulate(None)
+                .with_context(|| format!("collecting the Hessians of layer {index}"))?;
+        }
+        Ok(Some(work))
+    }
+
+    /// Stores the layer's compressed weights in the model and runs the compressed
+    /// layer over the windows: its outputs become the next layer's inputs.
+    pub fn commit(&mut self, model: &mut Model, work: LayerWork) -> Result<()> {
+        if work.index != self.next {
+            bail!(
+                "layer {} committed out of order: the calibration is at layer {}",
+                work.index,
+                self.next
+            );
+        }
+        for (linear, weight) in &work.compressed {
+            let name = model.linear_weight_name(work.index, linear);
+            model.weights_mut().set(&name, weight.clone())?;
+        }
+        let mut outputs = Vec::with_capacity(self.inputs.len());
+        for x in &self.inputs {
+            outputs.push(work.layer.forward(x)?);
+        }
+        self.inputs = outputs;
+        self.reports.extend(work.reports);
+        self.next += 1;
+        Ok(())
+    }
+
+    /// Runs the remaining layers, calling `policy` on each before committing it.
+    pub fn run(
+        &mut self,
+        model: &mut Model,
+        mut policy: impl FnMut(&mut LayerWork) -> Result<()>,
+    ) -> Result<()> {
+        let remaining = model.num_layers().saturating_sub(self.next);
+        let mut progress = Progress::new("calibrate", remaining as u64, self.opts.quiet);
+        while let Some(mut work) = self.next_layer(model)? {
+            let index = work.index;
+            policy(&mut work).with_context(|| format!("compressing layer {index}"))?;
+            self.commit(model, work)?;
+            progress.inc(1);
+        }
+        progress.finish();
+        Ok(())
+    }
+}
+
+/// One decoder layer during calibration: its resident weights, the Hessians of
+/// its linears, and what has been compressed so far.
+pub struct LayerWork {
+    /// Decoder layer index.
+    pub index: usize,
+    layer: DecoderLayer,
+    inputs: Vec<Tensor>,
+    groups: Vec<Vec<&'static str>>,
+    /// One accumulator per distinct linear input (q/k/v share one, as do gate/up).
+    accs: Vec<HessianAccumulator>,
+    owner: HashMap<&'static str, usize>,
+    accumulated: Vec<bool>,
+    compressed: Vec<(&'static str, Tensor)>,
+    /// Reports of the linears compressed in this layer.
+    pub reports: Vec<LinearReport>,
+}
+
+impl LayerWork {
+    /// Names of the layer's linears, in the reference's order.
+    pub fn linears(&self) -> Vec<&'static str> {
+        self.layer.linears().iter().map(|l| l.name).collect()
+    }
+
+    /// The current weight of a linear (compressed if it has been).
+    pub fn weight(&mut self, linear: &str) -> Result<Tensor> {
+        Ok(self.layer.linear_mut(linear)?.weight().clone())
+    }
+
+    /// The input Hessian of a linear (accumulated now if `true_sequential`
+    /// deferred it).
+    pub fn hessian(&mut self, linear: &str) -> Result<&HessianAccumulator> {
+        let name = self.static_name(linear)?;
+        let group = self
+            .groups
+            .iter()
+            .position(|g| g.contains(&name))
+            .with_context(|| format!("linear {linear} is in no sequential group"))?;
+        if !self.accumulated[group] {
+            self.accumulate(Some(group))?;
+        }
+        let idx = self.owner[name];
+        Ok(&self.accs[idx])
+    }
+
+    fn static_name(&self, linear: &str) -> Result<&'static str> {
+        let names = self.linears();
+        names
+            .iter()
+            .find(|n| **n == linear)
+            .copied()
+            .with_context(|| {
+                format!(
+                    "no linear `{linear}` in layer {}; linears: {}",
+                    self.index,
+                    names.join(", ")
+                )
+            })
+    }
+
+    /// Runs the layer over every window, accumulating the Hessians of one
+    /// sequential group (`Some`) or of every linear (`None`).
+    fn accumulate(&mut self, group: Option<usize>) -> Result<()> {
+        let wanted: Vec<&'static str> = match group {
+            Some(g) => self.groups[g].clone(),
+            None => self.groups.iter().flatten().copied().collect(),
+        };
+        let device = self.inputs[0].device().clone();
+        let accs = &mut self.accs;
+        let owner = &mut self.owner;
+        for x in &self.inputs {
+            // Linears fed the very same tensor share one accumulator, fed once.
+            let mut last: Option<(TensorId, usize)> = None;
+            let mut hook = |name: &str, inp: &Tensor| -> Result<()> {
+                let Some(name) = wanted.iter().find(|n| **n == name).copied() else {
+                    return Ok(());
+                };
+                let idx = match (owner.get(name), last) {
+                    (Some(&i), _) => i,
+                    (None, Some((id, i))) if id == inp.id() => {
+                        owner.insert(name, i);
+                        i
+                    }
+                    (None, _) => {
+                        accs.push(HessianAccumulator::new(inp.dim(inp.rank() - 1)?, &device)?);
+                        owner.insert(name, accs.len() - 1);
+                        accs.len() - 1
+                    }
+                };
+                if !matches!(last, Some((id, _)) if id == inp.id()) {
+                    accs[idx].add_batch(inp)?;
+                }
+                last = Some((inp.id(), idx));
+                Ok(())
+            };
+            self.layer.forward_with_hook(x, Some(&mut hook))?;
+        }
+        match group {
+            Some(g) => self.accumulated[g] = true,
+            None => self.accumulated.iter_mut().for_each(|a| *a = true),
+        }
+        Ok(())
+    }
+
+    /// Compresses one linear with `method`, keeps the result in the resident layer
+    /// (so later Hessians under `true_sequential` see it) and reports it.
+    ///
+    /// A damped Hessian that is not positive definite is retried with ten times
+    /// the damping, up to three times; each retry is reported on stderr.
+    pub fn compress(&mut self, linear: &str, method: &Method) -> Result<LinearReport> {
+        let name = self.static_name(linear)?;
+        if self.compressed.iter().any(|(n, _)| *n == name) {
+            bail!("layer {} {linear} is already compressed", self.index);
+        }
+        let start = Instant::now();
+        let w = self.weight(name)?;
+        let layer = self.index;
+        let acc = self.hessian(name)?.clone();
+        let mut percdamp_used = None;
+        let result: CompressResult = match method {
+            Method::SparseGpt(opts) => {
+                let mut opts = opts.clone();
+                let mut attempt = 0;
+                loop {
+                    match fasterprune(&w, acc.hessian(), &opts) {
+                        Ok(r) => {
+                            percdamp_used = Some(opts.percdamp);
+                            break r;
+                        }
+                        Err(e)
+                            if e.downcast_ref::<NotPositiveDefinite>().is_some() && attempt < 3 =>
+                        {
+                            let next = opts.percdamp.max(1e-8) * 10.0;
+                            eprintln!(
+                                "warning: layer {layer} {linear}: damped Hessian not positive definite \
+                                 at percdamp {}; retrying with {next}",
+                                opts.percdamp
+                            );
+                            opts.percdamp = next;
+                            attempt += 1;
+                        }
+                        Err(e) => {
+                            return Err(e.context(format!(
+                                "layer {layer} {linear}: SparseGPT failed (percdamp {})",
+                                opts.percdamp
+                            )))
+                        }
+                    }
+                }
+            }
+            Method::Magnitude(p) => magnitude_prune(&w, p)?,
+            Method::Wanda(p) => wanda_prune(&w, acc.scaler_row(), p)?,
+        };
+        let rel_error = relative_output_error(&w, &result.weight, acc.hessian())?;
+        self.layer
+            .linear_mut(name)?
+            .set_weight(result.weight.clone())?;
+        self.compressed.push((name, result.weight.clone()));
+        let s = &result.stats;
+        let (rows, columns) = w.dims2()?;
+        let report = LinearReport {
+            layer,
+            linear: name.to_string(),
+            method: method.name().to_string(),
+            rows,
+            columns,
+            sparsity: s.sparsity,
+            nm_valid: s.nm_valid,
+            avg_bits: s.avg_bits,
+            loss: s.loss,
+            rel_error,
+            dead_columns: s.dead_columns,
+            percdamp: percdamp_used,
+            seconds: start.elapsed().as_secs_f64(),
+        };
+        self.reports.push(report.clone());
+        Ok(report)
+    }
+}
+
+/// Which layers and linears a uniform policy touches (the reference's
+/// `--minlayer`, `--maxlayer` and `--prune_only`).
+#[derive(Debug, Clone, Default)]
+pub struct LayerFilter {
+    /// First layer compressed (inclusive).
+    pub min_layer: Option<usize>,
+    /// Layers from here on are left as they are (exclusive bound).
+    pub max_layer: Option<usize>,
+    /// Only linears whose name contains this.
+    pub only: Option<String>,
+}
+
+impl LayerFilter {
+    /// Whether `linear` of layer `index` is to be compressed.
+    pub fn accepts(&self, index: usize, linear: &str) -> bool {
+        self.min_layer.is_none_or(|m| index >= m)
+            && self.max_layer.is_none_or(|m| index < m)
+            && self.only.as_deref().is_none_or(|o| linear.contains(o))
+    }
+}
+
+/// The standard pipeline's policy: every accepted linear of every layer with
+/// one method, in the reference's order.
+pub fn uniform_policy(
+    method: Method,
+    filter: LayerFilter,
+) -> impl FnMut(&mut LayerWork) -> Result<()> {
+    move |work: &mut LayerWork| {
+        for linear in work.linears() {
+            if filter.accepts(work.index, linear) {
+                work.compress(linear, &method)?;
+            }
+        }
+        Ok(())
+    }
+}
