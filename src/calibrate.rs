@@ -16,7 +16,7 @@ use candle_core::{Device, Tensor, TensorId};
 use serde::Serialize;
 
 use crate::compress::{
-    fasterprune, magnitude_prune, relative_output_error, wanda_prune, CompressResult,
+    fasterprune, magnitude_prune, relative_output_error, wanda_prune, BitWidths, CompressResult,
     HessianAccumulator, NotPositiveDefinite, SparseGptOptions, SparsityPattern,
 };
 use crate::data::datasets::{calibration_windows, DatasetSpec, Split};
@@ -100,6 +100,13 @@ pub struct LinearReport {
     pub nm_valid: Option<bool>,
     /// Mean bits per input channel, when quantized.
     pub avg_bits: Option<f64>,
+    /// Input channels per bit width `(bits, channels)`, ascending; empty when
+    /// the linear kept float weights.
+    pub bits_histogram: Vec<(u32, usize)>,
+    /// The importance metric that chose this linear's widths and the range of its
+    /// (mean-normalised) scores, when a policy recorded one
+    /// ([`LayerWork::set_importance`]).
+    pub importance: Option<ImportanceNote>,
     /// The OBS loss as the reference prints it (SparseGPT/GPTQ only).
     pub loss: Option<f64>,
     /// ‖WX − ŴX‖² / ‖WX‖² on the calibration inputs (through the Hessian).
@@ -110,6 +117,17 @@ pub struct LinearReport {
     pub percdamp: Option<f64>,
     /// Seconds spent compressing this linear.
     pub seconds: f64,
+}
+
+/// Which importance metric a policy used for a linear, and its score range.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ImportanceNote {
+    /// Metric name (`magnitude`, `wanda`, `mi`, …).
+    pub metric: String,
+    /// Smallest score.
+    pub min: f64,
+    /// Largest score.
+    pub max: f64,
 }
 
 /// The state of a calibration: the inputs of the next decoder layer to process.
@@ -195,6 +213,7 @@ impl Calibration {
             owner: HashMap::new(),
             accumulated: Vec::new(),
             compressed: Vec::new(),
+            importance: HashMap::new(),
             reports: Vec::new(),
         };
         work.accumulated = vec![false; work.groups.len()];
@@ -261,6 +280,7 @@ pub struct LayerWork {
     owner: HashMap<&'static str, usize>,
     accumulated: Vec<bool>,
     compressed: Vec<(&'static str, Tensor)>,
+    importance: HashMap<&'static str, ImportanceNote>,
     /// Reports of the linears compressed in this layer.
     pub reports: Vec<LinearReport>,
 }
@@ -351,6 +371,14 @@ impl LayerWork {
         Ok(())
     }
 
+    /// Records the importance metric and score range that chose `linear`'s bit
+    /// widths; it goes into that linear's report when it is compressed.
+    pub fn set_importance(&mut self, linear: &str, note: ImportanceNote) -> Result<()> {
+        let name = self.static_name(linear)?;
+        self.importance.insert(name, note);
+        Ok(())
+    }
+
     /// Compresses one linear with `method`, keeps the result in the resident layer
     /// (so later Hessians under `true_sequential` see it) and reports it.
     ///
@@ -407,6 +435,12 @@ impl LayerWork {
         self.compressed.push((name, result.weight.clone()));
         let s = &result.stats;
         let (rows, columns) = w.dims2()?;
+        let bits_histogram = match method {
+            Method::SparseGpt(SparseGptOptions { quant: Some(q), .. }) => {
+                bits_histogram(&q.bits, columns)
+            }
+            _ => Vec::new(),
+        };
         let report = LinearReport {
             layer,
             linear: name.to_string(),
@@ -416,6 +450,8 @@ impl LayerWork {
             sparsity: s.sparsity,
             nm_valid: s.nm_valid,
             avg_bits: s.avg_bits,
+            bits_histogram,
+            importance: self.importance.remove(name),
             loss: s.loss,
             rel_error,
             dead_columns: s.dead_columns,
@@ -425,6 +461,15 @@ impl LayerWork {
         self.reports.push(report.clone());
         Ok(report)
     }
+}
+
+/// Channels per width of a bit assignment over `columns` input channels.
+fn bits_histogram(bits: &BitWidths, columns: usize) -> Vec<(u32, usize)> {
+    let mut hist = std::collections::BTreeMap::new();
+    for j in 0..columns {
+        *hist.entry(bits.column(j)).or_insert(0usize) += 1;
+    }
+    hist.into_iter().collect()
 }
 
 /// Which layers and linears a uniform policy touches (the reference's
