@@ -21,6 +21,7 @@ use crate::compress::{
 };
 use crate::data::datasets::{calibration_windows, DatasetSpec, Split};
 use crate::eval::default_seqlen;
+use crate::model::layers::StopForward;
 use crate::model::{DecoderLayer, Model};
 use crate::progress::Progress;
 
@@ -119,6 +120,28 @@ pub struct LinearReport {
     pub seconds: f64,
 }
 
+/// Where calibration time went, in seconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timings {
+    /// Decoder-layer forward passes (Hessian passes and the passes that produce
+    /// the next layer's inputs), Hessian updates excluded.
+    pub forward: f64,
+    /// Hessian accumulation (XᵀX updates).
+    pub hessian: f64,
+    /// Compression of the linears (OBS sweeps, masks, quantization).
+    pub compress: f64,
+    /// Wall time of each committed layer, from its first Hessian pass to its commit.
+    pub per_layer: Vec<f64>,
+}
+
+impl Timings {
+    fn add(&mut self, other: &Timings) {
+        self.forward += other.forward;
+        self.hessian += other.hessian;
+        self.compress += other.compress;
+    }
+}
+
 /// Which importance metric a policy used for a linear, and its score range.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ImportanceNote {
@@ -140,6 +163,8 @@ pub struct Calibration {
     pub opts: CalibOptions,
     /// Reports of every linear compressed so far, in order.
     pub reports: Vec<LinearReport>,
+    /// Where the time went.
+    pub timings: Timings,
 }
 
 impl Calibration {
@@ -166,6 +191,20 @@ impl Calibration {
             opts.seed,
         )
         .with_context(|| format!("sampling calibration windows from {}", opts.dataset))?;
+        Self::from_windows(model, windows, opts)
+    }
+
+    /// Starts from given token windows (all of one length) instead of sampling
+    /// them from `opts.dataset`.
+    pub fn from_windows(model: &Model, windows: Vec<Vec<u32>>, opts: CalibOptions) -> Result<Self> {
+        let seqlen = windows.first().map(Vec::len).unwrap_or(0);
+        if windows.is_empty() || seqlen == 0 || windows.iter().any(|w| w.len() != seqlen) {
+            bail!("calibration windows must be non-empty and of one length");
+        }
+        let vocab = model.config.vocab_size() as u32;
+        if let Some(bad) = windows.iter().flatten().find(|&&t| t >= vocab) {
+            bail!("token id {bad} is outside the model's vocabulary of {vocab}");
+        }
         let batch = opts.batch.max(1);
         let mut inputs = Vec::new();
         for chunk in windows.chunks(batch) {
@@ -180,6 +219,7 @@ impl Calibration {
             windows: windows.len(),
             opts,
             reports: Vec::new(),
+            timings: Timings::default(),
         })
     }
 
@@ -215,6 +255,8 @@ impl Calibration {
             compressed: Vec::new(),
             importance: HashMap::new(),
             reports: Vec::new(),
+            timings: Timings::default(),
+            started: Instant::now(),
         };
         work.accumulated = vec![false; work.groups.len()];
         if !self.opts.true_sequential {
@@ -238,11 +280,17 @@ impl Calibration {
             let name = model.linear_weight_name(work.index, linear);
             model.weights_mut().set(&name, weight.clone())?;
         }
+        let start = Instant::now();
         let mut outputs = Vec::with_capacity(self.inputs.len());
         for x in &self.inputs {
             outputs.push(work.layer.forward(x)?);
         }
         self.inputs = outputs;
+        self.timings.forward += start.elapsed().as_secs_f64();
+        self.timings.add(&work.timings);
+        self.timings
+            .per_layer
+            .push(work.started.elapsed().as_secs_f64());
         self.reports.extend(work.reports);
         self.next += 1;
         Ok(())
@@ -281,6 +329,8 @@ pub struct LayerWork {
     accumulated: Vec<bool>,
     compressed: Vec<(&'static str, Tensor)>,
     importance: HashMap<&'static str, ImportanceNote>,
+    timings: Timings,
+    started: Instant,
     /// Reports of the linears compressed in this layer.
     pub reports: Vec<LinearReport>,
 }
@@ -337,13 +387,21 @@ impl LayerWork {
         let device = self.inputs[0].device().clone();
         let accs = &mut self.accs;
         let owner = &mut self.owner;
+        let start = Instant::now();
+        let mut hessian_seconds = 0f64;
         for x in &self.inputs {
             // Linears fed the very same tensor share one accumulator, fed once.
             let mut last: Option<(TensorId, usize)> = None;
+            let mut seen = 0;
             let mut hook = |name: &str, inp: &Tensor| -> Result<()> {
+                if seen == wanted.len() {
+                    // Every wanted input is in: what the layer computes next is unread.
+                    return Err(StopForward.into());
+                }
                 let Some(name) = wanted.iter().find(|n| **n == name).copied() else {
                     return Ok(());
                 };
+                seen += 1;
                 let idx = match (owner.get(name), last) {
                     (Some(&i), _) => i,
                     (None, Some((id, i))) if id == inp.id() => {
@@ -357,13 +415,23 @@ impl LayerWork {
                     }
                 };
                 if !matches!(last, Some((id, _)) if id == inp.id()) {
+                    let t = Instant::now();
                     accs[idx].add_batch(inp)?;
+                    hessian_seconds += t.elapsed().as_secs_f64();
                 }
                 last = Some((inp.id(), idx));
+                if seen == wanted.len() {
+                    return Err(StopForward.into());
+                }
                 Ok(())
             };
-            self.layer.forward_with_hook(x, Some(&mut hook))?;
+            match self.layer.forward_with_hook(x, Some(&mut hook)) {
+                Err(e) if e.downcast_ref::<StopForward>().is_none() => return Err(e),
+                _ => {}
+            }
         }
+        self.timings.hessian += hessian_seconds;
+        self.timings.forward += start.elapsed().as_secs_f64() - hessian_seconds;
         match group {
             Some(g) => self.accumulated[g] = true,
             None => self.accumulated.iter_mut().for_each(|a| *a = true),
@@ -458,6 +526,7 @@ impl LayerWork {
             percdamp: percdamp_used,
             seconds: start.elapsed().as_secs_f64(),
         };
+        self.timings.compress += report.seconds;
         self.reports.push(report.clone());
         Ok(report)
     }

@@ -7,6 +7,12 @@ use candle_core::{DType, Device, Module, Result, Tensor, D};
 /// each linear runs; calibration uses it to accumulate Hessians.
 pub type LinearHook<'a> = dyn FnMut(&str, &Tensor) -> anyhow::Result<()> + 'a;
 
+/// Returned by a [`LinearHook`] that has seen every input it needs: the layer's
+/// forward pass stops there, so outputs nothing reads are not computed.
+#[derive(Debug, thiserror::Error)]
+#[error("forward pass stopped by a hook")]
+pub struct StopForward;
+
 /// A linear sublayer `y = x Wᵀ + b`, weight `[out, in]` as transformers stores it.
 #[derive(Clone)]
 pub struct Linear {
@@ -51,12 +57,31 @@ impl Linear {
         self.inner.bias()
     }
 
-    /// Applies the linear, reporting its input to `hook` first.
-    pub fn forward(&self, x: &Tensor, hook: &mut Option<&mut LinearHook<'_>>) -> Result<Tensor> {
+    /// Applies the linear, reporting its input to `hook` first; an error from the
+    /// hook (such as [`StopForward`]) ends the layer's forward pass there.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        hook: &mut Option<&mut LinearHook<'_>>,
+    ) -> anyhow::Result<Tensor> {
         if let Some(h) = hook.as_mut() {
-            h(self.name, x).map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?;
+            h(self.name, x)?;
         }
-        self.inner.forward(x)
+        let w = self.weight();
+        if super::kernels::is_cpu_f32(x) && super::kernels::is_cpu_f32(w) {
+            let dims = x.dims().to_vec();
+            let k = dims[dims.len() - 1];
+            let rows = x.elem_count() / k;
+            let y = super::kernels::matmul_xwt(&x.reshape((rows, k))?, w)?;
+            let mut out_dims = dims;
+            *out_dims.last_mut().expect("rank ≥ 1") = w.dim(0)?;
+            let y = y.reshape(out_dims)?;
+            return Ok(match self.bias() {
+                Some(b) => y.broadcast_add(b)?,
+                None => y,
+            });
+        }
+        Ok(self.inner.forward(x)?)
     }
 }
 

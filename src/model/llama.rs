@@ -120,7 +120,11 @@ impl LlamaLayer {
     }
 
     /// Runs the layer over hidden states `[b, t, hidden]` at positions 0…t−1.
-    pub fn forward(&self, x: &Tensor, hook: &mut Option<&mut LinearHook<'_>>) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        hook: &mut Option<&mut LinearHook<'_>>,
+    ) -> anyhow::Result<Tensor> {
         let [q_proj, k_proj, v_proj, o_proj, gate, up, down] = &self.linears[..] else {
             unreachable!("a Llama layer has seven linears")
         };
@@ -137,7 +141,7 @@ impl LlamaLayer {
         let h = rms_norm(&x, &self.post_attn_norm, self.eps)?;
         let g = candle_nn::ops::silu(&gate.forward(&h, hook)?)?;
         let u = up.forward(&h, hook)?;
-        x + down.forward(&(g * u)?, hook)?
+        Ok((x + down.forward(&(g * u)?, hook)?)?)
     }
 }
 

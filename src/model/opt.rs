@@ -92,7 +92,11 @@ impl OptLayer {
     }
 
     /// Runs the layer over hidden states `[b, t, hidden]`.
-    pub fn forward(&self, x: &Tensor, hook: &mut Option<&mut LinearHook<'_>>) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        hook: &mut Option<&mut LinearHook<'_>>,
+    ) -> anyhow::Result<Tensor> {
         let [k_proj, v_proj, q_proj, out_proj, fc1, fc2] = &self.linears[..] else {
             unreachable!("an OPT layer has six linears")
         };
