@@ -54,7 +54,26 @@ fn gemm_rate() -> Result<f64> {
     Ok(2.0 * 4096.0 * 768.0 * 3072.0 / best / 1e9)
 }
 
+/// Current anonymous and file-backed resident memory in MiB.
+fn rss_split_mib() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map(|kb| kb / 1024.0)
+            .unwrap_or(f64::NAN)
+    };
+    (field("RssAnon:"), field("RssFile:"))
+}
+
 fn main() -> Result<()> {
+    // The measured run happens in a fresh child process, so that the memory used
+    // to write the random checkpoint does not count towards its peak.
+    if let Ok(dir) = std::env::var("SPARSELAB_BENCH_CHILD") {
+        return measure(Path::new(&dir));
+    }
     let (windows, seqlen, layers) = (
         env_or("SPARSELAB_BENCH_WINDOWS", 16),
         env_or("SPARSELAB_BENCH_SEQLEN", 512),
@@ -77,6 +96,19 @@ fn main() -> Result<()> {
         })
         .collect();
     std::fs::write(dir.join("windows.json"), serde_json::to_string(&ids)?)?;
+    let status = Command::new(std::env::current_exe()?)
+        .env("SPARSELAB_BENCH_CHILD", &dir)
+        .status()?;
+    anyhow::ensure!(status.success(), "the measured run failed");
+    torch_baseline(&dir)
+}
+
+fn measure(dir: &Path) -> Result<()> {
+    let ids: Vec<Vec<u32>> = serde_json::from_str(&std::fs::read_to_string(dir.join("windows.json"))?)?;
+    let (windows, seqlen) = (ids.len(), ids[0].len());
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json"))?)?;
+    let layers = config["num_hidden_layers"].as_u64().unwrap_or(12) as usize;
+    let (d, f) = (768usize, 3072usize);
     let gemm = gemm_rate()?;
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 
@@ -99,6 +131,7 @@ fn main() -> Result<()> {
     calib.run(&mut model, uniform_policy(method, LayerFilter::default()))?;
     let total = start.elapsed().as_secs_f64();
     let peak = peak_rss_mib();
+    let (anon, file) = rss_split_mib();
 
     // FLOPs actually asked of the machine (approximate for OBS, exact for GEMMs).
     let n = (windows * seqlen) as f64;
@@ -141,13 +174,14 @@ fn main() -> Result<()> {
         100.0 * flops / total / 1e9 / gemm
     );
     println!(
-        "  peak RSS {peak:.0} MiB (one layer's weights {layer_mib:.0} MiB + activations {acts_mib:.0} MiB; \
-         the checkpoint's mapped pages count too)"
+        "  peak RSS {peak:.0} MiB; at the end {anon:.0} MiB anonymous + {file:.0} MiB mapped checkpoint pages \
+         (one layer's weights {layer_mib:.0} MiB, activations {acts_mib:.0} MiB, embedding {:.0} MiB)",
+        50272.0 * d * 4.0 / 1048576.0
     );
-    torch_baseline(&dir, windows, seqlen)
+    Ok(())
 }
 
-fn torch_baseline(dir: &Path, windows: usize, seqlen: usize) -> Result<()> {
+fn torch_baseline(dir: &Path) -> Result<()> {
     let python = std::env::var("SPARSELAB_PYTHON").unwrap_or_else(|_| "python3".into());
     let ok = Command::new(&python)
         .args(["-c", "import torch, transformers"])
@@ -169,6 +203,5 @@ fn torch_baseline(dir: &Path, windows: usize, seqlen: usize) -> Result<()> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let _ = (windows, seqlen);
     Ok(())
 }
