@@ -1,5 +1,7 @@
 //! The numerical core of compression: Hessians, the OBS sweep (SparseGPT/GPTQ),
-//! the min-max quantizer, magnitude and Wanda pruning, and error statistics.
+//! the min-max quantizer, magnitude and Wanda pruning, error statistics, and
+//! mixed precision: activation reservoirs, channel importance, bit allocation
+//! and the run summary.
 //!
 //! Everything here works on one weight matrix `W` (`[rows, columns]`, as
 //! `nn.Linear.weight` stores it) and, where needed, the Hessian of its inputs
@@ -17,6 +19,7 @@ pub mod hessian;
 pub mod magnitude;
 pub mod pattern;
 pub mod quant;
+pub mod reservoir;
 pub mod sparsegpt;
 pub mod stats;
 pub mod wanda;
@@ -27,6 +30,7 @@ pub use hessian::HessianAccumulator;
 pub use magnitude::magnitude_prune;
 pub use pattern::SparsityPattern;
 pub use quant::{BitWidths, QuantizerConfig};
+pub use reservoir::{ActivationReservoir, DEFAULT_RESERVOIR_CAPACITY};
 pub use sparsegpt::{fasterprune, NotPositiveDefinite, QuantOptions, SparseGptOptions};
 pub use stats::relative_output_error;
 pub use wanda::wanda_prune;
