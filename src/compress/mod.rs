@@ -16,6 +16,7 @@
 //! is an independent numpy port that the integration tests compare against.
 
 pub mod hessian;
+pub mod importance;
 pub mod magnitude;
 pub mod pattern;
 pub mod quant;
@@ -27,6 +28,9 @@ pub mod wanda;
 mod matrix;
 
 pub use hessian::HessianAccumulator;
+pub use importance::{
+    importance_note, normalize_mean1, score_importance, score_range, ImportanceOptions, Metric,
+};
 pub use magnitude::magnitude_prune;
 pub use pattern::SparsityPattern;
 pub use quant::{BitWidths, QuantizerConfig};
