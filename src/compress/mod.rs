@@ -15,6 +15,7 @@
 //! figures are comparable with published ones; `tests/reference/sparsegpt_ref.py`
 //! is an independent numpy port that the integration tests compare against.
 
+pub mod allocation;
 pub mod hessian;
 pub mod importance;
 pub mod magnitude;
@@ -27,6 +28,9 @@ pub mod wanda;
 
 mod matrix;
 
+pub use allocation::{
+    allocate_bits, group_channels, split_per_linear, AllocMethod, AllocOptions, GroupMethod,
+};
 pub use hessian::HessianAccumulator;
 pub use importance::{
     importance_note, normalize_mean1, score_importance, score_range, ImportanceOptions, Metric,
