@@ -24,6 +24,7 @@ pub mod quant;
 pub mod reservoir;
 pub mod sparsegpt;
 pub mod stats;
+pub mod summary;
 pub mod wanda;
 
 mod matrix;
@@ -41,6 +42,7 @@ pub use quant::{BitWidths, QuantizerConfig};
 pub use reservoir::{ActivationReservoir, DEFAULT_RESERVOIR_CAPACITY};
 pub use sparsegpt::{fasterprune, NotPositiveDefinite, QuantOptions, SparseGptOptions};
 pub use stats::relative_output_error;
+pub use summary::{RunIntent, Summary};
 pub use wanda::wanda_prune;
 
 use candle_core::Tensor;
