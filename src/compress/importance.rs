@@ -371,8 +371,21 @@ pub fn score_importance(
         res: res.as_ref().map(|(m, t)| (m, *t)),
         opts,
     };
-    let scores = scorer.score(metric)?;
-    Ok(scores.into_iter().map(|s| s as f32).collect())
+    let scores: Vec<f32> = scorer
+        .score(metric)?
+        .into_iter()
+        .map(|s| s as f32)
+        .collect();
+    // The Hessian's diagonal is read without a full finiteness check, and f32
+    // can overflow: say which metric broke rather than let allocation choke.
+    if let Some(j) = scores.iter().position(|s| !s.is_finite()) {
+        bail!(
+            "metric `{metric}` gave channel {j} a non-finite score ({}); check the weight and \
+             the Hessian for non-finite values",
+            scores[j]
+        );
+    }
+    Ok(scores)
 }
 
 /// Everything a metric may read.
