@@ -223,6 +223,8 @@ mod tests {
     #[test]
     fn keeps_everything_below_capacity() -> Result<()> {
         let mut r = ActivationReservoir::new(100, 3, 7)?;
+        assert!(r.is_empty());
+        assert_eq!(r.samples()?.dims(), &[0, 3]);
         r.add_batch(&stream(40, 3).reshape((2, 20, 3))?)?;
         assert_eq!(r.len(), 40);
         assert_eq!(sampled_tokens(&r), (0..40).collect::<Vec<_>>());
