@@ -1,5 +1,7 @@
 //! The numerical core of compression: Hessians, the OBS sweep (SparseGPT/GPTQ),
-//! the min-max quantizer, magnitude and Wanda pruning, and error statistics.
+//! the min-max quantizer, magnitude and Wanda pruning, error statistics, and
+//! mixed precision: activation reservoirs, channel importance, bit allocation
+//! and the run summary.
 //!
 //! Everything here works on one weight matrix `W` (`[rows, columns]`, as
 //! `nn.Linear.weight` stores it) and, where needed, the Hessian of its inputs
@@ -13,22 +15,34 @@
 //! figures are comparable with published ones; `tests/reference/sparsegpt_ref.py`
 //! is an independent numpy port that the integration tests compare against.
 
+pub mod allocation;
 pub mod hessian;
+pub mod importance;
 pub mod magnitude;
 pub mod pattern;
 pub mod quant;
+pub mod reservoir;
 pub mod sparsegpt;
 pub mod stats;
+pub mod summary;
 pub mod wanda;
 
 mod matrix;
 
+pub use allocation::{
+    allocate_bits, group_channels, split_per_linear, AllocMethod, AllocOptions, GroupMethod,
+};
 pub use hessian::HessianAccumulator;
+pub use importance::{
+    importance_note, normalize_mean1, score_importance, score_range, ImportanceOptions, Metric,
+};
 pub use magnitude::magnitude_prune;
 pub use pattern::SparsityPattern;
 pub use quant::{BitWidths, QuantizerConfig};
+pub use reservoir::{ActivationReservoir, DEFAULT_RESERVOIR_CAPACITY};
 pub use sparsegpt::{fasterprune, NotPositiveDefinite, QuantOptions, SparseGptOptions};
 pub use stats::relative_output_error;
+pub use summary::{RunIntent, Summary};
 pub use wanda::wanda_prune;
 
 use candle_core::Tensor;
