@@ -104,9 +104,11 @@ fn main() -> Result<()> {
 }
 
 fn measure(dir: &Path) -> Result<()> {
-    let ids: Vec<Vec<u32>> = serde_json::from_str(&std::fs::read_to_string(dir.join("windows.json"))?)?;
+    let ids: Vec<Vec<u32>> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("windows.json"))?)?;
     let (windows, seqlen) = (ids.len(), ids[0].len());
-    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json"))?)?;
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json"))?)?;
     let layers = config["num_hidden_layers"].as_u64().unwrap_or(12) as usize;
     let (d, f) = (768usize, 3072usize);
     let gemm = gemm_rate()?;

@@ -15,6 +15,8 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor, TensorId};
 use serde::Serialize;
 
+use crate::compress::importance::{score_importance, ImportanceOptions};
+use crate::compress::reservoir::{ActivationReservoir, DEFAULT_RESERVOIR_CAPACITY};
 use crate::compress::{
     fasterprune, magnitude_prune, relative_output_error, wanda_prune, BitWidths, CompressResult,
     HessianAccumulator, NotPositiveDefinite, SparseGptOptions, SparsityPattern,
@@ -41,6 +43,10 @@ pub struct CalibOptions {
     /// GPTQ's order: each group of linears that read one input gets its Hessian
     /// only after the groups before it are compressed. Default false.
     pub true_sequential: bool,
+    /// Token rows of each linear's input kept as a uniform sample for the
+    /// activation-based importance metrics (`outlier`, `mi`); 0 keeps none.
+    /// Default 4096.
+    pub reservoir: usize,
     /// No progress output.
     pub quiet: bool,
 }
@@ -54,6 +60,7 @@ impl Default for CalibOptions {
             seed: 0,
             batch: 8,
             true_sequential: false,
+            reservoir: DEFAULT_RESERVOIR_CAPACITY,
             quiet: false,
         }
     }
@@ -250,6 +257,9 @@ impl Calibration {
             inputs: self.inputs.clone(),
             groups: model.sequential_groups(),
             accs: Vec::new(),
+            reservoirs: Vec::new(),
+            reservoir_capacity: self.opts.reservoir,
+            seed: self.opts.seed,
             owner: HashMap::new(),
             accumulated: Vec::new(),
             compressed: Vec::new(),
@@ -325,6 +335,10 @@ pub struct LayerWork {
     groups: Vec<Vec<&'static str>>,
     /// One accumulator per distinct linear input (q/k/v share one, as do gate/up).
     accs: Vec<HessianAccumulator>,
+    /// A sample of the same inputs, parallel to `accs` (empty when disabled).
+    reservoirs: Vec<ActivationReservoir>,
+    reservoir_capacity: usize,
+    seed: u64,
     owner: HashMap<&'static str, usize>,
     accumulated: Vec<bool>,
     compressed: Vec<(&'static str, Tensor)>,
@@ -386,6 +400,8 @@ impl LayerWork {
         };
         let device = self.inputs[0].device().clone();
         let accs = &mut self.accs;
+        let reservoirs = &mut self.reservoirs;
+        let (capacity, seed, layer) = (self.reservoir_capacity, self.seed, self.index as u64);
         let owner = &mut self.owner;
         let start = Instant::now();
         let mut hessian_seconds = 0f64;
@@ -409,7 +425,13 @@ impl LayerWork {
                         i
                     }
                     (None, _) => {
-                        accs.push(HessianAccumulator::new(inp.dim(inp.rank() - 1)?, &device)?);
+                        let columns = inp.dim(inp.rank() - 1)?;
+                        accs.push(HessianAccumulator::new(columns, &device)?);
+                        if capacity > 0 {
+                            // Seeded per layer and input, so runs are repeatable.
+                            let s = seed ^ (layer << 32) ^ accs.len() as u64;
+                            reservoirs.push(ActivationReservoir::new(capacity, columns, s)?);
+                        }
                         owner.insert(name, accs.len() - 1);
                         accs.len() - 1
                     }
@@ -417,6 +439,9 @@ impl LayerWork {
                 if !matches!(last, Some((id, _)) if id == inp.id()) {
                     let t = Instant::now();
                     accs[idx].add_batch(inp)?;
+                    if let Some(r) = reservoirs.get_mut(idx) {
+                        r.add_batch(inp)?;
+                    }
                     hessian_seconds += t.elapsed().as_secs_f64();
                 }
                 last = Some((inp.id(), idx));
@@ -437,6 +462,34 @@ impl LayerWork {
             None => self.accumulated.iter_mut().for_each(|a| *a = true),
         }
         Ok(())
+    }
+
+    /// The sample of a linear's inputs kept for activation-based metrics (`None`
+    /// when the calibration keeps no reservoir).
+    pub fn reservoir(&mut self, linear: &str) -> Result<Option<&ActivationReservoir>> {
+        let name = self.static_name(linear)?;
+        self.hessian(name)?;
+        let idx = self.owner[name];
+        Ok(self.reservoirs.get(idx))
+    }
+
+    /// One importance score per input channel of `linear` (see
+    /// [`score_importance`] for the metrics), from its current weight, its
+    /// Hessian and its input sample.
+    pub fn score(
+        &mut self,
+        linear: &str,
+        metric: &str,
+        opts: &ImportanceOptions,
+    ) -> Result<Vec<f32>> {
+        let w = self.weight(linear)?;
+        let samples = match self.reservoir(linear)? {
+            Some(r) => Some(r.samples()?),
+            None => None,
+        };
+        let acc = self.hessian(linear)?;
+        score_importance(metric, &w, acc, samples.as_ref(), opts)
+            .with_context(|| format!("importance `{metric}` of layer {} {linear}", self.index))
     }
 
     /// Records the importance metric and score range that chose `linear`'s bit
@@ -576,4 +629,41 @@ pub fn uniform_policy(
         }
         Ok(())
     }
+}
+
+/// One linear's importance scores.
+#[derive(Debug, Clone)]
+pub struct LinearScores {
+    /// Decoder layer.
+    pub layer: usize,
+    /// Linear within the layer.
+    pub linear: &'static str,
+    /// One score per input channel.
+    pub scores: Vec<f32>,
+}
+
+/// Scores every linear of every layer on the dense model: a calibration pass
+/// that compresses nothing (so every layer sees dense activations). This is the
+/// first pass of a model-wide allocation, which needs all scores before any
+/// linear is compressed.
+pub fn score_dense(
+    model: &mut Model,
+    opts: CalibOptions,
+    metric: &str,
+    iopts: &ImportanceOptions,
+) -> Result<Vec<LinearScores>> {
+    let mut calib = Calibration::new(model, opts)?;
+    let mut out = Vec::new();
+    calib.run(model, |work| {
+        for linear in work.linears() {
+            let scores = work.score(linear, metric, iopts)?;
+            out.push(LinearScores {
+                layer: work.index,
+                linear,
+                scores,
+            });
+        }
+        Ok(())
+    })?;
+    Ok(out)
 }
