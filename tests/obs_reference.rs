@@ -3,6 +3,9 @@
 //! its own Cholesky, its own quantizer. Masks must be identical and weights agree
 //! within 1e-5 of max|W|.
 
+// Index loops mirror the reference's math; iterator chains would hide it.
+#![allow(clippy::needless_range_loop)]
+
 use candle_core::{Device, Tensor};
 use rand_mt::Mt64;
 use sparselab::compress::{
