@@ -15,6 +15,16 @@ pub fn is_cpu_f32(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32
 }
 
+/// `x · wᵀ` for `x` `[n, k]` and `w` `[m, k]` on any device and dtype: through
+/// faer for f32 on the CPU, through candle otherwise.
+pub fn xwt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if is_cpu_f32(x) && is_cpu_f32(w) {
+        matmul_xwt(x, w)
+    } else {
+        x.matmul(&w.t()?)
+    }
+}
+
 /// `x · wᵀ` for `x` `[n, k]` and `w` `[m, k]` (f32, CPU): `[n, m]`.
 pub fn matmul_xwt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (n, k) = x.dims2()?;

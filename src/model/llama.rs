@@ -186,8 +186,7 @@ impl LlamaOuter {
     pub fn head(&self, x: &Tensor) -> Result<Tensor> {
         let x = rms_norm(x, &self.norm, self.eps)?;
         let (b, t, h) = x.dims3()?;
-        x.reshape((b * t, h))?
-            .matmul(&self.lm_head.t()?)?
+        super::kernels::xwt(&x.reshape((b * t, h))?, &self.lm_head)?
             .to_dtype(DType::F32)?
             .reshape((b, t, ()))
     }

@@ -185,7 +185,7 @@ impl OptOuter {
         let (b, t) = ids.dims2()?;
         let mut x = self.embed_tokens.index_select(&ids.flatten_all()?, 0)?;
         if let Some(w) = &self.project_in {
-            x = x.matmul(&w.t()?)?;
+            x = super::kernels::xwt(&x, w)?;
         }
         let x = x.reshape((b, t, ()))?;
         let pos = self.embed_positions.narrow(0, POSITION_OFFSET, t)?;
@@ -201,9 +201,9 @@ impl OptOuter {
         let (b, t, h) = x.dims3()?;
         let mut x = x.reshape((b * t, h))?;
         if let Some(w) = &self.project_out {
-            x = x.matmul(&w.t()?)?;
+            x = super::kernels::xwt(&x, w)?;
         }
-        x.matmul(&self.lm_head.t()?)?
+        super::kernels::xwt(&x, &self.lm_head)?
             .to_dtype(DType::F32)?
             .reshape((b, t, ()))
     }
