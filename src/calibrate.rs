@@ -9,11 +9,16 @@
 //! outputs of the already-compressed layers before it.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor, TensorId};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{Checkpoint, Manifest};
+use crate::model::packed::BitMask;
+use crate::model::CompressedInfo;
 
 use crate::compress::importance::{score_importance, ImportanceOptions};
 use crate::compress::reservoir::{ActivationReservoir, DEFAULT_RESERVOIR_CAPACITY};
@@ -49,6 +54,12 @@ pub struct CalibOptions {
     pub reservoir: usize,
     /// No progress output.
     pub quiet: bool,
+    /// Write each committed layer (and the next layer's inputs) here, and resume
+    /// from what is there ([`crate::checkpoint`]). Default `None`.
+    pub checkpoint: Option<PathBuf>,
+    /// The caller's description of its policy, stored in the checkpoint so that a
+    /// resume with a different policy is refused. Default empty.
+    pub fingerprint: String,
 }
 
 impl Default for CalibOptions {
@@ -62,6 +73,8 @@ impl Default for CalibOptions {
             true_sequential: false,
             reservoir: DEFAULT_RESERVOIR_CAPACITY,
             quiet: false,
+            checkpoint: None,
+            fingerprint: String::new(),
         }
     }
 }
@@ -90,7 +103,7 @@ impl Method {
 }
 
 /// What compressing one linear did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LinearReport {
     /// Decoder layer.
     pub layer: usize,
@@ -111,6 +124,14 @@ pub struct LinearReport {
     /// Input channels per bit width `(bits, channels)`, ascending; empty when
     /// the linear kept float weights.
     pub bits_histogram: Vec<(u32, usize)>,
+    /// Bits of every input channel, run-length encoded as `(bits, run)` pairs
+    /// ([`crate::report::bits_from_rle`] expands it); empty when not quantized.
+    #[serde(default)]
+    pub bits_rle: Vec<(u32, usize)>,
+    /// The method's settings: pattern (mask structure), and for SparseGPT/GPTQ
+    /// block size, damping, order and quantizer ([`crate::report::method_settings`]).
+    #[serde(default)]
+    pub settings: serde_json::Value,
     /// The importance metric that chose this linear's widths and the range of its
     /// (mean-normalised) scores, when a policy recorded one
     /// ([`LayerWork::set_importance`]).
@@ -150,7 +171,7 @@ impl Timings {
 }
 
 /// Which importance metric a policy used for a linear, and its score range.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ImportanceNote {
     /// Metric name (`magnitude`, `wanda`, `mi`, …).
     pub metric: String,
@@ -172,6 +193,11 @@ pub struct Calibration {
     pub reports: Vec<LinearReport>,
     /// Where the time went.
     pub timings: Timings,
+    /// Layers restored from the checkpoint rather than computed by this run.
+    pub resumed_layers: usize,
+    checkpoint: Option<Checkpoint>,
+    /// Compressed weights restored from the checkpoint, not yet in the model.
+    pending: Vec<(String, Tensor, CompressedInfo)>,
 }
 
 impl Calibration {
@@ -212,22 +238,66 @@ impl Calibration {
         if let Some(bad) = windows.iter().flatten().find(|&&t| t >= vocab) {
             bail!("token id {bad} is outside the model's vocabulary of {vocab}");
         }
-        let batch = opts.batch.max(1);
-        let mut inputs = Vec::new();
-        for chunk in windows.chunks(batch) {
-            let flat: Vec<u32> = chunk.iter().flatten().copied().collect();
-            let ids = Tensor::from_vec(flat, (chunk.len(), seqlen), &Device::Cpu)?;
-            inputs.push(model.embed(&ids)?);
-        }
-        Ok(Self {
-            inputs,
+        let (checkpoint, restored) = match &opts.checkpoint {
+            Some(dir) => {
+                let manifest = Manifest::new(model, &opts, &windows)?;
+                let (c, r) = Checkpoint::open(dir, manifest, model)?;
+                (Some(c), r)
+            }
+            None => (None, None),
+        };
+        let mut me = Self {
+            inputs: Vec::new(),
             next: 0,
             seqlen,
             windows: windows.len(),
             opts,
             reports: Vec::new(),
             timings: Timings::default(),
-        })
+            resumed_layers: 0,
+            checkpoint,
+            pending: Vec::new(),
+        };
+        if let Some(r) = restored {
+            me.inputs = r.inputs;
+            me.next = r.completed;
+            me.resumed_layers = r.completed;
+            me.reports = r.reports;
+            me.timings.per_layer = r.per_layer;
+            me.pending = r.weights;
+            if !me.opts.quiet {
+                eprintln!(
+                    "resuming from the checkpoint in {}: layers 0..{} are done",
+                    me.opts
+                        .checkpoint
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
+                    r.completed
+                );
+            }
+            return Ok(me);
+        }
+        let batch = me.opts.batch.max(1);
+        for chunk in windows.chunks(batch) {
+            let flat: Vec<u32> = chunk.iter().flatten().copied().collect();
+            let ids = Tensor::from_vec(flat, (chunk.len(), seqlen), &Device::Cpu)?;
+            me.inputs.push(model.embed(&ids)?);
+        }
+        Ok(me)
+    }
+
+    /// Puts the compressed weights restored from the checkpoint into the model
+    /// (done by [`run`](Self::run); needed before [`next_layer`](Self::next_layer)
+    /// when driving the layers by hand after a resume).
+    pub fn restore(&mut self, model: &mut Model) -> Result<()> {
+        for (name, w, info) in self.pending.drain(..) {
+            model
+                .weights_mut()
+                .set_compressed(&name, w, info)
+                .with_context(|| format!("restoring {name} from the checkpoint"))?;
+        }
+        Ok(())
     }
 
     /// Window length.
@@ -247,6 +317,13 @@ impl Calibration {
     /// them now, or group by group on demand under `true_sequential`); `None`
     /// after the last layer.
     pub fn next_layer(&self, model: &Model) -> Result<Option<LayerWork>> {
+        if !self.pending.is_empty() {
+            bail!(
+                "the checkpoint's compressed layers 0..{} are not in the model yet: \
+                 call Calibration::restore(&mut model) first",
+                self.next
+            );
+        }
         if self.next >= model.num_layers() {
             return Ok(None);
         }
@@ -263,6 +340,7 @@ impl Calibration {
             owner: HashMap::new(),
             accumulated: Vec::new(),
             compressed: Vec::new(),
+            infos: HashMap::new(),
             importance: HashMap::new(),
             reports: Vec::new(),
             timings: Timings::default(),
@@ -286,9 +364,23 @@ impl Calibration {
                 self.next
             );
         }
+        if !self.pending.is_empty() {
+            bail!("call Calibration::restore(&mut model) before committing layers");
+        }
+        let mut saved = Vec::new();
         for (linear, weight) in &work.compressed {
             let name = model.linear_weight_name(work.index, linear);
-            model.weights_mut().set(&name, weight.clone())?;
+            match work.infos.get(linear) {
+                Some(info) => {
+                    model
+                        .weights_mut()
+                        .set_compressed(&name, weight.clone(), info.clone())?;
+                    if self.checkpoint.is_some() {
+                        saved.push((name, weight.clone(), info.clone()));
+                    }
+                }
+                None => model.weights_mut().set(&name, weight.clone())?,
+            }
         }
         let start = Instant::now();
         let mut outputs = Vec::with_capacity(self.inputs.len());
@@ -298,9 +390,25 @@ impl Calibration {
         self.inputs = outputs;
         self.timings.forward += start.elapsed().as_secs_f64();
         self.timings.add(&work.timings);
-        self.timings
-            .per_layer
-            .push(work.started.elapsed().as_secs_f64());
+        let seconds = work.started.elapsed().as_secs_f64();
+        if let Some(c) = &mut self.checkpoint {
+            let last = work.index + 1 == model.num_layers();
+            c.save_layer(
+                work.index,
+                &saved,
+                &work.reports,
+                seconds,
+                (!last).then_some(self.inputs.as_slice()),
+            )
+            .with_context(|| {
+                format!(
+                    "writing layer {} to the checkpoint in {}",
+                    work.index,
+                    c.dir().display()
+                )
+            })?;
+        }
+        self.timings.per_layer.push(seconds);
         self.reports.extend(work.reports);
         self.next += 1;
         Ok(())
@@ -312,6 +420,7 @@ impl Calibration {
         model: &mut Model,
         mut policy: impl FnMut(&mut LayerWork) -> Result<()>,
     ) -> Result<()> {
+        self.restore(model)?;
         let remaining = model.num_layers().saturating_sub(self.next);
         let mut progress = Progress::new("calibrate", remaining as u64, self.opts.quiet);
         while let Some(mut work) = self.next_layer(model)? {
@@ -342,6 +451,8 @@ pub struct LayerWork {
     owner: HashMap<&'static str, usize>,
     accumulated: Vec<bool>,
     compressed: Vec<(&'static str, Tensor)>,
+    /// Mask and quantization grid of each compressed linear.
+    infos: HashMap<&'static str, CompressedInfo>,
     importance: HashMap<&'static str, ImportanceNote>,
     timings: Timings,
     started: Instant,
@@ -554,13 +665,21 @@ impl LayerWork {
             .linear_mut(name)?
             .set_weight(result.weight.clone())?;
         self.compressed.push((name, result.weight.clone()));
+        self.infos.insert(
+            name,
+            CompressedInfo {
+                mask: BitMask::from_tensor(&result.stats.mask)?,
+                grid: result.stats.grid.clone(),
+            },
+        );
         let s = &result.stats;
         let (rows, columns) = w.dims2()?;
-        let bits_histogram = match method {
-            Method::SparseGpt(SparseGptOptions { quant: Some(q), .. }) => {
-                bits_histogram(&q.bits, columns)
-            }
-            _ => Vec::new(),
+        let (bits_histogram, bits_rle) = match method {
+            Method::SparseGpt(SparseGptOptions { quant: Some(q), .. }) => (
+                bits_histogram(&q.bits, columns),
+                crate::report::bits_rle((0..columns).map(|j| q.bits.column(j))),
+            ),
+            _ => (Vec::new(), Vec::new()),
         };
         let report = LinearReport {
             layer,
@@ -572,6 +691,8 @@ impl LayerWork {
             nm_valid: s.nm_valid,
             avg_bits: s.avg_bits,
             bits_histogram,
+            bits_rle,
+            settings: crate::report::method_settings(method),
             importance: self.importance.remove(name),
             loss: s.loss,
             rel_error,

@@ -6,6 +6,7 @@
 //! ([`data`]), and perplexity follows the reference protocol ([`eval`]).
 
 pub mod calibrate;
+pub mod checkpoint;
 pub mod compress;
 pub mod data;
 pub mod device;
@@ -13,3 +14,4 @@ pub mod eval;
 pub mod hub;
 pub mod model;
 pub mod progress;
+pub mod report;

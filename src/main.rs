@@ -10,7 +10,9 @@ use sparselab::compress::{
 };
 use sparselab::device::{dtype_name, parse_device, parse_dtype};
 use sparselab::eval::{eval_dataset, PplOptions};
-use sparselab::model::{LoadOptions, Model};
+use sparselab::model::save::check_target;
+use sparselab::model::{LoadOptions, Model, SaveFormat, SaveOptions};
+use sparselab::report::{compression_report, method_settings, RunInfo};
 
 #[derive(Parser)]
 #[command(
@@ -29,7 +31,7 @@ enum Command {
     Eval(EvalArgs),
     /// Compress a model layer by layer (SparseGPT, GPTQ, magnitude, Wanda) with
     /// one setting for every linear, then evaluate it.
-    Prune(PruneArgs),
+    Prune(Box<PruneArgs>),
 }
 
 #[derive(Args)]
@@ -97,6 +99,21 @@ struct PruneArgs {
     /// Write the per-linear reports and perplexities as JSON here.
     #[arg(long)]
     report: Option<std::path::PathBuf>,
+    /// Save the compressed model here (config, tokenizer, safetensors weights and
+    /// compression.json), before any evaluation.
+    #[arg(long)]
+    save: Option<std::path::PathBuf>,
+    /// Replace the --save directory if it exists and is not empty.
+    #[arg(long, requires = "save")]
+    overwrite: bool,
+    /// Save in sparselab's packed format (integer codes, scales, zeros, masks)
+    /// instead of dense safetensors.
+    #[arg(long, requires = "save")]
+    packed: bool,
+    /// Checkpoint directory: every finished layer is written there, and a rerun
+    /// with the same settings resumes after the last finished layer.
+    #[arg(long)]
+    checkpoint: Option<std::path::PathBuf>,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -169,6 +186,10 @@ fn prune(args: PruneArgs) -> Result<()> {
     } else if !matches!(&method, Method::Magnitude(p) | Method::Wanda(p) if p.prunes()) {
         anyhow::bail!("nothing to do: give --sparsity or --prunen/--prunem");
     }
+    if let Some(dir) = &args.save {
+        // Before a long calibration, not after it.
+        check_target(dir, args.overwrite)?;
+    }
     let opts = LoadOptions {
         device: parse_device(&args.device)?,
         dtype: args.dtype.as_deref().map(parse_dtype).transpose()?,
@@ -176,6 +197,15 @@ fn prune(args: PruneArgs) -> Result<()> {
     };
     let mut model = Model::load(&args.model, &opts)?;
     let start = std::time::Instant::now();
+    let fingerprint = serde_json::json!({
+        "command": "prune",
+        "method": args.method,
+        "settings": method_settings(&method),
+        "minlayer": args.minlayer,
+        "maxlayer": args.maxlayer,
+        "prune_only": args.prune_only,
+    })
+    .to_string();
     let calib_opts = CalibOptions {
         dataset: args.calib.clone(),
         nsamples: args.nsamples,
@@ -183,6 +213,8 @@ fn prune(args: PruneArgs) -> Result<()> {
         seed: args.seed,
         true_sequential: args.true_sequential,
         quiet: args.quiet,
+        checkpoint: args.checkpoint.clone(),
+        fingerprint,
         ..CalibOptions::default()
     };
     let mut calib = Calibration::new(&model, calib_opts)?;
@@ -221,6 +253,34 @@ fn prune(args: PruneArgs) -> Result<()> {
     let compress_seconds = start.elapsed().as_secs_f64();
     if calib.reports.is_empty() {
         anyhow::bail!("no linear was compressed: check --minlayer, --maxlayer and --prune-only");
+    }
+    if let Some(dir) = &args.save {
+        let run = RunInfo {
+            command: Some(std::env::args().collect::<Vec<_>>().join(" ")),
+            wall_seconds: Some(start.elapsed().as_secs_f64()),
+            ..RunInfo::default()
+        };
+        let save_opts = SaveOptions {
+            overwrite: args.overwrite,
+            format: if args.packed {
+                SaveFormat::Packed
+            } else {
+                SaveFormat::Dense
+            },
+            report: Some(compression_report(&model, &calib, &run)),
+            ..SaveOptions::default()
+        };
+        let s = model.save(dir, &save_opts)?;
+        println!(
+            "saved to {}: {} tensors, {:.1} MB of weights in {}",
+            s.dir.display(),
+            s.tensors,
+            s.tensor_bytes as f64 / 1e6,
+            s.files.join(", ")
+        );
+        for (name, why) in &s.stored_dense {
+            eprintln!("warning: {name}: {why}");
+        }
     }
     let ppl_opts = PplOptions {
         seqlen: Some(calib.seqlen()),
@@ -341,7 +401,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Eval(args) => eval(args),
-        Command::Prune(args) => prune(args),
+        Command::Prune(args) => prune(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

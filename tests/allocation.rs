@@ -451,6 +451,8 @@ fn report(layer: usize, linear: &str, bits: &[u32]) -> LinearReport {
         nm_valid: None,
         avg_bits: (!bits.is_empty()).then(|| average_bits(bits)),
         bits_histogram: hist.into_iter().collect(),
+        bits_rle: Vec::new(),
+        settings: serde_json::Value::Null,
         importance: Some(ImportanceNote {
             metric: "mi".into(),
             min: 0.2,

@@ -38,7 +38,7 @@ pub use importance::{
 };
 pub use magnitude::magnitude_prune;
 pub use pattern::SparsityPattern;
-pub use quant::{BitWidths, QuantizerConfig};
+pub use quant::{BitWidths, QuantGrid, QuantizerConfig};
 pub use reservoir::{ActivationReservoir, DEFAULT_RESERVOIR_CAPACITY};
 pub use sparsegpt::{fasterprune, NotPositiveDefinite, QuantOptions, SparseGptOptions};
 pub use stats::relative_output_error;
@@ -73,6 +73,9 @@ pub struct CompressStats {
     /// The pruning mask, `u8` `[rows, columns]` on the weight's device, 1 where a
     /// weight was pruned.
     pub mask: Tensor,
+    /// The quantization grid (scales and zeros per row, group and width), when
+    /// the weight was quantized.
+    pub grid: Option<QuantGrid>,
 }
 
 /// A compressed weight and what was done to it.

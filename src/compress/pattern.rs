@@ -156,6 +156,7 @@ pub(crate) fn masked_result(
             dead_columns: 0,
             seconds: start.elapsed().as_secs_f64(),
             mask,
+            grid: None,
         },
     })
 }

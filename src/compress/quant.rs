@@ -221,6 +221,96 @@ pub fn find_row_params(row: &[f32], maxq: f32, cfg: &QuantizerConfig) -> RowPara
     best_params
 }
 
+/// The quantization grid a compression used, enough to turn each weight back
+/// into its integer code and to recompute it bit for bit
+/// (`scale · (code − zero)` in f32): what the packed export stores.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantGrid {
+    /// Output rows.
+    pub rows: usize,
+    /// The distinct bit widths, ascending.
+    pub widths: Vec<u32>,
+    /// Per input column (original order), its index into `widths`.
+    pub column_width: Vec<u8>,
+    /// GPTQ group size, when parameters were recomputed per group of columns.
+    pub groupsize: Option<usize>,
+    /// Per input column (original order), the group whose parameters it uses
+    /// (all 0 without groups; under `act_order` with dynamic groups, groups are
+    /// runs of the sweep order, so not contiguous columns).
+    pub column_group: Vec<u32>,
+    /// Number of parameter groups per row (1 without groups).
+    pub groups: usize,
+    /// `(scale, zero)` per row, group and width: `[rows, groups, widths, 2]`.
+    pub params: Vec<f32>,
+}
+
+impl QuantGrid {
+    /// Input columns.
+    pub fn columns(&self) -> usize {
+        self.column_width.len()
+    }
+
+    /// The bit width of column `j`.
+    pub fn bits(&self, j: usize) -> u32 {
+        self.widths[self.column_width[j] as usize]
+    }
+
+    /// `(scale, zero)` of the weight at row `r`, column `j`.
+    #[inline]
+    pub fn scale_zero(&self, r: usize, j: usize) -> (f32, f32) {
+        let nw = self.widths.len();
+        let base = ((r * self.groups + self.column_group[j] as usize) * nw
+            + self.column_width[j] as usize)
+            * 2;
+        (self.params[base], self.params[base + 1])
+    }
+
+    /// The dequantized value of integer `code` at `(r, j)`: exactly what the
+    /// quantizer wrote there.
+    #[inline]
+    pub fn dequantize(&self, r: usize, j: usize, code: u32) -> f32 {
+        let (scale, zero) = self.scale_zero(r, j);
+        scale * (code as f32 - zero)
+    }
+
+    /// The integer code of value `x` at `(r, j)`: `round(x / scale) + zero`,
+    /// clamped to `[0, 2^bits − 1]`. For a value the quantizer produced, this
+    /// is the code it chose (checked by [`dequantize`](Self::dequantize)).
+    #[inline]
+    pub fn code(&self, r: usize, j: usize, x: f32) -> u32 {
+        let (scale, zero) = self.scale_zero(r, j);
+        let mq = maxq(self.bits(j));
+        ((x / scale).round_ties_even() + zero).clamp(0.0, mq) as u32
+    }
+
+    /// Checks the shapes agree with each other and with a `[rows, columns]` weight.
+    pub fn validate(&self, rows: usize, columns: usize) -> Result<()> {
+        let nw = self.widths.len();
+        if self.rows != rows
+            || self.columns() != columns
+            || self.column_group.len() != columns
+            || self.params.len() != rows * self.groups * nw * 2
+            || nw == 0
+        {
+            bail!(
+                "quantization grid does not fit a [{rows}, {columns}] weight \
+                 (grid: {} rows, {} columns, {} groups, {nw} widths, {} parameters)",
+                self.rows,
+                self.columns(),
+                self.groups,
+                self.params.len()
+            );
+        }
+        if self.column_width.iter().any(|&w| w as usize >= nw)
+            || self.column_group.iter().any(|&g| g as usize >= self.groups)
+            || self.widths.iter().any(|b| !(1..=16).contains(b))
+        {
+            bail!("quantization grid has an out-of-range width or group index");
+        }
+        Ok(())
+    }
+}
+
 /// Round-to-nearest quantization of a whole weight `[rows, columns]` with per-row
 /// grids (no error feedback): the baseline GPTQ improves on. Returns the
 /// dequantized weight in the input's dtype and device.

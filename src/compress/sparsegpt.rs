@@ -25,7 +25,7 @@ use rayon::prelude::*;
 
 use super::matrix::{from_host, mask_tensor, to_host};
 use super::pattern::{mark_n_smallest, nm_valid, quantile_threshold, SparsityPattern};
-use super::quant::{find_row_params, quantize, BitWidths, Levels, QuantizerConfig};
+use super::quant::{find_row_params, quantize, BitWidths, Levels, QuantGrid, QuantizerConfig};
 use super::{CompressResult, CompressStats};
 
 /// The damped Hessian (or its inverse) has no Cholesky factor. Callers can
@@ -179,8 +179,17 @@ pub fn fasterprune(w: &Tensor, h: &Tensor, opts: &SparseGptOptions) -> Result<Co
     let mut levels = quant.map(|q| Levels::new(&q.bits, cols));
     let nl = levels.as_ref().map_or(0, |l| l.maxq.len());
     // Per row, (scale, zero) for each distinct width (one unused slot without
-    // quantization, so that every row still has its chunk).
-    let mut params = vec![0f32; rows * (2 * nl).max(1)];
+    // quantization, so that every row still has its chunk); with dynamic groups,
+    // one such set per group, so that the grid of every group is kept.
+    let dynamic_groups = match quant {
+        Some(QuantOptions {
+            groupsize: Some(gs),
+            static_groups: false,
+            ..
+        }) => cols.div_ceil(*gs),
+        _ => 1,
+    };
+    let mut params = vec![0f32; rows * dynamic_groups * (2 * nl).max(1)];
     if let (Some(q), Some(lv)) = (quant, &levels) {
         // Groups overwrite these at column 0, so only the ungrouped case needs them;
         // they come from the weight before dead columns are zeroed, as in the reference.
@@ -272,14 +281,41 @@ pub fn fasterprune(w: &Tensor, h: &Tensor, opts: &SparseGptOptions) -> Result<Co
     };
     let (mut mask, loss) = sweep.run(&mut wd, &mut params);
 
+    // Sweep position of each original column.
+    let mut position: Vec<usize> = (0..cols).collect();
     if let Some(perm) = &perm {
-        let mut inv = vec![0usize; cols];
         for (j, &p) in perm.iter().enumerate() {
-            inv[p] = j;
+            position[p] = j;
         }
-        wd = permute_columns(&wd, cols, &inv);
-        mask = permute_columns(&mask, cols, &inv);
+        wd = permute_columns(&wd, cols, &position);
+        mask = permute_columns(&mask, cols, &position);
     }
+    let grid = quant.map(|q| {
+        let mut widths: Vec<u32> = (0..cols).map(|j| q.bits.column(j)).collect();
+        widths.sort_unstable();
+        widths.dedup();
+        let column_width = Levels::new(&q.bits, cols).col;
+        let (groups, column_group, params) = match (q.groupsize, static_groups) {
+            (None, _) => (1, vec![0u32; cols], params),
+            (Some(gs), Some((table, n))) => {
+                (n, (0..cols).map(|j| (j / gs) as u32).collect(), table)
+            }
+            (Some(gs), None) => (
+                dynamic_groups,
+                position.iter().map(|&p| (p / gs) as u32).collect(),
+                params,
+            ),
+        };
+        QuantGrid {
+            rows,
+            widths,
+            column_width,
+            groupsize: q.groupsize,
+            column_group,
+            groups,
+            params,
+        }
+    });
 
     let pruned = mask.iter().filter(|&&m| m).count();
     let nm_valid = opts.pattern.nm().map(|(n, m)| nm_valid(&wd, cols, n, m));
@@ -295,6 +331,7 @@ pub fn fasterprune(w: &Tensor, h: &Tensor, opts: &SparseGptOptions) -> Result<Co
             dead_columns,
             seconds: start.elapsed().as_secs_f64(),
             mask,
+            grid,
         },
     })
 }
@@ -376,7 +413,7 @@ impl Sweep<'_> {
     /// mask (sweep order) and the total loss.
     fn run(&self, w: &mut [f32], params: &mut [f32]) -> (Vec<bool>, f64) {
         let (rows, cols, bs) = (self.rows, self.cols, self.blocksize);
-        let nl2 = self.quant.as_ref().map_or(0, |q| 2 * q.levels.maxq.len());
+        let per_row = params.len() / rows;
         // Buffers sized once for a full block, reused by every block.
         let mut w1 = vec![0f32; rows * bs.min(cols)];
         let mut err1 = vec![0f32; rows * bs.min(cols)];
@@ -422,7 +459,7 @@ impl Sweep<'_> {
             w1.par_chunks_mut(count)
                 .zip(err1.par_chunks_mut(count))
                 .zip(mask1.par_chunks_mut(count))
-                .zip(params.par_chunks_mut(nl2.max(1)))
+                .zip(params.par_chunks_mut(per_row))
                 .zip(losses.par_iter_mut())
                 .enumerate()
                 .with_min_len(4)
@@ -510,13 +547,16 @@ impl Sweep<'_> {
                         (table[base], table[base + 1])
                     }
                     (Some(gs), None) => {
+                        // Each group keeps its own slot, so that the grid survives the sweep.
+                        let nl2 = 2 * qs.levels.maxq.len();
+                        let p = &mut prow[(c / gs) * nl2..(c / gs + 1) * nl2];
                         if c % gs == 0 {
                             // From the weight as it stood at the block's start (the
                             // reference reads its outer W, not the in-block copy).
                             let row = &w_outer[r * cols..(r + 1) * cols];
-                            fill_params(prow, &row[c..(c + gs).min(cols)], &qs.levels.maxq, qs.cfg);
+                            fill_params(p, &row[c..(c + gs).min(cols)], &qs.levels.maxq, qs.cfg);
                         }
-                        (prow[2 * l], prow[2 * l + 1])
+                        (p[2 * l], p[2 * l + 1])
                     }
                     _ => (prow[2 * l], prow[2 * l + 1]),
                 };

@@ -451,6 +451,8 @@ mod tests {
             nm_valid: None,
             avg_bits: avg,
             bits_histogram: hist,
+            bits_rle: Vec::new(),
+            settings: serde_json::Value::Null,
             importance: Some(ImportanceNote {
                 metric: "wanda".into(),
                 min: 0.979,

@@ -89,6 +89,14 @@ impl TextTokenizer {
         }
     }
 
+    /// The largest token id the tokenizer can produce, added tokens included.
+    pub fn max_token_id(&self) -> Option<u32> {
+        match self {
+            Self::Hf(t) => t.get_vocab(true).values().copied().max(),
+            Self::SentencePiece(sp) => sp.vocab_size().checked_sub(1).map(|m| m as u32),
+        }
+    }
+
     /// The tokenizer's vocabulary size, added tokens included.
     pub fn vocab_size(&self) -> usize {
         match self {

@@ -10,7 +10,11 @@ pub mod kernels;
 pub mod layers;
 pub mod llama;
 pub mod opt;
+pub mod packed;
 pub mod random;
+pub mod save;
+pub(crate) mod st_write;
+pub(crate) mod staging;
 pub mod weights;
 
 use std::path::{Path, PathBuf};
@@ -21,7 +25,8 @@ use hf_hub::RepoType;
 
 pub use config::{Arch, ModelConfig};
 pub use layers::LinearHook;
-pub use weights::{CheckpointFormat, WeightStore};
+pub use save::{SaveFormat, SaveOptions, SaveSummary};
+pub use weights::{CheckpointFormat, CompressedInfo, WeightStore};
 
 use crate::data::TextTokenizer;
 use crate::hub::{self, HubOptions, RepoSpec};
@@ -139,6 +144,18 @@ impl Model {
             Err(e) if e.to_string().starts_with("no tokenizer in") => None,
             Err(e) => return Err(e),
         };
+        if let Some(tok) = &tokenizer {
+            let vocab = config.vocab_size();
+            if let Some(max) = tok.max_token_id() {
+                if max as usize >= vocab {
+                    bail!(
+                        "the tokenizer in {} does not match the model: it has token ids up to {max}, \
+                         but config.json's vocab_size is {vocab}",
+                        dir.display()
+                    );
+                }
+            }
+        }
         let device = opts.device.clone();
         let get = |name: &str, dt: DType| weights.get(name, dt, &device);
         let outer = match &config {

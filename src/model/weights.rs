@@ -13,6 +13,19 @@ use candle_core::pickle::PthTensors;
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 
+use super::packed::{self, BitMask};
+use crate::compress::QuantGrid;
+
+/// What compression recorded about a tensor it replaced, for exports that store
+/// it compactly ([`super::packed`]) and for resumable checkpoints.
+#[derive(Debug, Clone)]
+pub struct CompressedInfo {
+    /// The pruning mask (set = pruned).
+    pub mask: BitMask,
+    /// The quantization grid, when the weight was quantized.
+    pub grid: Option<QuantGrid>,
+}
+
 /// The on-disk format of a checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CheckpointFormat {
@@ -20,6 +33,9 @@ pub enum CheckpointFormat {
     Safetensors,
     /// `pytorch_model.bin` or shards listed in `pytorch_model.bin.index.json`.
     PyTorch,
+    /// sparselab's packed export (`packed.json` and its safetensors files; see
+    /// [`super::packed`]), decoded to the dense weights on load.
+    Packed,
 }
 
 enum Backend {
@@ -28,6 +44,7 @@ enum Backend {
         files: Vec<PthTensors>,
         route: HashMap<String, usize>,
     },
+    Packed(packed::PackedReader),
 }
 
 /// Where a tensor lives and what it is.
@@ -47,7 +64,11 @@ pub struct WeightStore {
     files: Vec<PathBuf>,
     backend: Backend,
     meta: HashMap<String, TensorMeta>,
+    /// Stored tensors that `config.json` does not imply (kept so that a saved copy
+    /// holds exactly the source's tensors).
+    extras: Vec<TensorMeta>,
     overrides: HashMap<String, Tensor>,
+    compressed: HashMap<String, CompressedInfo>,
 }
 
 impl WeightStore {
@@ -92,12 +113,18 @@ impl WeightStore {
                 }
                 (Backend::Pth { files: pth, route }, stored)
             }
+            CheckpointFormat::Packed => {
+                let reader = packed::PackedReader::open(dir, &files)?;
+                let stored = reader.tensors();
+                (Backend::Packed(reader), stored)
+            }
         };
         let by_name: HashMap<&str, (DType, &Vec<usize>)> = stored
             .iter()
             .map(|(n, d, s)| (n.as_str(), (*d, s)))
             .collect();
         let mut meta = HashMap::new();
+        let mut claimed = BTreeSet::new();
         let mut missing = Vec::new();
         for (name, shape) in expected {
             // facebook/opt-* .bin files store `decoder.…` without transformers' `model.` prefix.
@@ -107,6 +134,7 @@ impl WeightStore {
                 missing.push(name.clone());
                 continue;
             };
+            claimed.insert(stored_name.clone());
             let (dtype, got) = by_name[stored_name.as_str()];
             if got != shape {
                 bail!(
@@ -136,12 +164,24 @@ impl WeightStore {
                 if missing.len() > 5 { ", …" } else { "" }
             );
         }
+        let mut extras: Vec<TensorMeta> = stored
+            .iter()
+            .filter(|(n, _, _)| !claimed.contains(n))
+            .map(|(n, d, s)| TensorMeta {
+                stored_name: n.clone(),
+                dtype: *d,
+                shape: s.clone(),
+            })
+            .collect();
+        extras.sort_by(|a, b| a.stored_name.cmp(&b.stored_name));
         Ok(Self {
             format,
             files,
             backend,
             meta,
+            extras,
             overrides: HashMap::new(),
+            compressed: HashMap::new(),
         })
     }
 
@@ -158,6 +198,29 @@ impl WeightStore {
     /// Metadata of a tensor by canonical name.
     pub fn meta(&self, name: &str) -> Option<&TensorMeta> {
         self.meta.get(name)
+    }
+
+    /// Canonical names of the tensors `config.json` implies, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.meta.keys().map(String::as_str).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Stored tensors that `config.json` does not imply (buffers, a duplicate
+    /// tied head, …), by stored name.
+    pub fn extras(&self) -> &[TensorMeta] {
+        &self.extras
+    }
+
+    /// Whether a tensor has an in-memory replacement.
+    pub fn is_replaced(&self, name: &str) -> bool {
+        self.overrides.contains_key(name)
+    }
+
+    /// What compression recorded about a replaced tensor, if anything.
+    pub fn compressed(&self, name: &str) -> Option<&CompressedInfo> {
+        self.compressed.get(name)
     }
 
     /// The stored dtype most tensors have (what "the model's dtype" means).
@@ -183,18 +246,28 @@ impl WeightStore {
             .meta
             .get(name)
             .with_context(|| format!("no tensor named {name} in the checkpoint"))?;
+        let t = self.load_stored(&meta.stored_name, device)?;
+        check_finite(name, &t, &self.files)?;
+        Ok(t.to_dtype(dtype)?)
+    }
+
+    /// Loads a stored tensor (by its name in the checkpoint) as stored.
+    pub fn load_stored(&self, stored_name: &str, device: &Device) -> Result<Tensor> {
         let t = match &self.backend {
-            Backend::Safetensors(st) => st.load(&meta.stored_name, device),
+            Backend::Safetensors(st) => st.load(stored_name, device),
             Backend::Pth { files, route } => {
-                let file = route[&meta.stored_name];
+                let file = *route
+                    .get(stored_name)
+                    .with_context(|| format!("no tensor named {stored_name} in the checkpoint"))?;
                 files[file]
-                    .get(&meta.stored_name)
+                    .get(stored_name)
                     .and_then(|t| t.ok_or_else(|| candle_core::Error::Msg("vanished".into())))
                     .and_then(|t| t.to_device(device))
             }
+            Backend::Packed(p) => return p.load(stored_name, device),
         }
-        .map_err(|e| anyhow!("cannot load tensor {name}: {e}"))?;
-        Ok(t.to_dtype(dtype)?)
+        .map_err(|e| anyhow!("cannot load tensor {stored_name}: {e}"))?;
+        Ok(t)
     }
 
     /// Replaces a tensor in memory (kept on the host); later [`get`](Self::get)s see it.
@@ -212,8 +285,73 @@ impl WeightStore {
         }
         self.overrides
             .insert(name.to_string(), tensor.to_device(&Device::Cpu)?);
+        self.compressed.remove(name);
         Ok(())
     }
+
+    /// Replaces a tensor with its compressed version and keeps what compression
+    /// recorded about it (mask, quantization grid).
+    pub fn set_compressed(
+        &mut self,
+        name: &str,
+        tensor: Tensor,
+        info: CompressedInfo,
+    ) -> Result<()> {
+        self.set(name, tensor)?;
+        let shape = &self.meta[name].shape;
+        if shape.len() != 2 || info.mask.rows() != shape[0] || info.mask.cols() != shape[1] {
+            bail!(
+                "the mask of {name} is [{}, {}], the tensor is {shape:?}",
+                info.mask.rows(),
+                info.mask.cols()
+            );
+        }
+        if let Some(g) = &info.grid {
+            g.validate(shape[0], shape[1])
+                .with_context(|| format!("quantization grid of {name}"))?;
+        }
+        self.compressed.insert(name.to_string(), info);
+        Ok(())
+    }
+}
+
+/// Refuses a tensor holding NaN or ±Inf, naming it and the first bad element.
+/// Cheap when all is well: one elementwise `x − x` and a sum on the tensor's device.
+fn check_finite(name: &str, t: &Tensor, files: &[PathBuf]) -> Result<()> {
+    if !t.dtype().is_float() {
+        return Ok(());
+    }
+    let probe = t
+        .sub(t)?
+        .sum_all()?
+        .to_dtype(DType::F32)?
+        .to_scalar::<f32>()?;
+    if probe == 0.0 {
+        return Ok(());
+    }
+    let flat = t
+        .to_dtype(DType::F32)?
+        .to_device(&Device::Cpu)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let count = flat.iter().filter(|x| !x.is_finite()).count();
+    let first = flat.iter().position(|x| !x.is_finite()).unwrap_or(0);
+    let mut index = Vec::new();
+    let mut rest = first;
+    for &d in t.dims().iter().rev() {
+        index.push(rest % d.max(1));
+        rest /= d.max(1);
+    }
+    index.reverse();
+    let where_ = files
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    bail!(
+        "tensor {name} has {count} non-finite value(s) (first: {} at {index:?}) in {where_}",
+        flat[first]
+    )
 }
 
 fn describe_files(dir: &Path, files: &[PathBuf]) -> String {
@@ -230,6 +368,7 @@ fn describe_files(dir: &Path, files: &[PathBuf]) -> String {
 
 /// Finds the weight files of the checkpoint in `dir`, preferring safetensors.
 pub fn find_checkpoint(dir: &Path) -> Result<(CheckpointFormat, Vec<PathBuf>)> {
+    let packed_index = dir.join(packed::PACKED_INDEX);
     for (format, single, index) in [
         (
             CheckpointFormat::Safetensors,
@@ -250,9 +389,15 @@ pub fn find_checkpoint(dir: &Path) -> Result<(CheckpointFormat, Vec<PathBuf>)> {
             return Ok((format, vec![dir.join(single)]));
         }
     }
+    if packed_index.is_file() {
+        return Ok((
+            CheckpointFormat::Packed,
+            packed::files_from_index(dir, &packed_index)?,
+        ));
+    }
     bail!(
         "no weights in {}: looked for model.safetensors, model.safetensors.index.json, \
-         pytorch_model.bin and pytorch_model.bin.index.json",
+         pytorch_model.bin, pytorch_model.bin.index.json and packed.json",
         dir.display()
     )
 }
