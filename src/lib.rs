@@ -12,4 +12,5 @@ pub mod device;
 pub mod eval;
 pub mod hub;
 pub mod model;
+pub mod plot;
 pub mod progress;
