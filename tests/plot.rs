@@ -1,12 +1,19 @@
 //! Charts written as PNG and SVG and read back; rendering with no system fonts;
 //! the exact evcxr display output of plots, summaries and comparison tables.
 
+mod common;
+
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::Command;
 
-use sparselab::calibrate::{ImportanceNote, LinearReport};
+use sparselab::calibrate::{
+    uniform_policy, CalibOptions, Calibration, ImportanceNote, LayerFilter, LinearReport, Method,
+};
+use sparselab::compress::allocation::{allocate_bits, AllocOptions};
 use sparselab::compress::summary::{RunIntent, Summary};
+use sparselab::compress::{BitWidths, QuantOptions, SparseGptOptions, SparsityPattern};
+use sparselab::model::{LoadOptions, Model};
 use sparselab::plot::{
     bits_chart, compare_chart, histogram, layers_chart, CompareTable, HistOptions, Plot,
     PlotFormat, RichDisplay, DEFAULT_SIZE, LAYER_FIELDS,
@@ -567,4 +574,104 @@ fn evcxr_display_matches_evcxr_runtime() {
         assert_eq!(parts[1 + 2 * i], exp, "evcxr_runtime emitters, value {i}");
         assert_eq!(parts[2 + 2 * i], exp, "evcxr_display, value {i}");
     }
+}
+
+/// The charts of real runs on opt-tiny: 50% SparseGPT with 4 bits through
+/// `uniform_policy`, and with per-channel widths in equal shares by magnitude.
+#[test]
+fn charts_of_real_runs_on_opt_tiny() {
+    let Some(fx) = common::fixtures() else { return };
+    let dir = fx.join("models/opt-tiny");
+    let opts = CalibOptions {
+        dataset: fx
+            .join("data/wikitext2/wiki.valid.raw")
+            .to_string_lossy()
+            .into_owned(),
+        nsamples: 8,
+        seqlen: Some(64),
+        quiet: true,
+        ..CalibOptions::default()
+    };
+    let intent = RunIntent {
+        bits_requested: true,
+        target_avg: Some(4.0),
+        strict: false,
+    };
+    let method = |bits: BitWidths| {
+        Method::SparseGpt(SparseGptOptions {
+            pattern: SparsityPattern::Unstructured { sparsity: 0.5 },
+            quant: Some(QuantOptions {
+                bits,
+                ..QuantOptions::default()
+            }),
+            ..SparseGptOptions::default()
+        })
+    };
+
+    let mut model = Model::load(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let mut calib = Calibration::new(&model, opts.clone()).unwrap();
+    calib
+        .run(
+            &mut model,
+            uniform_policy(method(BitWidths::Uniform(4)), LayerFilter::default()),
+        )
+        .unwrap();
+    let uniform = Summary::from_reports(&calib.reports, &intent).unwrap();
+
+    let mut model = Model::load(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let mut calib = Calibration::new(&model, opts).unwrap();
+    let mut scores_all = Vec::new();
+    calib
+        .run(&mut model, |work| {
+            for linear in work.linears() {
+                let w = work.weight(linear)?;
+                let scores: Vec<f32> = w.abs()?.sum(0)?.to_vec1()?;
+                // Equal shares of 2, 3, 4, 6 and 8 bits by rank.
+                let bits = allocate_bits(&scores, &AllocOptions::default())?;
+                scores_all.extend(&scores);
+                work.compress(linear, &method(BitWidths::PerColumn(bits)))?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    let mixed = Summary::from_reports(
+        &calib.reports,
+        &RunIntent {
+            bits_requested: true,
+            ..RunIntent::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(mixed.tiers.len(), 5, "{mixed}");
+
+    let mut charts = vec![
+        ("bits uniform", bits_chart(&uniform).unwrap()),
+        ("bits mixed", bits_chart(&mixed).unwrap()),
+        (
+            "scores",
+            histogram(
+                &scores_all,
+                &HistOptions {
+                    log_y: true,
+                    ..HistOptions::default()
+                },
+            )
+            .unwrap(),
+        ),
+    ];
+    for field in LAYER_FIELDS {
+        charts.push((field, layers_chart(&mixed, field).unwrap()));
+    }
+    for (name, plot) in &charts {
+        check_png(name, plot.png(), DEFAULT_SIZE);
+        check_svg(name, plot.svg(), plot.title(), DEFAULT_SIZE);
+    }
+    let html = mixed.html();
+    let doc = roxmltree::Document::parse(&html).unwrap();
+    let linear_rows = doc.descendants().filter(|n| n.has_tag_name("tr")).count();
+    // tiers + header, types + header, linears + header
+    assert_eq!(
+        linear_rows,
+        mixed.tiers.len() + mixed.per_type.len() + mixed.per_linear.len() + 3
+    );
 }

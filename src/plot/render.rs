@@ -90,6 +90,9 @@ pub(crate) struct BarsSpec {
     /// `(legend label, one value per category)`; `None` draws no bar.
     pub series: Vec<(String, Vec<Option<f64>>)>,
     pub log_y: bool,
+    /// A fixed top of a linear axis (100 for percentages), raised a little
+    /// when values are printed above the bars.
+    pub y_max: Option<f64>,
     /// Print each bar's value above it (when the bars are few enough).
     pub value_labels: bool,
     /// Decimals of the printed values; `None`: about four significant digits.
@@ -622,7 +625,34 @@ fn draw_bars<DB: DrawingBackend>(
         .filter(|v| v.is_finite())
         .collect();
     let max = values.iter().copied().fold(0.0f64, f64::max);
+    let groups = spec.series.len().max(1) as f64;
+    let width = 0.8 / groups;
+    let s = Scale(h as f64 / 500.0);
+    let value_font = s.font(12.0).pos(Pos::new(HPos::Center, VPos::Bottom));
+    let value_text = |v: f64| {
+        let n = match spec.value_decimals {
+            Some(d) => format!("{v:.d$}"),
+            None => fmt_num(v),
+        };
+        format!("{n}{}", spec.value_suffix)
+    };
     let mut labelled = spec.value_labels && values.len() <= MAX_LABELLED_BARS;
+    if labelled {
+        // Only when every value fits over its bar (and the gap beside it); the
+        // plotting width is the area less about the y labels and margins.
+        let plot_w = area.dim_in_pixel().0 as f64 - s.px(110.0) as f64;
+        let bar_px = plot_w * width / spec.categories.len().max(1) as f64;
+        let widest = values
+            .iter()
+            .map(|&v| {
+                area.estimate_text_size(&value_text(v), &value_font)
+                    .map(|t| t.0)
+                    .unwrap_or(u32::MAX)
+            })
+            .max()
+            .unwrap_or(0) as f64;
+        labelled = widest <= bar_px * 1.05;
+    }
     let headroom = if labelled { 0.12 } else { 0.05 };
     let (y, base) = if spec.log_y {
         let min = values
@@ -637,37 +667,14 @@ fn draw_bars<DB: DrawingBackend>(
             base
         };
         (value_axis(base, max.log10(), true, headroom), base)
+    } else if let Some(top) = spec.y_max.filter(|&t| t >= max) {
+        let room = if labelled { 1.1 } else { 1.0 };
+        (Axis::linear(0.0, top * room, 6), 0.0)
     } else {
         (value_axis(0.0, max, false, headroom), 0.0)
     };
     let x = Axis::categories(&spec.categories);
     let mut chart = axes(&area, h, &x, &y, &spec.x_label, &spec.y_label, false)?;
-    let groups = spec.series.len().max(1) as f64;
-    let width = 0.8 / groups;
-    let s = Scale(h as f64 / 500.0);
-    let value_font = s.font(12.0).pos(Pos::new(HPos::Center, VPos::Bottom));
-    let value_text = |v: f64| {
-        let n = match spec.value_decimals {
-            Some(d) => format!("{v:.d$}"),
-            None => fmt_num(v),
-        };
-        format!("{n}{}", spec.value_suffix)
-    };
-    if labelled {
-        // Only when every value fits over its bar (and the gap beside it).
-        let plot_w = chart.plotting_area().dim_in_pixel().0 as f64;
-        let bar_px = plot_w * width / spec.categories.len().max(1) as f64;
-        let widest = values
-            .iter()
-            .map(|&v| {
-                area.estimate_text_size(&value_text(v), &value_font)
-                    .map(|t| t.0)
-                    .unwrap_or(u32::MAX)
-            })
-            .max()
-            .unwrap_or(0) as f64;
-        labelled = widest <= bar_px * 1.05;
-    }
     for (g, (_, vals)) in spec.series.iter().enumerate() {
         let c = color(g);
         let bars: Vec<(f64, f64, f64)> = vals
