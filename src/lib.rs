@@ -13,5 +13,6 @@ pub mod device;
 pub mod eval;
 pub mod hub;
 pub mod model;
+pub mod plot;
 pub mod progress;
 pub mod report;
