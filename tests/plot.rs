@@ -31,6 +31,8 @@ fn report(layer: usize, linear: &str, hist: Vec<(u32, usize)>, err: f64) -> Line
         nm_valid: None,
         avg_bits: None,
         bits_histogram: hist,
+        bits_rle: Vec::new(),
+        settings: serde_json::Value::Null,
         importance: Some(ImportanceNote {
             metric: "wanda".into(),
             min: 0.9,
