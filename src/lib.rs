@@ -13,3 +13,4 @@ pub mod eval;
 pub mod hub;
 pub mod model;
 pub mod progress;
+pub mod script;
