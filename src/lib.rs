@@ -13,4 +13,5 @@ pub mod eval;
 pub mod hub;
 pub mod model;
 pub mod progress;
+pub mod repl;
 pub mod script;
