@@ -290,10 +290,44 @@ const VECTOR_HELP: &str = "Vector: a native vector of f32 values tagged f32, int
   compare:  < <= > >= == != into masks; masks combine with & | !; select(mask, a, b)
   count:    histogram(bins[, lo, hi]) -> #{counts, edges}, value_counts() -> #{values, counts}";
 
+/// Whether a Ctrl-C arrived while a script ran and has not been seen yet.
+static PENDING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    use std::sync::atomic::Ordering;
+    // A second Ctrl-C before the script noticed the first (a long primitive is
+    // running): leave, as a plain program would.
+    if PENDING.swap(true, Ordering::SeqCst) {
+        unsafe { libc::_exit(130) };
+    }
+    crate::script::INTERRUPT.store(true, Ordering::SeqCst);
+    let msg = b"\ninterrupt: stopping at the next script step (Ctrl-C again to quit)\n";
+    unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
+}
+
+/// Ctrl-C while a script runs stops it and returns to the prompt. (At the
+/// prompt, rustyline reads Ctrl-C as a key: it clears the line.)
+fn install_interrupt_handler() {
+    let handler: extern "C" fn(libc::c_int) = on_sigint;
+    unsafe { libc::signal(libc::SIGINT, handler as libc::sighandler_t) };
+}
+
+/// Runs `f` with Ctrl-C armed, and disarms it after.
+fn interruptible<T>(f: impl FnOnce() -> T) -> T {
+    use std::sync::atomic::Ordering;
+    PENDING.store(false, Ordering::SeqCst);
+    crate::script::INTERRUPT.store(false, Ordering::SeqCst);
+    let out = f();
+    PENDING.store(false, Ordering::SeqCst);
+    crate::script::INTERRUPT.store(false, Ordering::SeqCst);
+    out
+}
+
 /// Runs the REPL until `:quit` or end of input. Returns an error only when the
 /// terminal cannot be used.
 pub fn run(opts: ScriptOptions) -> anyhow::Result<()> {
     let mut session = Session::new(opts);
+    install_interrupt_handler();
     let helper = ReplHelper {
         names: Arc::new(Mutex::new(Names::default())),
     };
@@ -356,7 +390,7 @@ pub fn run(opts: ScriptOptions) -> anyhow::Result<()> {
                     }
                 },
                 "load" if arg.is_empty() => println!("usage: :load FILE"),
-                "load" => match session.load_file(Path::new(arg)) {
+                "load" => match interruptible(|| session.load_file(Path::new(arg))) {
                     Ok(v) => print_value(&session, &v),
                     Err(e) => eprint!("{e}"),
                 },
@@ -384,7 +418,7 @@ pub fn run(opts: ScriptOptions) -> anyhow::Result<()> {
             }
         } else {
             count += 1;
-            match session.eval(&format!("<repl:{count}>"), &line) {
+            match interruptible(|| session.eval(&format!("<repl:{count}>"), &line)) {
                 Ok(v) => print_value(&session, &v),
                 Err(e) => eprint!("{e}"),
             }

@@ -125,12 +125,36 @@ pub struct Sources<'a> {
     pub main_name: &'a str,
     /// Its text.
     pub main_text: &'a str,
+    /// Earlier inputs of an interactive session (name → text), where functions
+    /// defined before may fail now.
+    pub earlier: Option<&'a [(String, String)]>,
 }
 
 impl Sources<'_> {
+    /// In a session, the input that defined script function `name` last (a
+    /// function runs with the source of the input that calls it, so Rhai's own
+    /// source name would point at the wrong text).
+    fn defining_input(&self, name: &str) -> Option<String> {
+        let earlier = self.earlier?;
+        let pattern = format!("fn {name}(");
+        if self.main_text.contains(&pattern) {
+            return Some(self.main_name.to_string());
+        }
+        earlier
+            .iter()
+            .rev()
+            .find(|(_, t)| t.contains(&pattern))
+            .map(|(n, _)| n.clone())
+    }
+
     fn text(&self, name: &str) -> Option<String> {
         if name.is_empty() || name == self.main_name {
             Some(self.main_text.to_string())
+        } else if let Some((_, t)) = self
+            .earlier
+            .and_then(|e| e.iter().rev().find(|(n, _)| n == name))
+        {
+            Some(t.clone())
         } else {
             Resolver::source_text(name)
         }
@@ -169,6 +193,7 @@ pub fn format_parse_error(err: &ParseError, name: &str, source: &str) -> String 
     let sources = Sources {
         main_name: name,
         main_text: source,
+        earlier: None,
     };
     let msg = err.err_type().to_string();
     format!("error: {msg}\n{}", snippet(&sources, "", err.position()))
@@ -177,7 +202,11 @@ pub fn format_parse_error(err: &ParseError, name: &str, source: &str) -> String 
 /// The root message of an error, without its position.
 fn message(err: &EvalAltResult, known: &Known) -> String {
     match err {
-        EvalAltResult::ErrorRuntime(d, _) if d.is_string() => d.to_string(),
+        EvalAltResult::ErrorRuntime(d, _) | EvalAltResult::ErrorTerminated(d, _)
+            if d.is_string() =>
+        {
+            d.to_string()
+        }
         EvalAltResult::ErrorFunctionNotFound(sig, _) => function_not_found(sig, known),
         EvalAltResult::ErrorVariableNotFound(name, _) => {
             let near = nearest(name, known.variables.iter().map(String::as_str), 3);
@@ -270,6 +299,9 @@ pub fn format_eval_error(err: &EvalAltResult, sources: &Sources, known: &Known) 
                 frames.push((format!("in call to `{name}`"), source.clone(), *pos));
                 if !src.is_empty() {
                     source = src.clone();
+                }
+                if let Some(def) = sources.defining_input(name) {
+                    source = def;
                 }
                 e = inner;
             }

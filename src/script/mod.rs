@@ -35,6 +35,7 @@ pub mod suggest;
 pub mod vector;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rhai::{Dynamic, Engine, EvalAltResult, Map, Position, Scope, AST};
 
@@ -45,6 +46,10 @@ use vector::Vector;
 
 pub use handles::ModelHandle as Model;
 pub use vector::Vector as NativeVector;
+
+/// Set (by a front end's Ctrl-C handler) to stop the running script at its
+/// next step; cleared when the script sees it.
+pub static INTERRUPT: AtomicBool = AtomicBool::new(false);
 
 /// How to build an engine.
 #[derive(Debug, Clone, Default)]
@@ -96,6 +101,13 @@ pub fn new_engine(opts: &ScriptOptions) -> (Engine, Resolver) {
         .expect("the param syntax is valid");
     // Deep recursion in user functions is an error, not a stack overflow.
     engine.set_max_call_levels(256);
+    // A front end (the REPL) sets INTERRUPT on Ctrl-C: the script stops at its
+    // next step and the error says why.
+    engine.on_progress(|_| {
+        INTERRUPT
+            .swap(false, Ordering::Relaxed)
+            .then(|| Dynamic::from("interrupted (Ctrl-C)".to_string()))
+    });
     (engine, resolver)
 }
 
@@ -240,6 +252,7 @@ pub fn run_file(path: &Path, opts: &ScriptOptions) -> Result<(), String> {
         let sources = Sources {
             main_name: &name,
             main_text: &text,
+            earlier: None,
         };
         format_eval_error(&e, &sources, &known_names(&engine, &ast, &scope))
     })
@@ -257,6 +270,7 @@ pub fn check_file(path: &Path, opts: &ScriptOptions) -> Result<(), String> {
     let sources = Sources {
         main_name: &name,
         main_text: &text,
+        earlier: None,
     };
     for p in &problems {
         let err = EvalAltResult::ErrorRuntime(p.message.clone().into(), p.pos);
@@ -277,13 +291,15 @@ pub fn check_file(path: &Path, opts: &ScriptOptions) -> Result<(), String> {
 
 /// Evaluates `text` (named `name`) in `scope`, merging its functions into `ast`
 /// so that they persist (the REPL and notebook pattern). Returns the value of
-/// the last expression.
+/// the last expression. `earlier` holds the text of earlier inputs, for errors
+/// inside functions they defined.
 pub fn eval_merged(
     engine: &Engine,
     scope: &mut Scope,
     ast: &mut AST,
     name: &str,
     text: &str,
+    earlier: Option<&[(String, String)]>,
 ) -> Result<Dynamic, String> {
     let mut new = engine
         .compile_with_scope(scope, text)
@@ -297,6 +313,7 @@ pub fn eval_merged(
         let sources = Sources {
             main_name: name,
             main_text: text,
+            earlier,
         };
         format_eval_error(&e, &sources, &known)
     })

@@ -36,6 +36,8 @@ pub struct Session {
     opts: ScriptOptions,
     /// `alias → import path` of the modules imported so far.
     pub modules: BTreeMap<String, String>,
+    /// The text of every input so far, by name, in order (for error snippets).
+    inputs: Vec<(String, String)>,
 }
 
 impl Session {
@@ -49,6 +51,7 @@ impl Session {
             ast: AST::empty(),
             opts,
             modules: BTreeMap::new(),
+            inputs: Vec::new(),
         }
     }
 
@@ -88,7 +91,16 @@ impl Session {
                 .collect(),
             Err(_) => Vec::new(),
         };
-        let value = eval_merged(&self.engine, &mut self.scope, &mut self.ast, name, text)?;
+        let value = eval_merged(
+            &self.engine,
+            &mut self.scope,
+            &mut self.ast,
+            name,
+            text,
+            Some(&self.inputs),
+        );
+        self.inputs.push((name.to_string(), text.to_string()));
+        let value = value?;
         for (alias, path) in imports {
             let module = rhai::module_resolvers::ModuleResolver::resolve(
                 &self.resolver,
