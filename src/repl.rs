@@ -246,14 +246,14 @@ fn print_value(session: &Session, v: &rhai::Dynamic) {
 
 fn general_help(session: &Session) -> String {
     let index = session.help_index();
-    let primitives = ["load_model", "calibrate", "prune_layer", "eval_ppl"];
+    let primitives = crate::script::primitives::PRIMITIVES;
     let mut out = String::from(
         "sparselab REPL: Rhai with the sparselab primitives. Input spanning several lines\n\
          continues while a bracket is open. Tab completes names.\n\n\
          commands: :help [name], :load FILE, :vars, :reset, :quit\n\nprimitives:\n",
     );
     for p in primitives {
-        if let Some(e) = index.get(p) {
+        if let Some(e) = index.get(*p) {
             for s in &e.signatures {
                 out += &format!("  {s}\n");
             }

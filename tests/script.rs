@@ -716,7 +716,10 @@ for line in inputs:
         read_until(b"sparselab> ", 20.0, start)
         read_until(None, 0.15, start)
     else:
-        read_until(None, 1.0, start)
+        # Wait until rustyline has left raw mode (bracketed paste off), so a
+        # following Ctrl-C is a signal, not a key.
+        read_until(b"\x1b[?2004l", 20.0, start)
+        read_until(None, 0.5, start)
 os.write(fd, b"\x04")
 read_until(None, 1.0, len(out))
 # Never hang the test: a REPL still running after its inputs is killed.

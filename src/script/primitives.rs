@@ -5,8 +5,9 @@
 //! function returning `R<T>`; overloads share a `name = "…"`), declare its
 //! option keys in [`super::options::OPTION_KEYS`] and read them through
 //! [`super::options::Opts`], and register any new handle type's name in
-//! [`super::register_types`]. Nothing else needs to change: the REPL's help
-//! and completion and `sparselab check` read the engine's metadata.
+//! [`super::register_types`], and add its name to [`PRIMITIVES`] (the list
+//! `:help` opens with). Nothing else needs to change: the REPL's help and
+//! completion and `sparselab check` read the engine's metadata.
 
 use candle_core::{DType, Tensor};
 use rhai::plugin::*;
@@ -24,6 +25,9 @@ use crate::eval::{eval_dataset, PplOptions};
 use crate::model::{LoadOptions, Model};
 
 type R<T> = Result<T, Box<EvalAltResult>>;
+
+/// The top-level primitives, in the order `:help` lists them.
+pub const PRIMITIVES: &[&str] = &["load_model", "calibrate", "prune_layer", "eval_ppl"];
 
 /// Whether the engine runs quietly (no progress output): its tag's `quiet`.
 fn engine_quiet(ctx: &NativeCallContext) -> bool {
