@@ -756,6 +756,12 @@ sys.stdout.write(out.decode("utf-8", "replace"))
 fn the_repl_keeps_state_completes_helps_and_survives_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let history = tmp.path().join("history");
+    let lib = write(
+        tmp.path(),
+        "lib.rhai",
+        "fn loaded() { 40 + 2 }\nlet from_file = 7;\n",
+    );
+    let load = format!(":load {}\r", lib.display());
     let Some(t) = repl_transcript(
         &history,
         &[
@@ -771,12 +777,19 @@ fn the_repl_keeps_state_completes_helps_and_survives_errors() {
             // Completion of a primitive's name, and of option keys inside #{…}.
             "eval_p\t\x15",
             "calibrate(m, \"d\", #{nsam\t\x15",
+            // Completion of a property after a dot.
+            "v.dty\t\x15",
             ":help prune_layer\r",
             ":vars\r",
+            // :load keeps the file's functions and variables; :reset forgets all.
+            &load,
+            "loaded() + from_file\r",
             // Ctrl-C stops a running script and returns to the prompt.
             "\x00let n = 0; loop { n += 1; }\r",
             "\x03",
             "n > 0\r",
+            ":reset\r",
+            "v.len\r",
             ":quit\r",
         ],
     ) else {
@@ -799,13 +812,22 @@ fn the_repl_keeps_state_completes_helps_and_survives_errors() {
         t.contains("v: Vector = Vector<f32>[3] [1, 2, 3]"),
         ":vars:\n{t}"
     );
+    assert!(t.contains("v.dtype"), "completion of a property:\n{t}");
+    assert!(t.contains("\n49\r"), ":load:\n{t}");
+    assert!(
+        t.contains("error: interrupted (Ctrl-C)") && t.contains("\ntrue\r"),
+        "Ctrl-C:\n{t}"
+    );
+    assert!(t.contains("unknown variable `v`"), ":reset:\n{t}");
     // History persists: the next session recalls the last line with ↑.
     let saved = std::fs::read_to_string(&history).unwrap();
     assert!(
         saved.contains("twice(v).sum()") && saved.contains(":vars"),
         "{saved}"
     );
-    // History: …, ":help prune_layer", ":vars", the loop, "n > 0", ":quit".
-    let t = repl_transcript(&history, &["\x1b[A\x1b[A\x1b[A\x1b[A\x1b[A\r", ":quit\r"]).unwrap();
+    // History: …, ":help prune_layer", ":vars", ":load …", "loaded() + from_file",
+    // the loop, "n > 0", ":reset", "v.len", ":quit".
+    let up = "\x1b[A".repeat(9) + "\r";
+    let t = repl_transcript(&history, &[&up, ":quit\r"]).unwrap();
     assert!(t.contains("Compresses one linear of an open layer"), "{t}");
 }
