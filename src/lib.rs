@@ -15,4 +15,6 @@ pub mod hub;
 pub mod model;
 pub mod plot;
 pub mod progress;
+pub mod repl;
 pub mod report;
+pub mod script;

@@ -13,6 +13,7 @@ use sparselab::eval::{eval_dataset, PplOptions};
 use sparselab::model::save::check_target;
 use sparselab::model::{LoadOptions, Model, SaveFormat, SaveOptions};
 use sparselab::report::{compression_report, method_settings, RunInfo};
+use sparselab::script::{check_file, parse_set, run_file, ScriptOptions};
 
 #[derive(Parser)]
 #[command(
@@ -21,8 +22,9 @@ use sparselab::report::{compression_report, method_settings, RunInfo};
     about = "LLM compression research: load, prune, quantize, evaluate"
 )]
 struct Cli {
+    /// Without a command, the REPL starts.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
@@ -32,6 +34,59 @@ enum Command {
     /// Compress a model layer by layer (SparseGPT, GPTQ, magnitude, Wanda) with
     /// one setting for every linear, then evaluate it.
     Prune(Box<PruneArgs>),
+    /// Run a Rhai script (a recipe such as scripts/quickstart.rhai).
+    Run(RunArgs),
+    /// Parse and check a Rhai script without running it.
+    Check(RunArgs),
+    /// The interactive Rhai REPL (also what a bare `sparselab` starts).
+    Repl(ReplArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The script file.
+    script: std::path::PathBuf,
+    /// `name=value`: a variable visible to the script (and the value of its
+    /// `param name = default;`). Values are read as an integer, else a float,
+    /// else true/false, else a string. Repeatable.
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    set: Vec<String>,
+    /// A directory searched for `import "name"` modules (repeatable; searched
+    /// before SPARSELAB_SCRIPT_PATH).
+    #[arg(long = "path", value_name = "DIR")]
+    path: Vec<std::path::PathBuf>,
+    /// No progress output from the primitives.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+impl RunArgs {
+    fn options(&self) -> Result<ScriptOptions> {
+        let params = self
+            .set
+            .iter()
+            .map(|s| parse_set(s))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!(e))?;
+        Ok(ScriptOptions {
+            search_path: self.path.clone(),
+            quiet: self.quiet,
+            params,
+        })
+    }
+}
+
+#[derive(Args, Default)]
+struct ReplArgs {
+    /// `name=value` variables defined at the start (as for `run`).
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    set: Vec<String>,
+    /// A directory searched for `import "name"` modules (repeatable).
+    #[arg(long = "path", value_name = "DIR")]
+    path: Vec<std::path::PathBuf>,
+    /// No progress output from the primitives.
+    #[arg(long, short)]
+    quiet: bool,
 }
 
 #[derive(Args)]
@@ -397,13 +452,59 @@ fn eval(args: EvalArgs) -> Result<()> {
     Ok(())
 }
 
+/// Script failures arrive formatted (location, source line, caret); print them as they are.
+#[derive(Debug)]
+struct Formatted(String);
+
+impl std::fmt::Display for Formatted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Formatted {}
+
+fn run_script(args: RunArgs) -> Result<()> {
+    let opts = args.options()?;
+    run_file(&args.script, &opts).map_err(|e| Formatted(e).into())
+}
+
+fn check_script(args: RunArgs) -> Result<()> {
+    let opts = args.options()?;
+    check_file(&args.script, &opts).map_err(Formatted)?;
+    println!("{}: ok", args.script.display());
+    Ok(())
+}
+
+fn repl(args: ReplArgs) -> Result<()> {
+    let params = args
+        .set
+        .iter()
+        .map(|s| parse_set(s))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!(e))?;
+    sparselab::repl::run(ScriptOptions {
+        search_path: args.path,
+        quiet: args.quiet,
+        params,
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Eval(args) => eval(args),
-        Command::Prune(args) => prune(*args),
+        Some(Command::Eval(args)) => eval(args),
+        Some(Command::Prune(args)) => prune(*args),
+        Some(Command::Run(args)) => run_script(args),
+        Some(Command::Check(args)) => check_script(args),
+        Some(Command::Repl(args)) => repl(args),
+        None => repl(ReplArgs::default()),
     };
     match result {
+        Err(e) if e.downcast_ref::<Formatted>().is_some() => {
+            eprint!("{e}");
+            ExitCode::FAILURE
+        }
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

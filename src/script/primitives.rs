@@ -1,0 +1,593 @@
+//! The primitives scripts call, one Rust function each, with the `///` comments
+//! that `:help` shows.
+//!
+//! Adding a primitive: write it in [`primitives`] (a `#[rhai_fn(return_raw)]`
+//! function returning `R<T>`; overloads share a `name = "…"`), declare its
+//! option keys in [`super::options::OPTION_KEYS`] and read them through
+//! [`super::options::Opts`], and register any new handle type's name in
+//! [`super::register_types`], and add its name to [`PRIMITIVES`] (the list
+//! `:help` opens with). Nothing else needs to change: the REPL's help and
+//! completion and `sparselab check` read the engine's metadata.
+
+use candle_core::{DType, Tensor};
+use rhai::plugin::*;
+use rhai::{Array, Dynamic, Map, FLOAT, INT};
+
+use super::handles::{script_err, CalibHandle, LayerHandle, LayerIter, ModelHandle};
+use super::options::{IntOrInts, Opts};
+use super::vector::{err, format_num, Vector};
+use crate::calibrate::{CalibOptions, Calibration, LinearReport, Method};
+use crate::compress::{
+    BitWidths, QuantOptions, QuantizerConfig, SparseGptOptions, SparsityPattern,
+};
+use crate::device::{device_name, dtype_name, parse_device, parse_dtype};
+use crate::eval::{eval_dataset, PplOptions};
+use crate::model::{LoadOptions, Model};
+
+type R<T> = Result<T, Box<EvalAltResult>>;
+
+/// The top-level primitives, in the order `:help` lists them.
+pub const PRIMITIVES: &[&str] = &["load_model", "calibrate", "prune_layer", "eval_ppl"];
+
+/// Whether the engine runs quietly (no progress output): its tag's `quiet`.
+fn engine_quiet(ctx: &NativeCallContext) -> bool {
+    ctx.tag()
+        .and_then(|t| t.read_lock::<Map>().and_then(|m| m.get("quiet").cloned()))
+        .and_then(|q| q.as_bool().ok())
+        .unwrap_or(false)
+}
+
+/// A value that may be absent: `()` for `None`.
+fn opt_f64(v: Option<f64>) -> Dynamic {
+    v.map(Dynamic::from_float).unwrap_or(Dynamic::UNIT)
+}
+
+/// A linear's report as a script map.
+pub fn report_map(r: &LinearReport) -> Map {
+    let mut m = Map::new();
+    m.insert("layer".into(), Dynamic::from_int(r.layer as INT));
+    m.insert("linear".into(), r.linear.clone().into());
+    m.insert("method".into(), r.method.clone().into());
+    m.insert("rows".into(), Dynamic::from_int(r.rows as INT));
+    m.insert("columns".into(), Dynamic::from_int(r.columns as INT));
+    m.insert("sparsity".into(), Dynamic::from_float(r.sparsity));
+    m.insert("avg_bits".into(), opt_f64(r.avg_bits));
+    m.insert("loss".into(), opt_f64(r.loss));
+    m.insert("rel_error".into(), Dynamic::from_float(r.rel_error));
+    m.insert("seconds".into(), Dynamic::from_float(r.seconds));
+    m.insert(
+        "dead_columns".into(),
+        Dynamic::from_int(r.dead_columns as INT),
+    );
+    m.insert(
+        "nm_valid".into(),
+        r.nm_valid.map(Dynamic::from_bool).unwrap_or(Dynamic::UNIT),
+    );
+    m.insert("percdamp".into(), opt_f64(r.percdamp));
+    let hist: Array = r
+        .bits_histogram
+        .iter()
+        .map(|&(b, n)| {
+            let pair: Array = vec![Dynamic::from_int(b as INT), Dynamic::from_int(n as INT)];
+            Dynamic::from_array(pair)
+        })
+        .collect();
+    m.insert("bits_histogram".into(), Dynamic::from_array(hist));
+    if let Some(note) = &r.importance {
+        let mut n = Map::new();
+        n.insert("metric".into(), note.metric.clone().into());
+        n.insert("min".into(), Dynamic::from_float(note.min));
+        n.insert("max".into(), Dynamic::from_float(note.max));
+        m.insert("importance".into(), Dynamic::from_map(n));
+    }
+    m
+}
+
+/// The compression method a `prune_layer` options map asks for.
+pub fn method_from_options(opts: &Opts) -> R<Method> {
+    let method = opts.string("method")?.unwrap_or_else(|| "sparsegpt".into());
+    let sparsity = opts.f64("sparsity")?;
+    let (n, m) = (opts.usize("prunen")?, opts.usize("prunem")?);
+    let pattern = match (sparsity, n, m) {
+        (Some(s), Some(_), _) | (Some(s), _, Some(_)) if s > 0.0 => {
+            return err("prune_layer: give either `sparsity` or `prunen`/`prunem`, not both")
+        }
+        (_, Some(n), Some(m)) => SparsityPattern::NM { n, m },
+        (_, Some(_), None) | (_, None, Some(_)) => {
+            return err("prune_layer: an n:m pattern needs both `prunen` and `prunem`")
+        }
+        (Some(s), None, None) => SparsityPattern::Unstructured { sparsity: s },
+        (None, None, None) => SparsityPattern::Dense,
+    };
+    const SPARSEGPT_ONLY: [&str; 7] = [
+        "bits",
+        "sym",
+        "groupsize",
+        "static_groups",
+        "blocksize",
+        "percdamp",
+        "act_order",
+    ];
+    match method.as_str() {
+        "sparsegpt" | "gptq" => {}
+        "magnitude" | "wanda" => {
+            if let Some(k) = SPARSEGPT_ONLY.iter().find(|k| opts.has(k)) {
+                return err(format!(
+                    "prune_layer: option `{k}` applies to method sparsegpt or gptq, not {method}"
+                ));
+            }
+            if !pattern.prunes() {
+                return err(format!(
+                    "prune_layer: method {method} needs `sparsity` > 0 or `prunen`/`prunem`"
+                ));
+            }
+            return Ok(if method == "magnitude" {
+                Method::Magnitude(pattern)
+            } else {
+                Method::Wanda(pattern)
+            });
+        }
+        other => {
+            return err(format!(
+                "prune_layer: unknown method `{other}`; valid methods: sparsegpt, gptq, magnitude, wanda"
+            ))
+        }
+    }
+    let bits = opts.int_or_ints("bits")?;
+    if bits.is_none() {
+        if let Some(k) = ["sym", "groupsize", "static_groups"]
+            .iter()
+            .find(|k| opts.has(k))
+        {
+            return err(format!(
+                "prune_layer: option `{k}` needs `bits` (it configures quantization)"
+            ));
+        }
+    }
+    if method == "gptq" {
+        if pattern.prunes() {
+            return err("prune_layer: method gptq only quantizes; use method sparsegpt to prune and quantize together");
+        }
+        if bits.is_none() {
+            return err("prune_layer: method gptq needs `bits`");
+        }
+    }
+    if bits.is_none() && !pattern.prunes() {
+        return err("prune_layer: nothing to do: give `sparsity`, `prunen`/`prunem` or `bits`");
+    }
+    let defaults = SparseGptOptions::default();
+    let quant = match bits {
+        None => None,
+        Some(b) => Some(QuantOptions {
+            bits: match b {
+                IntOrInts::One(b) => BitWidths::Uniform(b),
+                IntOrInts::Many(v) => BitWidths::PerColumn(v),
+            },
+            quantizer: QuantizerConfig {
+                sym: opts.bool("sym")?.unwrap_or(false),
+                ..QuantizerConfig::default()
+            },
+            groupsize: opts.usize("groupsize")?,
+            static_groups: opts.bool("static_groups")?.unwrap_or(false),
+        }),
+    };
+    Ok(Method::SparseGpt(SparseGptOptions {
+        pattern,
+        quant,
+        blocksize: opts.usize("blocksize")?.unwrap_or(defaults.blocksize),
+        percdamp: opts.f64("percdamp")?.unwrap_or(defaults.percdamp),
+        act_order: opts.bool("act_order")?.unwrap_or(false),
+    }))
+}
+
+/// A tensor as a flat f32 Vector.
+fn tensor_vector(t: &Tensor) -> anyhow::Result<Vector> {
+    Ok(Vector::from_f32(
+        t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
+    ))
+}
+
+/// The diagonal of a square matrix.
+fn diagonal(h: &Tensor) -> anyhow::Result<Tensor> {
+    let n = h.dim(0)?;
+    let idx: Vec<u32> = (0..n as u32).map(|i| i * (n as u32 + 1)).collect();
+    let idx = Tensor::from_vec(idx, n, h.device())?;
+    Ok(h.flatten_all()?.index_select(&idx, 0)?)
+}
+
+/// The primitives and the handle types' methods.
+#[export_module]
+pub mod primitives {
+    use super::*;
+
+    // ---- models -----------------------------------------------------------
+
+    /// Loads a model: a local directory with config.json, or a hub id
+    /// `org/name[@revision]` (from the Hugging Face cache, else downloaded unless
+    /// HF_HUB_OFFLINE=1). Returns a `Model`.
+    ///
+    /// ```rhai
+    /// let m = load_model("facebook/opt-125m");
+    /// print(m.num_layers);
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn load_model(spec: &str) -> R<ModelHandle> {
+        load_model_with(spec, Map::new())
+    }
+    /// Loads a model with options `#{device, dtype, revision}`:
+    /// `device` "cpu" (default), "cuda" or "cuda:N"; `dtype` "f32", "f16" or "bf16"
+    /// (default: the checkpoint's); `revision` a hub branch, tag or commit.
+    #[rhai_fn(name = "load_model", return_raw)]
+    pub fn load_model_with(spec: &str, options: Map) -> R<ModelHandle> {
+        let o = Opts::new("load_model", options)?;
+        let mut opts = LoadOptions::default();
+        if let Some(d) = o.string("device")? {
+            opts.device = parse_device(&d).map_err(script_err)?;
+        }
+        if let Some(d) = o.string("dtype")? {
+            opts.dtype = Some(parse_dtype(&d).map_err(script_err)?);
+        }
+        opts.revision = o.string("revision")?;
+        let model = Model::load(spec, &opts).map_err(script_err)?;
+        Ok(ModelHandle::new(model, spec))
+    }
+
+    /// Architecture: "opt" or "llama".
+    #[rhai_fn(get = "arch", pure, return_raw)]
+    pub fn model_arch(m: &mut ModelHandle) -> R<String> {
+        Ok(m.read()?.arch().as_str().to_string())
+    }
+    /// Number of decoder layers.
+    #[rhai_fn(get = "num_layers", pure, return_raw)]
+    pub fn model_num_layers(m: &mut ModelHandle) -> R<INT> {
+        Ok(m.read()?.num_layers() as INT)
+    }
+    /// Residual width.
+    #[rhai_fn(get = "hidden_size", pure, return_raw)]
+    pub fn model_hidden_size(m: &mut ModelHandle) -> R<INT> {
+        Ok(m.read()?.hidden_size() as INT)
+    }
+    /// Names of the linears within a decoder layer, in the reference's order.
+    #[rhai_fn(get = "linears", pure, return_raw)]
+    pub fn model_linears(m: &mut ModelHandle) -> R<Array> {
+        Ok(m.read()?
+            .linear_names()
+            .iter()
+            .map(|s| Dynamic::from(s.to_string()))
+            .collect())
+    }
+    /// Compute device: "cpu" or "cuda:N".
+    #[rhai_fn(get = "device", pure, return_raw)]
+    pub fn model_device(m: &mut ModelHandle) -> R<String> {
+        Ok(device_name(m.read()?.device()))
+    }
+    /// Compute dtype: "f32", "f16" or "bf16".
+    #[rhai_fn(get = "dtype", pure, return_raw)]
+    pub fn model_dtype(m: &mut ModelHandle) -> R<String> {
+        Ok(dtype_name(m.read()?.dtype()).to_string())
+    }
+    /// The spec the model was loaded from.
+    #[rhai_fn(get = "spec", pure)]
+    pub fn model_spec(m: &mut ModelHandle) -> String {
+        m.spec().to_string()
+    }
+    /// `Model(spec: arch, N layers, hidden H, dtype on device)`.
+    #[rhai_fn(name = "to_string", name = "to_debug", pure)]
+    pub fn model_to_string(m: &mut ModelHandle) -> String {
+        m.describe()
+    }
+
+    // ---- calibration ------------------------------------------------------
+
+    /// Starts a sequential calibration of `model` on `dataset` (a name such as
+    /// "wikitext2", "ptb", "c4" with an optional ":split", default train; or a
+    /// local file). Returns a `Calibration`; loop over `calib.layers()`.
+    ///
+    /// ```rhai
+    /// let calib = calibrate(model, "wikitext2");
+    /// for layer in calib.layers() {
+    ///     for linear in layer.linears { prune_layer(layer, linear, #{sparsity: 0.5}); }
+    /// }
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn calibrate(ctx: NativeCallContext, model: ModelHandle, dataset: &str) -> R<CalibHandle> {
+        calibrate_with(ctx, model, dataset, Map::new())
+    }
+    /// Starts a calibration with options `#{nsamples, seqlen, seed, true_sequential,
+    /// batch, quiet, reservoir, checkpoint}`: `nsamples` windows (default 128) of
+    /// `seqlen` tokens (default: the model's max_position_embeddings, at most 2048)
+    /// sampled with `seed` (default 0) as the reference does; `true_sequential`
+    /// (default false) takes each group of linears' Hessian after the earlier
+    /// groups are compressed; `batch` windows per forward pass (default 8);
+    /// `quiet` hides progress; `reservoir` token rows of each linear's input kept
+    /// for the activation-based importance metrics (default 4096, 0 = none);
+    /// `checkpoint` a directory where every committed layer is written and from
+    /// which an interrupted run resumes; `fingerprint` names the policy stored with
+    /// it (default: the script's file name), so that a resume under a different
+    /// policy is refused — change it when you change the policy.
+    #[rhai_fn(name = "calibrate", return_raw)]
+    pub fn calibrate_with(
+        ctx: NativeCallContext,
+        model: ModelHandle,
+        dataset: &str,
+        options: Map,
+    ) -> R<CalibHandle> {
+        let o = Opts::new("calibrate", options)?;
+        let d = CalibOptions::default();
+        let opts = CalibOptions {
+            dataset: dataset.to_string(),
+            nsamples: o.usize("nsamples")?.unwrap_or(d.nsamples),
+            seqlen: o.usize("seqlen")?,
+            seed: o.usize("seed")?.map(|s| s as u64).unwrap_or(d.seed),
+            batch: o.usize("batch")?.unwrap_or(d.batch),
+            true_sequential: o.bool("true_sequential")?.unwrap_or(false),
+            quiet: o.bool("quiet")?.unwrap_or_else(|| engine_quiet(&ctx)),
+            reservoir: o.usize("reservoir")?.unwrap_or(d.reservoir),
+            checkpoint: o.string("checkpoint")?.map(std::path::PathBuf::from),
+            fingerprint: match o.string("fingerprint")? {
+                Some(f) => f,
+                None => ctx.call_source().unwrap_or_default().to_string(),
+            },
+        };
+        let calib = {
+            let m = model.settled()?;
+            Calibration::new(&m, opts).map_err(script_err)?
+        };
+        CalibHandle::new(&model, calib, dataset)
+    }
+
+    /// The remaining decoder layers, in order, for a `for` loop. Each turn commits
+    /// the previous layer (its compressed weights into the model, then the
+    /// compressed layer re-run to make the next layer's inputs) before yielding.
+    #[rhai_fn(pure)]
+    pub fn layers(c: &mut CalibHandle) -> LayerIter {
+        c.layers()
+    }
+    /// Commits the open layer and returns the next one, or `()` after the last.
+    #[rhai_fn(pure, return_raw)]
+    pub fn next_layer(c: &mut CalibHandle) -> R<Dynamic> {
+        Ok(c.next_layer()?.map(Dynamic::from).unwrap_or(Dynamic::UNIT))
+    }
+    /// Commits the open layer (done by itself when the loop moves on or ends).
+    #[rhai_fn(pure, return_raw)]
+    pub fn commit(c: &mut CalibHandle) -> R<()> {
+        c.commit()
+    }
+    /// One map per compressed linear, in order: `#{layer, linear, method, rows,
+    /// columns, sparsity, avg_bits, loss, rel_error, seconds, dead_columns,
+    /// nm_valid, percdamp, bits_histogram}` (`()` where not applicable).
+    #[rhai_fn(name = "reports", pure, return_raw)]
+    pub fn calib_reports(c: &mut CalibHandle) -> R<Array> {
+        Ok(c.reports()?
+            .iter()
+            .map(|r| Dynamic::from_map(report_map(r)))
+            .collect())
+    }
+    /// Window length.
+    #[rhai_fn(get = "seqlen", pure, return_raw)]
+    pub fn calib_seqlen(c: &mut CalibHandle) -> R<INT> {
+        c.with(|c| c.seqlen() as INT)
+    }
+    /// Number of calibration windows.
+    #[rhai_fn(get = "nsamples", pure, return_raw)]
+    pub fn calib_nsamples(c: &mut CalibHandle) -> R<INT> {
+        c.with(|c| c.windows() as INT)
+    }
+    /// The index of the next layer to be yielded.
+    #[rhai_fn(get = "next_index", pure, return_raw)]
+    pub fn calib_next_index(c: &mut CalibHandle) -> R<INT> {
+        c.with(|c| c.next_index() as INT)
+    }
+    /// The calibration dataset.
+    #[rhai_fn(get = "dataset", pure, return_raw)]
+    pub fn calib_dataset(c: &mut CalibHandle) -> R<String> {
+        c.dataset()
+    }
+    /// The model being calibrated.
+    #[rhai_fn(get = "model", pure, return_raw)]
+    pub fn calib_model(c: &mut CalibHandle) -> R<ModelHandle> {
+        c.model()
+    }
+    /// `Calibration(dataset, N windows of T tokens, at layer i)`.
+    #[rhai_fn(name = "to_string", name = "to_debug", pure)]
+    pub fn calib_to_string(c: &mut CalibHandle) -> String {
+        let ds = c.dataset().unwrap_or_default();
+        c.with(|k| {
+            format!(
+                "Calibration({ds}, {} windows of {} tokens, at layer {})",
+                k.windows(),
+                k.seqlen(),
+                k.next_index()
+            )
+        })
+        .unwrap_or_else(|_| "Calibration(unusable)".into())
+    }
+
+    // ---- layers -----------------------------------------------------------
+
+    /// Decoder layer index.
+    #[rhai_fn(get = "index", pure)]
+    pub fn layer_index(l: &mut LayerHandle) -> INT {
+        l.index as INT
+    }
+    /// Names of the layer's linears, in the reference's order.
+    #[rhai_fn(get = "linears", pure)]
+    pub fn layer_linears(l: &mut LayerHandle) -> Array {
+        l.linears_array()
+    }
+    /// `[rows, columns]` of a linear's weight.
+    #[rhai_fn(pure, return_raw)]
+    pub fn shape(l: &mut LayerHandle, linear: &str) -> R<Array> {
+        l.with(|w| {
+            let (r, c) = w.weight(linear)?.dims2()?;
+            Ok(vec![
+                Dynamic::from_int(r as INT),
+                Dynamic::from_int(c as INT),
+            ])
+        })
+    }
+    /// A linear's current weight, flattened row by row, as a Vector.
+    #[rhai_fn(pure, return_raw)]
+    pub fn weight(l: &mut LayerHandle, linear: &str) -> R<Vector> {
+        l.with(|w| tensor_vector(&w.weight(linear)?))
+    }
+    /// Statistics of a linear's current weight: `#{rows, columns, mean, std, min,
+    /// max, mean_abs, zeros}` (`zeros` = fraction of exact zeros).
+    #[rhai_fn(pure, return_raw)]
+    pub fn weight_stats(l: &mut LayerHandle, linear: &str) -> R<Map> {
+        let (rows, cols, v) = l.with(|w| {
+            let t = w.weight(linear)?;
+            let (r, c) = t.dims2()?;
+            Ok((r, c, tensor_vector(&t)?))
+        })?;
+        let d = v.as_slice();
+        let mut m = Map::new();
+        m.insert("rows".into(), Dynamic::from_int(rows as INT));
+        m.insert("columns".into(), Dynamic::from_int(cols as INT));
+        m.insert("mean".into(), Dynamic::from_float(v.mean()));
+        m.insert("std".into(), Dynamic::from_float(v.std()));
+        m.insert("min".into(), Dynamic::from_float(v.min() as FLOAT));
+        m.insert("max".into(), Dynamic::from_float(v.max() as FLOAT));
+        let mean_abs = d.iter().map(|x| x.abs() as f64).sum::<f64>() / d.len() as f64;
+        m.insert("mean_abs".into(), Dynamic::from_float(mean_abs));
+        let zeros = d.iter().filter(|&&x| x == 0.0).count() as f64 / d.len() as f64;
+        m.insert("zeros".into(), Dynamic::from_float(zeros));
+        Ok(m)
+    }
+    /// The L2 norm of each input column (channel) of a linear's weight.
+    #[rhai_fn(pure, return_raw)]
+    pub fn column_norms(l: &mut LayerHandle, linear: &str) -> R<Vector> {
+        l.with(|w| {
+            let t = w.weight(linear)?.to_dtype(DType::F32)?;
+            tensor_vector(&t.sqr()?.sum(0)?.sqrt()?)
+        })
+    }
+    /// The diagonal of a linear's input Hessian (2/n · Σ x_j²), one per channel.
+    #[rhai_fn(pure, return_raw)]
+    pub fn hessian_diag(l: &mut LayerHandle, linear: &str) -> R<Vector> {
+        l.with(|w| tensor_vector(&diagonal(w.hessian(linear)?.hessian())?))
+    }
+    /// Wanda's activation scale of each input channel: the mean over calibration
+    /// windows of ‖X_j‖².
+    #[rhai_fn(pure, return_raw)]
+    pub fn act_norms(l: &mut LayerHandle, linear: &str) -> R<Vector> {
+        l.with(|w| tensor_vector(w.hessian(linear)?.scaler_row()))
+    }
+    /// Statistics of a linear's input Hessian: `#{columns, nsamples, trace,
+    /// mean_diag, dead_columns}` (dead = never activated).
+    #[rhai_fn(pure, return_raw)]
+    pub fn hessian_stats(l: &mut LayerHandle, linear: &str) -> R<Map> {
+        let (cols, n, diag) = l.with(|w| {
+            let acc = w.hessian(linear)?;
+            Ok((
+                acc.columns(),
+                acc.nsamples(),
+                tensor_vector(&diagonal(acc.hessian())?)?,
+            ))
+        })?;
+        let mut m = Map::new();
+        m.insert("columns".into(), Dynamic::from_int(cols as INT));
+        m.insert("nsamples".into(), Dynamic::from_int(n as INT));
+        m.insert("trace".into(), Dynamic::from_float(diag.sum()));
+        m.insert("mean_diag".into(), Dynamic::from_float(diag.mean()));
+        let dead = diag.as_slice().iter().filter(|&&x| x == 0.0).count();
+        m.insert("dead_columns".into(), Dynamic::from_int(dead as INT));
+        Ok(m)
+    }
+    /// Reports of the linears compressed in this layer so far.
+    #[rhai_fn(name = "reports", pure, return_raw)]
+    pub fn layer_reports(l: &mut LayerHandle) -> R<Array> {
+        l.with(|w| {
+            Ok(w.reports
+                .iter()
+                .map(|r| Dynamic::from_map(report_map(r)))
+                .collect())
+        })
+    }
+    /// `Layer(i: linears)`.
+    #[rhai_fn(name = "to_string", name = "to_debug", pure)]
+    pub fn layer_to_string(l: &mut LayerHandle) -> String {
+        format!("Layer({}: {})", l.index, l.linears.join(", "))
+    }
+
+    /// Compresses one linear of an open layer and returns `#{sparsity, avg_bits,
+    /// loss, rel_error, seconds, layer, linear, method, dead_columns, nm_valid}`
+    /// (`avg_bits` and `loss` are `()` where not applicable).
+    ///
+    /// Options (defaults in brackets): `method` "sparsegpt" | "gptq" | "magnitude" |
+    /// "wanda" ["sparsegpt"]; `sparsity` fraction in [0, 1); `prunen`, `prunem` for
+    /// n:m; `bits` an integer or a Vector of per-channel widths (1..=16); `sym`
+    /// [false]; `groupsize`; `static_groups` [false]; `blocksize` [128];
+    /// `percdamp` [0.01]; `act_order` [false].
+    ///
+    /// ```rhai
+    /// prune_layer(layer, "fc1", #{sparsity: 0.5, bits: 4});
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn prune_layer(layer: LayerHandle, linear: &str, options: Map) -> R<Map> {
+        let o = Opts::new("prune_layer", options)?;
+        let method = method_from_options(&o)?;
+        let report = layer.with(|w| w.compress(linear, &method))?;
+        Ok(report_map(&report))
+    }
+
+    // ---- evaluation -------------------------------------------------------
+
+    /// Perplexity of `model` on `dataset` ("wikitext2", "ptb", "c4", with an
+    /// optional ":split", default test; or a local file) by the reference protocol.
+    /// Commits any layer a calibration of this model still has open.
+    #[rhai_fn(return_raw)]
+    pub fn eval_ppl(ctx: NativeCallContext, model: ModelHandle, dataset: &str) -> R<FLOAT> {
+        eval_ppl_with(ctx, model, dataset, Map::new())
+    }
+    /// Perplexity with options `#{seqlen, nsamples, batch, quiet}`: window length
+    /// (default: max_position_embeddings, at most 2048), only the first `nsamples`
+    /// windows (default all), windows per batch (default 8), no progress output.
+    #[rhai_fn(name = "eval_ppl", return_raw)]
+    pub fn eval_ppl_with(
+        ctx: NativeCallContext,
+        model: ModelHandle,
+        dataset: &str,
+        options: Map,
+    ) -> R<FLOAT> {
+        let o = Opts::new("eval_ppl", options)?;
+        let d = PplOptions::default();
+        let opts = PplOptions {
+            seqlen: o.usize("seqlen")?,
+            batch: o.usize("batch")?.unwrap_or(d.batch),
+            max_windows: o.usize("nsamples")?,
+            quiet: o.bool("quiet")?.unwrap_or_else(|| engine_quiet(&ctx)),
+        };
+        let m = model.settled()?;
+        Ok(eval_dataset(&m, dataset, &opts).map_err(script_err)?.ppl)
+    }
+
+    // ---- formatting helpers -------------------------------------------------
+
+    /// A number with `decimals` digits after the point; `()` gives "-".
+    #[rhai_fn(name = "fmt", return_raw)]
+    pub fn fmt_num(x: Dynamic, decimals: INT) -> R<String> {
+        let d = decimals.clamp(0, 17) as usize;
+        if x.is_unit() {
+            return Ok("-".into());
+        }
+        match (x.as_float(), x.as_int()) {
+            (Ok(f), _) => Ok(format!("{f:.d$}")),
+            (_, Ok(i)) => Ok(format!("{:.d$}", i as f64)),
+            _ => err(format!("fmt: expected a number, got {}", x.type_name())),
+        }
+    }
+    /// A number in about five significant digits (`0.1234`, `12.5`, `1.2e-5`);
+    /// `()` gives "-".
+    #[rhai_fn(name = "fmt", return_raw)]
+    pub fn fmt_auto(x: Dynamic) -> R<String> {
+        if x.is_unit() {
+            return Ok("-".into());
+        }
+        match (x.as_float(), x.as_int()) {
+            (Ok(f), _) => Ok(format_num(f)),
+            (_, Ok(i)) => Ok(i.to_string()),
+            _ => Ok(x.to_string()),
+        }
+    }
+}
