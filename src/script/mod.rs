@@ -27,6 +27,7 @@
 pub mod check;
 pub mod errors;
 pub mod handles;
+pub mod mixed;
 pub mod options;
 pub mod primitives;
 pub mod resolver;
@@ -71,6 +72,8 @@ pub fn register_types(engine: &mut Engine) {
         .register_type_with_name::<CalibHandle>("Calibration")
         .register_type_with_name::<LayerHandle>("Layer")
         .register_type_with_name::<LayerIter>("Layers")
+        .register_type_with_name::<crate::compress::summary::Summary>("Summary")
+        .register_type_with_name::<crate::plot::Plot>("Plot")
         .register_iterator::<Vector>()
         .register_iterator_result::<LayerIter, LayerHandle>();
 }
@@ -81,6 +84,7 @@ pub fn new_engine(opts: &ScriptOptions) -> (Engine, Resolver) {
     register_types(&mut engine);
     engine.register_global_module(rhai::exported_module!(vector::vector_api).into());
     engine.register_global_module(rhai::exported_module!(primitives::primitives).into());
+    engine.register_global_module(rhai::exported_module!(mixed::mixed).into());
 
     let mut search = opts.search_path.clone();
     search.extend(resolver::env_search_path());

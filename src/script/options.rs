@@ -18,6 +18,25 @@ type R<T> = Result<T, Box<EvalAltResult>>;
 /// documentation order. Register a new primitive's keys here.
 pub const OPTION_KEYS: &[(&str, &[&str])] = &[
     ("load_model", &["device", "dtype", "revision"]),
+    ("score_importance", &["percdamp", "bins"]),
+    ("group_channels", &["method"]),
+    (
+        "allocate_bits",
+        &[
+            "tiers",
+            "method",
+            "target_avg",
+            "proportions",
+            "thresholds",
+            "n_groups",
+            "grouping",
+        ],
+    ),
+    ("summary", &["target_avg", "strict", "bits_requested"]),
+    (
+        "plot_histogram",
+        &["title", "bins", "log_y", "x_label", "path"],
+    ),
     (
         "calibrate",
         &[
@@ -141,6 +160,24 @@ impl Opts {
             None => Ok(None),
             Some(v) if v.is_string() => Ok(Some(v.clone().into_string().unwrap_or_default())),
             Some(v) => self.wrong_type(key, "a string", v),
+        }
+    }
+
+    /// A Vector or array of numbers.
+    pub fn floats(&self, key: &str) -> R<Option<Vec<f64>>> {
+        match self.value(key) {
+            None => Ok(None),
+            Some(v) => {
+                if let Some(vec) = v.read_lock::<Vector>() {
+                    return Ok(Some(vec.as_slice().iter().map(|&x| x as f64).collect()));
+                }
+                if v.is_array() {
+                    let arr = v.clone().into_array().unwrap_or_default();
+                    let vec = super::vector::from_array(&arr)?;
+                    return Ok(Some(vec.as_slice().iter().map(|&x| x as f64).collect()));
+                }
+                self.wrong_type(key, "a Vector or an array of numbers", v)
+            }
         }
     }
 

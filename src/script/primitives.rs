@@ -27,7 +27,17 @@ use crate::model::{LoadOptions, Model};
 type R<T> = Result<T, Box<EvalAltResult>>;
 
 /// The top-level primitives, in the order `:help` lists them.
-pub const PRIMITIVES: &[&str] = &["load_model", "calibrate", "prune_layer", "eval_ppl"];
+pub const PRIMITIVES: &[&str] = &[
+    "load_model",
+    "calibrate",
+    "score_importance",
+    "group_channels",
+    "allocate_bits",
+    "prune_layer",
+    "eval_ppl",
+    "summary",
+    "plot_histogram",
+];
 
 /// Whether the engine runs quietly (no progress output): its tag's `quiet`.
 fn engine_quiet(ctx: &NativeCallContext) -> bool {

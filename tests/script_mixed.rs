@@ -1,0 +1,151 @@
+//! Mixed precision from a script: importance, allocation, summary and charts
+//! through the primitives, and the summary's refusals.
+
+mod common;
+
+use sparselab::script::session::Session;
+use sparselab::script::ScriptOptions;
+
+fn session() -> Session {
+    Session::new(ScriptOptions {
+        quiet: true,
+        ..ScriptOptions::default()
+    })
+}
+
+fn setup() -> Option<String> {
+    let dir = common::fixtures()?;
+    let s = |p: &str| dir.join(p).to_string_lossy().into_owned();
+    Some(format!(
+        "let m = load_model({:?});\nlet calib = calibrate(m, {:?}, #{{nsamples: 8, seqlen: 64}});\n",
+        s("models/opt-tiny"),
+        s("data/wikitext2/wiki.valid.raw")
+    ))
+}
+
+#[test]
+fn budget_allocation_from_importance_meets_the_target() {
+    let Some(setup) = setup() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let png = tmp.path().join("scores.png");
+    let mut s = session();
+    let text = format!(
+        r#"{setup}
+let all = ();
+for layer in calib.layers() {{
+    for linear in layer.linears {{
+        let scores = score_importance(layer, linear, "wanda");
+        let bits = allocate_bits(scores, #{{target_avg: 4.0}});
+        prune_layer(layer, linear, #{{sparsity: 0.5, bits: bits}});
+        all = if type_of(all) == "()" {{ scores }} else {{ all.concat(scores) }};
+    }}
+}}
+plot_histogram(all, #{{title: "wanda scores", path: {png:?}}});
+let s = summary(calib, #{{target_avg: 4.0, strict: true}});
+[s.avg_bits, s.total_channels, s.to_string()]
+"#
+    );
+    let out = s
+        .eval("mixed.rhai", &text)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let out = out.into_array().unwrap();
+    let avg = out[0].as_float().unwrap();
+    assert!((avg - 4.0).abs() < 0.01, "average {avg}");
+    assert_eq!(out[1].as_int().unwrap(), 4 * (4 * 256 + 256 + 1024));
+    let text = out[2].clone().into_string().unwrap();
+    assert!(
+        text.contains("importance_range=(")
+            && text.contains("average bits: 4.000")
+            && !text.contains("MISSED"),
+        "{text}"
+    );
+    assert!(std::fs::metadata(&png).unwrap().len() > 1000);
+}
+
+#[test]
+fn summary_refuses_a_missed_target_and_missing_quantization() {
+    let Some(setup) = setup() else { return };
+    // Thresholds that put nearly every channel at 8 bits against a 4.0 target.
+    let mut s = session();
+    let text = format!(
+        r#"{setup}
+for layer in calib.layers() {{
+    for linear in layer.linears {{
+        let scores = score_importance(layer, linear, "magnitude").normalize();
+        let bits = allocate_bits(scores, #{{method: "threshold", thresholds: [0.0, 0.01, 0.02, 0.03]}});
+        prune_layer(layer, linear, #{{sparsity: 0.5, bits: bits}});
+    }}
+}}
+summary(calib, #{{target_avg: 4.0}}).to_string()
+"#
+    );
+    let report = s
+        .eval("miss.rhai", &text)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_string()
+        .unwrap();
+    let first = report.lines().take(3).collect::<Vec<_>>().join("\n");
+    assert!(first.contains("MISSED TARGET"), "{report}");
+    let err = s
+        .eval(
+            "miss.rhai",
+            "summary(calib, #{target_avg: 4.0, strict: true})",
+        )
+        .unwrap_err();
+    assert!(err.contains("4.00") || err.contains("target"), "{err}");
+
+    // Bits requested, nothing quantized: the summary is an error that says so.
+    let mut s = session();
+    let text = format!(
+        r#"{setup}
+for layer in calib.layers() {{
+    for linear in layer.linears {{ prune_layer(layer, linear, #{{sparsity: 0.5}}); }}
+}}
+summary(calib, #{{target_avg: 4.0}})
+"#
+    );
+    let err = s.eval("none.rhai", &text).unwrap_err();
+    assert!(err.contains("no channel was quantized"), "{err}");
+}
+
+#[test]
+fn allocation_options_are_checked() {
+    let mut s = session();
+    let err = s
+        .eval(
+            "opts.rhai",
+            "allocate_bits(vector([1.0, 2.0, 3.0]), #{method: \"budget\"})",
+        )
+        .unwrap_err();
+    assert!(err.contains("target_avg"), "{err}");
+    let err = s
+        .eval(
+            "opts.rhai",
+            "allocate_bits(vector([1.0, 2.0]), #{target_avg: 4.0, thresholds: [1.0]})",
+        )
+        .unwrap_err();
+    assert!(
+        err.contains("thresholds") && err.contains("budget"),
+        "{err}"
+    );
+    let err = s
+        .eval(
+            "opts.rhai",
+            "allocate_bits(vector([1.0, 2.0]), #{taget_avg: 4.0})",
+        )
+        .unwrap_err();
+    assert!(err.contains("target_avg"), "{err}");
+    let ids = s
+        .eval(
+            "g.rhai",
+            "group_channels(vector([1.0, 9.0, 1.1, 8.0]), 2, #{method: \"kmeans\"}).to_array()",
+        )
+        .unwrap();
+    let ids: Vec<i64> = ids
+        .into_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_int().unwrap_or_else(|_| v.as_float().unwrap() as i64))
+        .collect();
+    assert_eq!(ids, vec![0, 1, 0, 1]);
+}
