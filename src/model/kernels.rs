@@ -100,6 +100,75 @@ pub fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     Ok(f(&data[start..end]))
 }
 
+/// Query rows per block of the CPU attention: a block's scores stay in cache,
+/// and keys after its last row are never touched (half the work of a full
+/// `[t, t]` score matrix).
+const ATTENTION_BLOCK: usize = 128;
+
+/// Causal attention over `[heads, t, d]` f32 CPU tensors: per head and block of
+/// query rows, scores against the keys up to the block's end (faer), a fused
+/// masked softmax, and the weighted sum of values (faer). Heads run in parallel.
+pub fn causal_attention_f32(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
+    let (heads, t, d) = q.dims3()?;
+    let mut out = vec![0f32; heads * t * d];
+    with_cpu_f32(q, |qs| {
+        with_cpu_f32(k, |ks| {
+            with_cpu_f32(v, |vs| {
+                out.par_chunks_mut(t * d).enumerate().for_each(|(h, o)| {
+                    let span = h * t * d..(h + 1) * t * d;
+                    let (qh, kh, vh) = (&qs[span.clone()], &ks[span.clone()], &vs[span]);
+                    let mut scores = vec![0f32; ATTENTION_BLOCK * t];
+                    for r0 in (0..t).step_by(ATTENTION_BLOCK) {
+                        let rows = ATTENTION_BLOCK.min(t - r0);
+                        let keys = r0 + rows;
+                        let s = &mut scores[..rows * keys];
+                        // Row-major S [rows, keys] is column-major Sᵀ = K·Q_blockᵀ.
+                        let kr = MatRef::from_row_major_slice(&kh[..keys * d], keys, d);
+                        let qr = MatRef::from_row_major_slice(&qh[r0 * d..keys * d], rows, d);
+                        let dst = MatMut::from_column_major_slice_mut(s, keys, rows);
+                        faer::linalg::matmul::matmul(
+                            dst,
+                            Accum::Replace,
+                            kr,
+                            qr.transpose(),
+                            scale,
+                            Par::Seq,
+                        );
+                        for (i, row) in s.chunks_mut(keys).enumerate() {
+                            let visible = r0 + i + 1;
+                            let max = row[..visible]
+                                .iter()
+                                .fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                            let mut sum = 0f32;
+                            for x in &mut row[..visible] {
+                                *x = (*x - max).exp();
+                                sum += *x;
+                            }
+                            let inv = 1.0 / sum;
+                            row[..visible].iter_mut().for_each(|x| *x *= inv);
+                            row[visible..].iter_mut().for_each(|x| *x = 0.0);
+                        }
+                        // Row-major O_block [rows, d] is column-major O_blockᵀ = Vᵀ·Pᵀ.
+                        let pr = MatRef::from_row_major_slice(&scores[..rows * keys], rows, keys);
+                        let vr = MatRef::from_row_major_slice(&vh[..keys * d], keys, d);
+                        let dst =
+                            MatMut::from_column_major_slice_mut(&mut o[r0 * d..keys * d], d, rows);
+                        faer::linalg::matmul::matmul(
+                            dst,
+                            Accum::Replace,
+                            vr.transpose(),
+                            pr.transpose(),
+                            1.0f32,
+                            Par::Seq,
+                        );
+                    }
+                });
+            })
+        })
+    })???;
+    Tensor::from_vec(out, (heads, t, d), &Device::Cpu)
+}
+
 /// Causal softmax of `scores` (`[heads, rows, cols]`, f32, CPU) scaled by `scale`,
 /// where row `i` holds query position `row_offset + i` and may only attend to key
 /// positions `0..=row_offset + i`; masked entries come out as exactly 0.

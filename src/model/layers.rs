@@ -137,7 +137,15 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Resul
     let rep = heads / kv_heads;
     let k = candle_transformers::utils::repeat_kv(k.contiguous()?, rep)?;
     let v = candle_transformers::utils::repeat_kv(v.contiguous()?, rep)?;
-    let out = if q.device().is_cpu() {
+    let out = if super::kernels::is_cpu_f32(q) {
+        super::kernels::causal_attention_f32(
+            &q.reshape((b * heads, t, d))?,
+            &k.reshape((b * heads, t, d))?,
+            &v.reshape((b * heads, t, d))?,
+            scale as f32,
+        )?
+        .reshape((b, heads, t, d))?
+    } else if q.device().is_cpu() {
         cpu_causal_attention(
             &q.reshape((b * heads, t, d))?,
             &k.reshape((b * heads, t, d))?,
@@ -202,6 +210,32 @@ mod tests {
         for (a, b) in y[0].iter().zip(want) {
             assert!((a - b).abs() < 1e-6);
         }
+        Ok(())
+    }
+
+    #[test]
+    fn blocked_attention_matches_a_full_masked_softmax() -> anyhow::Result<()> {
+        // 300 positions span three blocks, the last one partial; two kv heads
+        // shared by four query heads.
+        let dev = Device::Cpu;
+        let q = Tensor::randn(0f32, 1., (1, 4, 300, 16), &dev)?;
+        let k = Tensor::randn(0f32, 1., (1, 2, 300, 16), &dev)?;
+        let v = Tensor::randn(0f32, 1., (1, 2, 300, 16), &dev)?;
+        let got = causal_attention(&q, &k, &v, 0.25)?;
+        let k4 = candle_transformers::utils::repeat_kv(k, 2)?;
+        let v4 = candle_transformers::utils::repeat_kv(v, 2)?;
+        let scores =
+            (q.matmul(&k4.t()?.contiguous()?)? * 0.25)?.broadcast_add(&causal_mask(300, &dev)?)?;
+        let want = candle_nn::ops::softmax_last_dim(&scores)?
+            .matmul(&v4)?
+            .transpose(1, 2)?
+            .reshape((1, 300, 64))?;
+        let diff = (got - want)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?;
+        assert!(diff < 1e-5, "max difference {diff}");
         Ok(())
     }
 
