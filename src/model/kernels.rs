@@ -210,7 +210,8 @@ pub fn nll_sum(logits: &Tensor, targets: &[u32]) -> Result<f64> {
             .zip(targets.par_iter())
             .map(|(row, &t)| {
                 let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                let sum: f64 = row.iter().map(|&v| ((v - max) as f64).exp()).sum();
+                // f32 exponentials (each term in (0, 1]), summed in f64.
+                let sum: f64 = row.iter().map(|&v| (v - max).exp() as f64).sum();
                 (max as f64 + sum.ln()) - row[t as usize] as f64
             })
             .sum()
