@@ -10,8 +10,11 @@
 use std::path::Path;
 use std::process::Command;
 
+mod common;
+
 use anyhow::{Context, Result};
 use candle_core::DType;
+use common::peak_rss_mib;
 use sparselab::device::{parse_device, parse_dtype};
 use sparselab::eval::{perplexity, PplOptions};
 use sparselab::model::random::{opt_config, write_random_model};
@@ -19,17 +22,6 @@ use sparselab::model::{LoadOptions, Model};
 
 fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
-}
-
-/// Peak resident memory of this process in MiB (VmHWM).
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
 }
 
 fn main() -> Result<()> {

@@ -13,8 +13,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
+mod common;
+
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
+use common::{peak_rss_mib, rss_split_mib};
 use sparselab::calibrate::{uniform_policy, CalibOptions, Calibration, LayerFilter, Method};
 use sparselab::compress::{BitWidths, QuantOptions, SparseGptOptions, SparsityPattern};
 use sparselab::model::random::{opt_config, write_random_model};
@@ -25,16 +28,6 @@ fn env_or(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
 }
 
 /// The machine's f32 GEMM rate in GFLOP/s: the best of three products the size
@@ -52,20 +45,6 @@ fn gemm_rate() -> Result<f64> {
         best = best.min(t.elapsed().as_secs_f64());
     }
     Ok(2.0 * 4096.0 * 768.0 * 3072.0 / best / 1e9)
-}
-
-/// Current anonymous and file-backed resident memory in MiB.
-fn rss_split_mib() -> (f64, f64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .map(|kb| kb / 1024.0)
-            .unwrap_or(f64::NAN)
-    };
-    (field("RssAnon:"), field("RssFile:"))
 }
 
 fn main() -> Result<()> {

@@ -9,6 +9,19 @@ use rhai::{Engine, EvalAltResult, ParseError, Position, AST};
 use super::resolver::Resolver;
 use super::suggest::nearest;
 
+/// Functions the Rhai runtime provides without registering them.
+pub(crate) const BUILTIN_CALLS: &[&str] = &[
+    "print",
+    "debug",
+    "type_of",
+    "is_def_var",
+    "is_def_fn",
+    "Fn",
+    "call",
+    "curry",
+    "eval",
+    "is_shared",
+];
 /// A signature in the words scripts use: handle types by their script names,
 /// `int`/`float`/`string`/`any` for Rust's, no `&mut`, no `Result` wrapper.
 pub fn pretty_signature(sig: &str) -> String {
@@ -89,18 +102,7 @@ impl Known {
                 k.signatures.push(pretty_signature(&sig));
             }
         }
-        for kw in [
-            "print",
-            "debug",
-            "type_of",
-            "is_def_var",
-            "is_def_fn",
-            "Fn",
-            "call",
-            "curry",
-            "eval",
-            "is_shared",
-        ] {
+        for kw in BUILTIN_CALLS {
             k.functions.insert(kw.to_string());
         }
         if let Some(ast) = ast {
