@@ -387,6 +387,9 @@ impl Calibration {
         for x in &self.inputs {
             outputs.push(work.layer.forward(x)?);
         }
+        if let Some(x) = outputs.first() {
+            x.device().synchronize()?;
+        }
         self.inputs = outputs;
         self.timings.forward += start.elapsed().as_secs_f64();
         self.timings.add(&work.timings);
@@ -548,11 +551,15 @@ impl LayerWork {
                     }
                 };
                 if !matches!(last, Some((id, _)) if id == inp.id()) {
+                    // Device work is asynchronous: without waiting at both ends the
+                    // forward pass's time would be billed to the Hessian (a no-op on CPU).
+                    inp.device().synchronize()?;
                     let t = Instant::now();
                     accs[idx].add_batch(inp)?;
                     if let Some(r) = reservoirs.get_mut(idx) {
                         r.add_batch(inp)?;
                     }
+                    inp.device().synchronize()?;
                     hessian_seconds += t.elapsed().as_secs_f64();
                 }
                 last = Some((inp.id(), idx));
