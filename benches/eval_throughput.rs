@@ -25,6 +25,7 @@ fn env_or(name: &str, default: &str) -> String {
 }
 
 fn main() -> Result<()> {
+    sparselab::alloc::return_freed_memory();
     // The measured run happens in a fresh child process, so that the memory used
     // to write the random checkpoint does not count towards its peak.
     if let Ok(dir) = std::env::var("SPARSELAB_BENCH_CHILD") {
@@ -106,7 +107,12 @@ fn torch_baseline(dir: &Path, seqlen: usize, dtype: DType, threads: usize) -> Re
         .arg(seqlen.to_string())
         .arg(dtype.as_str())
         .arg(threads.to_string())
-        .arg(env_or("SPARSELAB_BENCH_DEVICE", "cpu").split(':').next().unwrap_or("cpu"))
+        .arg(
+            env_or("SPARSELAB_BENCH_DEVICE", "cpu")
+                .split(':')
+                .next()
+                .unwrap_or("cpu"),
+        )
         .output()
         .context("running the PyTorch baseline")?;
     print!("{}", String::from_utf8_lossy(&out.stdout));

@@ -59,6 +59,7 @@ fn gemm_rate(device: &Device) -> Result<f64> {
 }
 
 fn main() -> Result<()> {
+    sparselab::alloc::return_freed_memory();
     // The measured run happens in a fresh child process, so that the memory used
     // to write the random checkpoint does not count towards its peak.
     if let Ok(dir) = std::env::var("SPARSELAB_BENCH_CHILD") {
@@ -104,6 +105,7 @@ fn measure(dir: &Path) -> Result<()> {
     let device = device()?;
     let gemm = gemm_rate(&device)?;
     let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let baseline = common::status_mib("VmRSS:");
 
     let start = Instant::now();
     let load = LoadOptions {
@@ -111,12 +113,16 @@ fn measure(dir: &Path) -> Result<()> {
         ..LoadOptions::default()
     };
     let mut model = Model::load(dir.to_str().unwrap(), &load)?;
+    // Compressed layers go to disk as they are produced, as a run on a model
+    // larger than memory would keep them.
+    model.weights_mut().spill_to_disk(None)?;
     let opts = CalibOptions {
         nsamples: windows,
         quiet: true,
         ..CalibOptions::default()
     };
     let mut calib = Calibration::from_windows(&model, ids, opts)?;
+    let setup_peak = peak_rss_mib();
     let method = Method::SparseGpt(SparseGptOptions {
         pattern: SparsityPattern::Unstructured { sparsity: 0.5 },
         quant: Some(QuantOptions {
@@ -175,6 +181,7 @@ fn measure(dir: &Path) -> Result<()> {
         flops / total / 1e9,
         100.0 * flops / total / 1e9 / gemm
     );
+    println!("  RSS before loading {baseline:.0} MiB; peak while loading and embedding {setup_peak:.0} MiB");
     println!(
         "  peak RSS {peak:.0} MiB; at the end {anon:.0} MiB anonymous + {file:.0} MiB mapped checkpoint pages \
          (one layer's weights {layer_mib:.0} MiB, activations {acts_mib:.0} MiB, embedding {:.0} MiB)",

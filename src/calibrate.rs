@@ -284,6 +284,8 @@ impl Calibration {
             let ids = Tensor::from_vec(flat, (chunk.len(), seqlen), &Device::Cpu)?;
             me.inputs.push(model.embed(&ids)?);
         }
+        // The layers need no embeddings; the next evaluation loads them again.
+        model.release_outer();
         Ok(me)
     }
 

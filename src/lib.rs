@@ -5,6 +5,7 @@
 //! are tokenized and windowed exactly as the reference SparseGPT scripts do
 //! ([`data`]), and perplexity follows the reference protocol ([`eval`]).
 
+pub mod alloc;
 pub mod calibrate;
 pub mod checkpoint;
 pub mod compress;

@@ -491,6 +491,7 @@ fn repl(args: ReplArgs) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    sparselab::alloc::return_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Eval(args)) => eval(args),
