@@ -28,8 +28,16 @@ fn load(fx: &Path, name: &str, device: Device, dtype: Option<DType>) -> Model {
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    let a = a.to_device(&Device::Cpu).unwrap().to_dtype(DType::F32).unwrap();
-    let b = b.to_device(&Device::Cpu).unwrap().to_dtype(DType::F32).unwrap();
+    let a = a
+        .to_device(&Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+    let b = b
+        .to_device(&Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
     (a - b)
         .unwrap()
         .abs()
@@ -59,13 +67,19 @@ fn check_reference_logits(name: &str) {
     let Some(fx) = common::fixtures() else { return };
     let model = load(&fx, name, cuda(), Some(DType::F32));
     let refs = candle_core::safetensors::load(
-        fx.join("models").join(name).join("reference_logits.safetensors"),
+        fx.join("models")
+            .join(name)
+            .join("reference_logits.safetensors"),
         &Device::Cpu,
     )
     .unwrap();
     let ids = refs["input_ids"].to_dtype(DType::U32).unwrap();
     let got = model.forward(&ids).unwrap();
-    assert!(got.device().is_cuda(), "logits computed on {:?}", got.device());
+    assert!(
+        got.device().is_cuda(),
+        "logits computed on {:?}",
+        got.device()
+    );
     let diff = max_abs_diff(&got, &refs["logits"]);
     println!("{name} on cuda f32: max |Δlogit| vs transformers = {diff:e}");
     // TF32 is off in candle by default; plain f32 GEMMs differ from the CPU only
@@ -92,7 +106,10 @@ fn perplexity_on_cuda_matches_cpu_in_f32_and_bf16() {
         let bf16 = test_ppl(&fx, &load(&fx, name, cuda(), Some(DType::BF16)));
         println!("{name}: ppl cpu f32 {cpu:.5}, cuda f32 {gpu:.5}, cuda bf16 {bf16:.5}");
         assert!((gpu - cpu).abs() / cpu < 1e-4, "{name}: {gpu} vs {cpu}");
-        assert!((bf16 - cpu).abs() / cpu < 1e-2, "{name}: bf16 {bf16} vs {cpu}");
+        assert!(
+            (bf16 - cpu).abs() / cpu < 1e-2,
+            "{name}: bf16 {bf16} vs {cpu}"
+        );
     }
 }
 
@@ -172,6 +189,9 @@ fn sparsegpt_on_cuda_matches_cpu() {
             agreement
         );
         assert!(agreement > 0.995, "{name}: masks agree on {agreement}");
-        assert!((p_gpu - p_cpu).abs() / p_cpu < 5e-3, "{name}: {p_gpu} vs {p_cpu}");
+        assert!(
+            (p_gpu - p_cpu).abs() / p_cpu < 5e-3,
+            "{name}: {p_gpu} vs {p_cpu}"
+        );
     }
 }
