@@ -314,7 +314,9 @@ pub mod primitives {
     /// `checkpoint` a directory where every committed layer is written and from
     /// which an interrupted run resumes; `fingerprint` names the policy stored with
     /// it (default: the script's file name), so that a resume under a different
-    /// policy is refused — change it when you change the policy.
+    /// policy is refused — change it when you change the policy; `memory_limit`
+    /// (bytes, or a size such as "8G") makes a buffer that would pass it an
+    /// out-of-memory error naming the layer and linear, before it is allocated.
     #[rhai_fn(name = "calibrate", return_raw)]
     pub fn calibrate_with(
         ctx: NativeCallContext,
@@ -338,6 +340,7 @@ pub mod primitives {
                 Some(f) => f,
                 None => ctx.call_source().unwrap_or_default().to_string(),
             },
+            memory_limit: o.size("memory_limit")?,
         };
         let calib = {
             let m = model.settled()?;
