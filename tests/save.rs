@@ -1937,3 +1937,93 @@ fn the_documented_python_decoder_reads_the_packed_format() {
     let n: usize = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap();
     assert_eq!(n, 9, "quantized linears checked"); // 3 layers × (k, v, q)
 }
+
+// ------------------------------------------------------------------ script
+
+/// `m.save(dir)` from a script: the directory loads with the script's
+/// compressed weights, `compression.json` holds the script and its `--set`
+/// values, a second save into it is refused without `overwrite`, and the
+/// packed format restores the same tensors.
+#[test]
+fn a_script_saves_the_model_with_its_report() {
+    let Some(fx) = common::fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tmp.path().join("m");
+    cli_model(&fx, &m);
+    let out = tmp.path().join("out");
+    let body = r#"param out = "";
+param format = "safetensors";
+let m = load_model(model);
+let calib = calibrate(m, calib, #{nsamples: 2, seqlen: 32, reservoir: 0});
+for layer in calib.layers() {
+    for linear in layer.linears { prune_layer(layer, linear, #{sparsity: 0.5, bits: 4}); }
+}
+let s = m.save(out, #{format: format, overwrite: format == "packed"});
+print(`saved ${s.tensors} tensors`);
+"#;
+    let run = |format: &str| {
+        let mut args = script_args(tmp.path(), &fx, &m, body);
+        for a in [
+            "--set".into(),
+            format!("out={}", out.display()).into(),
+            "--set".into(),
+            format!("format={format}").into(),
+        ] {
+            args.push(a);
+        }
+        Command::new(env!("CARGO_BIN_EXE_sparselab"))
+            .args(&args)
+            .output()
+            .unwrap()
+    };
+    let o = run("safetensors");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("saved "));
+    let saved = load(&out);
+    // Every linear of both layers is at 50% and on a 4-bit grid.
+    for layer in 0..2 {
+        for lin in ["self_attn.q_proj", "fc1", "fc2"] {
+            let w = saved
+                .weights()
+                .get(
+                    &saved.linear_weight_name(layer, lin),
+                    DType::F32,
+                    &Device::Cpu,
+                )
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let zeros = w.iter().filter(|v| **v == 0.0).count() as f64 / w.len() as f64;
+            assert!((0.5..0.53).contains(&zeros), "layer {layer} {lin}: {zeros}");
+        }
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("compression.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["linears"].as_array().unwrap().len(), 12);
+    assert!(report["run"]["script"]
+        .as_str()
+        .unwrap()
+        .contains("prune_layer(layer, linear, #{sparsity: 0.5, bits: 4})"));
+    assert_eq!(report["run"]["set"]["format"], "safetensors");
+    assert_eq!(report["calibration"]["nsamples"], 2);
+    let dense = all_tensors(&saved);
+
+    // Again without overwrite: refused, and the first save is untouched.
+    let before = tree(&out);
+    let o = run("safetensors");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && stderr.contains("not empty"),
+        "{stderr}"
+    );
+    assert_eq!(tree(&out), before);
+
+    // Packed, over it: the same dense tensors come back.
+    let o = run("packed");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.join("packed.json").is_file());
+    assert_eq!(all_tensors(&load(&out)), dense);
+}

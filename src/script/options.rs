@@ -69,6 +69,7 @@ pub const OPTION_KEYS: &[(&str, &[&str])] = &[
         ],
     ),
     ("eval_ppl", &["seqlen", "nsamples", "batch", "quiet"]),
+    ("save", &["overwrite", "format"]),
 ];
 
 /// The valid keys of `function`'s options map.
