@@ -92,9 +92,13 @@ impl OutOfMemory {
     }
 
     fn hint(&self) -> &'static str {
+        // What the user can change to need less, by what dominates each stage.
         match self.stage {
-            Stage::Embedding | Stage::Forward | Stage::Hessians => {
-                "; fewer windows per batch (batch), fewer or shorter windows (nsamples, seqlen) need less"
+            Stage::Embedding | Stage::Forward => {
+                "; fewer or shorter windows (nsamples, seqlen) need less"
+            }
+            Stage::Hessians => {
+                "; a smaller input sample (reservoir) or batch needs less (a Hessian is columns² floats)"
             }
             Stage::Compressing => {
                 "; this linear needs more free memory (a larger device, or a higher memory limit)"

@@ -1297,8 +1297,8 @@ fn refused(args: &[&std::ffi::OsStr], save: bool, want: &[&str]) -> String {
     stderr
 }
 
-/// `prune` arguments for `model`: 50% magnitude-free SparseGPT on 2 windows of
-/// 32 tokens of the fixture WikiText-2, then `settings` (which may override).
+/// `prune` arguments for `model`: 2 calibration windows of 32 tokens from the
+/// fixture WikiText-2, then `settings` (the method's flags).
 fn prune_args(fx: &Path, model: &Path, settings: &[&str]) -> Vec<std::ffi::OsString> {
     prune_args_on(&fx.join("data/wikitext2/wiki.valid.raw"), model, settings)
 }
