@@ -92,7 +92,7 @@ fn measure(dir: &Path) -> Result<()> {
 /// Runs benches/torch_eval.py on the same checkpoint and tokens, if possible.
 fn torch_baseline(dir: &Path, seqlen: usize, dtype: DType, threads: usize) -> Result<()> {
     let python = env_or("SPARSELAB_PYTHON", "python3");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/torch_eval.py");
+    let script = common::baseline_script("torch_eval.py");
     let probe = Command::new(&python)
         .args(["-c", "import torch, transformers"])
         .output();
@@ -106,6 +106,12 @@ fn torch_baseline(dir: &Path, seqlen: usize, dtype: DType, threads: usize) -> Re
         .arg(seqlen.to_string())
         .arg(dtype.as_str())
         .arg(threads.to_string())
+        .arg(
+            env_or("SPARSELAB_BENCH_DEVICE", "cpu")
+                .split(':')
+                .next()
+                .unwrap_or("cpu"),
+        )
         .output()
         .context("running the PyTorch baseline")?;
     print!("{}", String::from_utf8_lossy(&out.stdout));

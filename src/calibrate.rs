@@ -416,7 +416,17 @@ impl Calibration {
                 in_use,
                 tensors_bytes(&self.inputs),
             )?;
-            self.inputs.iter().map(|x| work.layer.forward(x)).collect()
+            let outputs: Vec<Tensor> = self
+                .inputs
+                .iter()
+                .map(|x| work.layer.forward(x))
+                .collect::<Result<_>>()?;
+            // Device work is asynchronous: wait here, inside the mapping, so the
+            // time is the forward's and a failure surfacing now names this layer.
+            if let Some(x) = outputs.first() {
+                x.device().synchronize()?;
+            }
+            Ok(outputs)
         };
         let outputs = forward()
             .map_err(|e| locate(e, &work.device, Stage::Forward, Some(work.index), None))?;
@@ -626,11 +636,15 @@ impl LayerWork {
                     }
                 };
                 if !matches!(last, Some((id, _)) if id == inp.id()) {
+                    // Device work is asynchronous: without waiting at both ends the
+                    // forward pass's time would be billed to the Hessian (a no-op on CPU).
+                    inp.device().synchronize()?;
                     let t = Instant::now();
                     accs[idx].add_batch(inp)?;
                     if let Some(r) = reservoirs.get_mut(idx) {
                         r.add_batch(inp)?;
                     }
+                    inp.device().synchronize()?;
                     hessian_seconds += t.elapsed().as_secs_f64();
                 }
                 last = Some((inp.id(), idx));
