@@ -195,3 +195,51 @@ fn sparsegpt_on_cuda_matches_cpu() {
         );
     }
 }
+
+/// A calibration that runs out of device memory says so, naming the device and
+/// the layer, and the device is usable again once the memory is back.
+#[test]
+fn running_out_of_device_memory_names_the_device_and_layer() {
+    let Some(fx) = common::fixtures() else { return };
+    let dev = cuda();
+    let mut model = load(&fx, "opt-tiny", dev.clone(), Some(DType::F32));
+    let opts = CalibOptions {
+        dataset: fx
+            .join("data/wikitext2/wiki.valid.raw")
+            .to_string_lossy()
+            .into_owned(),
+        nsamples: 16,
+        seqlen: Some(128),
+        quiet: true,
+        ..CalibOptions::default()
+    };
+    let mut calib = Calibration::new(&model, opts).unwrap();
+    // Take what is free, bar 1 MiB, so that the layer's own buffers cannot fit.
+    let ctx = dev.as_cuda_device().unwrap().cuda_stream().context().clone();
+    let (free, _) = ctx.mem_get_info().unwrap();
+    let mut take = free.saturating_sub(1 << 20);
+    let hog = loop {
+        match Tensor::zeros(take, DType::U8, &dev) {
+            Ok(t) => break t,
+            Err(_) if take > 1 << 30 => take -= 64 << 20,
+            Err(e) => panic!("could not fill the device: {e}"),
+        }
+    };
+    let method = Method::SparseGpt(SparseGptOptions::default());
+    let err = calib
+        .run(&mut model, uniform_policy(method, LayerFilter::default()))
+        .expect_err("a full device");
+    drop(hog);
+    let msg = format!("{err:#}");
+    println!("{msg}");
+    let oom = err
+        .chain()
+        .find_map(|c| c.downcast_ref::<sparselab::memory::OutOfMemory>())
+        .unwrap_or_else(|| panic!("not reported as out of memory: {msg}"));
+    assert_eq!(oom.device, "cuda:0", "{msg}");
+    assert_eq!(oom.layer, Some(0), "{msg}");
+    assert!(msg.starts_with("out of memory on cuda:0"), "{msg}");
+    // Memory back: the same device computes again.
+    let x = Tensor::ones((64, 64), DType::F32, &dev).unwrap();
+    assert_eq!(x.sum_all().unwrap().to_scalar::<f32>().unwrap(), 4096.0);
+}
