@@ -119,7 +119,19 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
 }
 
 /// An additive causal mask `[t, t]` (0 on and below the diagonal, −∞ above).
+///
+/// On an accelerator it is built there: filling `t²` floats on the host and
+/// copying them over for every layer of every window cost more than the
+/// attention itself (measured on an H200 at t = 2048).
 pub fn causal_mask(t: usize, device: &Device) -> Result<Tensor> {
+    if !device.is_cpu() {
+        let idx = Tensor::arange(0u32, t as u32, device)?;
+        // Row i, column j: masked where j > i.
+        let above = idx.unsqueeze(0)?.broadcast_gt(&idx.unsqueeze(1)?)?;
+        let neg = Tensor::full(f32::NEG_INFINITY, (t, t), device)?;
+        let zero = Tensor::zeros((t, t), DType::F32, device)?;
+        return above.where_cond(&neg, &zero);
+    }
     let mask: Vec<f32> = (0..t)
         .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
         .collect();
