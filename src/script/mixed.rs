@@ -30,8 +30,9 @@ fn grouping(name: &Option<String>, function: &str) -> R<GroupMethod> {
 fn save_plot(plot: &crate::plot::Plot, path: &str) -> R<()> {
     let parent = std::path::Path::new(path).parent();
     if let Some(dir) = parent.filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| -> Box<EvalAltResult> { format!("cannot create {}: {e}", dir.display()).into() })?;
+        std::fs::create_dir_all(dir).map_err(|e| -> Box<EvalAltResult> {
+            format!("cannot create {}: {e}", dir.display()).into()
+        })?;
     }
     plot.save(path).map_err(script_err)
 }

@@ -37,6 +37,7 @@ pub const PRIMITIVES: &[&str] = &[
     "eval_ppl",
     "summary",
     "plot_histogram",
+    "write_text",
 ];
 
 /// Whether the engine runs quietly (no progress output): its tag's `quiet`.
@@ -602,6 +603,37 @@ pub mod primitives {
         };
         let m = model.settled()?;
         Ok(eval_dataset(&m, dataset, &opts).map_err(script_err)?.ppl)
+    }
+
+    // ---- files ------------------------------------------------------------
+
+    /// Writes `text` to the file `path`, creating its directory; atomic (a
+    /// temporary file renamed into place), so a reader never sees half a file.
+    ///
+    /// ```rhai
+    /// write_text("runs/a/summary.json", summary(calib).to_json());
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn write_text(path: &str, text: &str) -> R<()> {
+        let p = std::path::Path::new(path);
+        let write = || -> anyhow::Result<()> {
+            use anyhow::Context;
+            if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            let tmp = p.with_file_name(format!(
+                ".{}.partial-{}",
+                p.file_name()
+                    .map(|n| n.to_string_lossy())
+                    .unwrap_or_default(),
+                std::process::id()
+            ));
+            std::fs::write(&tmp, text)
+                .with_context(|| format!("cannot write {}", tmp.display()))?;
+            std::fs::rename(&tmp, p).with_context(|| format!("cannot write {}", p.display()))
+        };
+        write().map_err(script_err)
     }
 
     // ---- formatting helpers -------------------------------------------------
