@@ -149,9 +149,12 @@ impl StatCache {
             .with_context(|| format!("cannot create the calibration cache {}", dir.display()))?;
         let mut run = serde_json::to_value(manifest)?;
         if let Some(o) = run.as_object_mut() {
-            // The policy and progress are not what statistics depend on.
+            // Not what a layer's statistics depend on: the policy and progress,
+            // and the calibration mode (the prefix hash chain says what produced
+            // the layer's inputs, so both modes share the entries they can).
             o.remove("policy");
             o.remove("completed");
+            o.remove("sequential");
             let mtimes = model
                 .weights()
                 .files()

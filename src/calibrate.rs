@@ -222,8 +222,6 @@ pub struct Calibration {
     cache: Option<StatCache>,
     /// The hash chain over the layers before `next` ([`crate::calib_cache`]).
     chain: u64,
-    /// The hash of layer `.0`'s weights, computed at the last commit.
-    next_hash: Cell<Option<(usize, u64)>>,
     counts: Cell<CacheCounts>,
     next: usize,
     seqlen: usize,
@@ -312,7 +310,6 @@ impl Calibration {
             inputs_at: None,
             cache,
             chain,
-            next_hash: Cell::new(None),
             counts: Cell::new(CacheCounts::default()),
             next: 0,
             seqlen,
@@ -388,13 +385,6 @@ impl Calibration {
         f(&mut c);
         self.counts.set(c);
     }
-    /// The hash of layer `index`'s linear weights as the model has them now.
-    fn weights_hash(&self, index: usize, layer: &DecoderLayer) -> Result<u64> {
-        match self.next_hash.get() {
-            Some((i, h)) if i == index => Ok(h),
-            _ => layer_weights_hash(layer),
-        }
-    }
     /// The next layer's inputs, read from the cache if they are only there.
     fn current_inputs(&self, device: &Device) -> Result<Vec<Tensor>> {
         if !self.inputs.is_empty() {
@@ -427,7 +417,9 @@ impl Calibration {
         let mut cache_key = None;
         let mut dense_hash = None;
         if let Some(cache) = &self.cache {
-            let h = self.weights_hash(index, &layer)?;
+            // Hashed afresh (not remembered from the last commit): the model
+            // may have changed in between, and a stale hash would be a stale hit.
+            let h = layer_weights_hash(&layer)?;
             dense_hash = Some(h);
             let key = cache.key(index, self.chain, h);
             cached = cache
@@ -520,7 +512,6 @@ impl Calibration {
             next_chain = Some(chain);
             if !last {
                 let nh = layer_weights_hash(&model.layer(k + 1)?)?;
-                self.next_hash.set(Some((k + 1, nh)));
                 next_entry = cache.find(&cache.key(k + 1, chain, nh));
             }
         }

@@ -58,6 +58,10 @@ pub(crate) fn hash_words(bytes: &[u8], seed: u64) -> u64 {
     (h ^ bytes.len() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
+fn default_true() -> bool {
+    true
+}
+
 /// What a checkpoint was written for; every field but `completed` must match.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -85,6 +89,11 @@ pub struct Manifest {
     pub batch: usize,
     /// GPTQ's true-sequential order.
     pub true_sequential: bool,
+    /// Statistics after the earlier layers are compressed (true) or from the
+    /// dense model (false). Manifests written before this field was added were
+    /// all sequential.
+    #[serde(default = "default_true")]
+    pub sequential: bool,
     /// Activation reservoir capacity.
     pub reservoir: usize,
     /// The caller's description of its policy (method, targets, script hash, …).
@@ -133,6 +142,7 @@ impl Manifest {
             seed: opts.seed,
             batch: opts.batch.max(1),
             true_sequential: opts.true_sequential,
+            sequential: opts.sequential,
             reservoir: opts.reservoir,
             policy: opts.fingerprint.clone(),
             windows_hash: format!("{:016x}", windows_hash),

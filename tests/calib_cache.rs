@@ -271,3 +271,33 @@ fn entries_for_other_weights_or_with_another_key_are_not_used() {
     );
     assert_eq!(c.reused, layers - 1, "{c:?}");
 }
+
+#[test]
+fn a_checkpoint_of_the_other_calibration_mode_is_refused() {
+    let Some(fx) = common::fixtures() else { return };
+    let dir = tempdir();
+    let ckpt = dir.path().join("ckpt");
+    let mut model = load(&fx, "opt-tiny");
+    let o = CalibOptions {
+        checkpoint: Some(ckpt.clone()),
+        ..opts(&fx, None, false)
+    };
+    let mut calib = Calibration::new(&model, o.clone()).unwrap();
+    let work = calib.next_layer(&model).unwrap().unwrap();
+    calib.commit(&mut model, work).unwrap();
+    let other = CalibOptions {
+        sequential: true,
+        ..o.clone()
+    };
+    let e = Calibration::new(&load(&fx, "opt-tiny"), other)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("sequential: checkpoint has false, this run has true"),
+        "{e}"
+    );
+    // The same mode resumes after layer 0.
+    let again = Calibration::new(&load(&fx, "opt-tiny"), o).unwrap();
+    assert_eq!(again.resumed_layers, 1);
+}
