@@ -843,3 +843,25 @@ fn the_repl_keeps_state_completes_helps_and_survives_errors() {
     let t = repl_transcript(&history, &[&up, ":quit\r"]).unwrap();
     assert!(t.contains("Compresses one linear of an open layer"), "{t}");
 }
+
+/// Ctrl-C during a long primitive in the REPL: the whole test split in windows
+/// of 64 tokens takes minutes on opt-tiny, the prompt must come back within the
+/// driver's 20 s, with the interruption reported and the session usable.
+#[test]
+fn ctrl_c_inside_a_primitive_returns_the_repl_to_its_prompt() {
+    let Some(f) = fx() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let history = tmp.path().join("history");
+    let load = format!("let m = load_model({:?});\r", f.model);
+    let long = format!("\x00eval_ppl(m, {:?}, #{{seqlen: 64}})\r", f.test);
+    let Some(t) = repl_transcript(&history, &[&load, &long, "\x03", "40 + 2\r", ":quit\r"]) else {
+        return;
+    };
+    let after = t
+        .split("<<SEND \x03>>")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{t}"));
+    assert!(after.contains("error: interrupted (Ctrl-C)"), "{t}");
+    assert!(after.contains("\n42\r"), "the session goes on:\n{t}");
+    assert!(!t.contains("KILLED"), "{t}");
+}
