@@ -25,6 +25,7 @@ fn env_or(name: &str, default: &str) -> String {
 }
 
 fn main() -> Result<()> {
+    sparselab::alloc::return_freed_memory();
     // The measured run happens in a fresh child process, so that the memory used
     // to write the random checkpoint does not count towards its peak.
     if let Ok(dir) = std::env::var("SPARSELAB_BENCH_CHILD") {
@@ -92,7 +93,7 @@ fn measure(dir: &Path) -> Result<()> {
 /// Runs benches/torch_eval.py on the same checkpoint and tokens, if possible.
 fn torch_baseline(dir: &Path, seqlen: usize, dtype: DType, threads: usize) -> Result<()> {
     let python = env_or("SPARSELAB_PYTHON", "python3");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/torch_eval.py");
+    let script = common::baseline_script("torch_eval.py");
     let probe = Command::new(&python)
         .args(["-c", "import torch, transformers"])
         .output();
@@ -106,6 +107,12 @@ fn torch_baseline(dir: &Path, seqlen: usize, dtype: DType, threads: usize) -> Re
         .arg(seqlen.to_string())
         .arg(dtype.as_str())
         .arg(threads.to_string())
+        .arg(
+            env_or("SPARSELAB_BENCH_DEVICE", "cpu")
+                .split(':')
+                .next()
+                .unwrap_or("cpu"),
+        )
         .output()
         .context("running the PyTorch baseline")?;
     print!("{}", String::from_utf8_lossy(&out.stdout));

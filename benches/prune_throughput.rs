@@ -7,7 +7,9 @@
 //! a Python with torch and transformers is available (`SPARSELAB_PYTHON`).
 //!
 //! `cargo bench --bench prune_throughput`; environment: `SPARSELAB_BENCH_WINDOWS`
-//! (16), `SPARSELAB_BENCH_SEQLEN` (512), `SPARSELAB_BENCH_LAYERS` (12).
+//! (16), `SPARSELAB_BENCH_SEQLEN` (512), `SPARSELAB_BENCH_LAYERS` (12),
+//! `SPARSELAB_BENCH_DEVICE` (`cpu`; `cuda` in a `--features cuda` build, where
+//! the PyTorch baseline runs on the GPU too).
 
 use std::path::Path;
 use std::process::Command;
@@ -30,24 +32,34 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// The machine's f32 GEMM rate in GFLOP/s: the best of three products the size
-/// of an fc1 over 4096 tokens, through candle and through faer (the faster).
-fn gemm_rate() -> Result<f64> {
-    let x = Tensor::randn(0f32, 1., (4096, 768), &Device::Cpu)?;
-    let w = Tensor::randn(0f32, 1., (3072, 768), &Device::Cpu)?;
+fn device() -> Result<Device> {
+    sparselab::device::parse_device(
+        &std::env::var("SPARSELAB_BENCH_DEVICE").unwrap_or_else(|_| "cpu".into()),
+    )
+}
+
+/// The device's f32 GEMM rate in GFLOP/s: the best of three products the size
+/// of an fc1 over 4096 tokens, through candle and (on the CPU) through faer.
+fn gemm_rate(device: &Device) -> Result<f64> {
+    let x = Tensor::randn(0f32, 1., (4096, 768), device)?;
+    let w = Tensor::randn(0f32, 1., (3072, 768), device)?;
     let mut best = f64::MAX;
-    for _ in 0..3 {
+    for _ in 0..5 {
         let t = Instant::now();
         x.matmul(&w.t()?)?;
+        device.synchronize()?;
         best = best.min(t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        sparselab::model::kernels::matmul_xwt(&x, &w)?;
-        best = best.min(t.elapsed().as_secs_f64());
+        if device.is_cpu() {
+            let t = Instant::now();
+            sparselab::model::kernels::matmul_xwt(&x, &w)?;
+            best = best.min(t.elapsed().as_secs_f64());
+        }
     }
     Ok(2.0 * 4096.0 * 768.0 * 3072.0 / best / 1e9)
 }
 
 fn main() -> Result<()> {
+    sparselab::alloc::return_freed_memory();
     // The measured run happens in a fresh child process, so that the memory used
     // to write the random checkpoint does not count towards its peak.
     if let Ok(dir) = std::env::var("SPARSELAB_BENCH_CHILD") {
@@ -90,17 +102,27 @@ fn measure(dir: &Path) -> Result<()> {
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json"))?)?;
     let layers = config["num_hidden_layers"].as_u64().unwrap_or(12) as usize;
     let (d, f) = (768usize, 3072usize);
-    let gemm = gemm_rate()?;
+    let device = device()?;
+    let gemm = gemm_rate(&device)?;
     let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let baseline = common::status_mib("VmRSS:");
 
     let start = Instant::now();
-    let mut model = Model::load(dir.to_str().unwrap(), &LoadOptions::default())?;
+    let load = LoadOptions {
+        device: device.clone(),
+        ..LoadOptions::default()
+    };
+    let mut model = Model::load(dir.to_str().unwrap(), &load)?;
+    // Compressed layers go to disk as they are produced, as a run on a model
+    // larger than memory would keep them.
+    model.weights_mut().spill_to_disk(None)?;
     let opts = CalibOptions {
         nsamples: windows,
         quiet: true,
         ..CalibOptions::default()
     };
     let mut calib = Calibration::from_windows(&model, ids, opts)?;
+    let setup_peak = peak_rss_mib();
     let method = Method::SparseGpt(SparseGptOptions {
         pattern: SparsityPattern::Unstructured { sparsity: 0.5 },
         quant: Some(QuantOptions {
@@ -110,6 +132,7 @@ fn measure(dir: &Path) -> Result<()> {
         ..SparseGptOptions::default()
     });
     calib.run(&mut model, uniform_policy(method, LayerFilter::default()))?;
+    device.synchronize()?;
     let total = start.elapsed().as_secs_f64();
     let peak = peak_rss_mib();
     let (anon, file) = rss_split_mib();
@@ -129,7 +152,11 @@ fn measure(dir: &Path) -> Result<()> {
     let tm = &calib.timings;
     let layer_mib = (4.0 * d * d + 2.0 * d * f) * 4.0 / 1048576.0;
     let acts_mib = n * d * 4.0 / 1048576.0;
-    println!("sparselab  OPT-125M-shaped ({layers} layers), {windows} x {seqlen} tokens, 50% + 4 bits, f32, cpu ({} threads)", rayon::current_num_threads());
+    println!(
+        "sparselab  OPT-125M-shaped ({layers} layers), {windows} x {seqlen} tokens, 50% + 4 bits, f32, {} ({} threads)",
+        sparselab::device::device_name(&device),
+        rayon::current_num_threads()
+    );
     println!(
         "  total {total:.2} s (load + embed + {layers} layers); per layer: {}",
         tm.per_layer
@@ -154,6 +181,7 @@ fn measure(dir: &Path) -> Result<()> {
         flops / total / 1e9,
         100.0 * flops / total / 1e9 / gemm
     );
+    println!("  RSS before loading {baseline:.0} MiB; peak while loading and embedding {setup_peak:.0} MiB");
     println!(
         "  peak RSS {peak:.0} MiB; at the end {anon:.0} MiB anonymous + {file:.0} MiB mapped checkpoint pages \
          (one layer's weights {layer_mib:.0} MiB, activations {acts_mib:.0} MiB, embedding {:.0} MiB)",
@@ -171,11 +199,13 @@ fn torch_baseline(dir: &Path) -> Result<()> {
         println!("pytorch    skipped: `{python}` cannot import torch and transformers (set SPARSELAB_PYTHON)");
         return Ok(());
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/torch_sparsegpt.py");
+    let script = common::baseline_script("torch_sparsegpt.py");
+    let device = sparselab::device::device_name(&device()?);
     let out = Command::new(&python)
         .arg(script)
         .arg(dir)
         .arg(rayon::current_num_threads().to_string())
+        .arg(device.split(':').next().unwrap_or("cpu"))
         .output()?;
     print!("{}", String::from_utf8_lossy(&out.stdout));
     if !out.status.success() {

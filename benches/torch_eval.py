@@ -1,6 +1,6 @@
 """PyTorch eager baseline for benches/eval_throughput.rs.
 
-Usage: torch_eval.py MODEL_DIR SEQLEN DTYPE THREADS — loads the checkpoint with
+Usage: torch_eval.py MODEL_DIR SEQLEN DTYPE THREADS [DEVICE] — loads the checkpoint with
 transformers, evaluates the token ids in MODEL_DIR/tokens.json in windows of
 SEQLEN exactly as the reference SparseGPT `opt_eval` does (loss on logits[:-1]
 against ids[1:]), and prints tokens/s, seconds and peak RSS.
@@ -14,10 +14,11 @@ import torch
 from transformers import AutoModelForCausalLM
 
 model_dir, seqlen, dtype, threads = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+dev = torch.device(sys.argv[5] if len(sys.argv) > 5 else "cpu")
 torch.set_num_threads(threads)
 dt = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[dtype]
-model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dt).eval()
-ids = torch.tensor(json.load(open(f"{model_dir}/tokens.json")), dtype=torch.long)
+model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dt).eval().to(dev)
+ids = torch.tensor(json.load(open(f"{model_dir}/tokens.json")), dtype=torch.long, device=dev)
 n = ids.numel() // seqlen
 ids = ids[: n * seqlen].view(n, seqlen)
 
@@ -33,12 +34,16 @@ def run(windows):
 
 
 run(ids[:1])  # warm-up
+if dev.type == "cuda":
+    torch.cuda.synchronize()
 start = time.perf_counter()
 nll = run(ids)
+ppl = torch.exp(nll / (n * seqlen)).item()  # .item() waits for the device
 secs = time.perf_counter() - start
-ppl = torch.exp(nll / (n * seqlen)).item()
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+if dev.type == "cuda":
+    peak = torch.cuda.max_memory_allocated() / 2**20  # the device's, not the host's
 print(
     f"pytorch    OPT-125M-shaped, {n} x {seqlen} tokens, {dtype}, torch {torch.__version__} "
-    f"({threads} threads): {n * seqlen / secs:.0f} tokens/s, {secs:.2f} s, peak RSS {peak:.0f} MiB, ppl {ppl:.1f}"
+    f"({threads} threads, {dev}): {n * seqlen / secs:.0f} tokens/s, {secs:.2f} s, peak {'CUDA' if dev.type == 'cuda' else 'RSS'} {peak:.0f} MiB, ppl {ppl:.1f}"
 )

@@ -2,7 +2,9 @@
 (`sparsegpt.py` + `opt.py`'s `opt_sequential`, IST-DASLab) written out plainly,
 run on the same checkpoint and calibration windows at 50% sparsity + 4 bits.
 
-Usage: torch_sparsegpt.py MODEL_DIR THREADS   (reads MODEL_DIR/windows.json)
+Usage: torch_sparsegpt.py MODEL_DIR THREADS [DEVICE]   (reads MODEL_DIR/windows.json;
+DEVICE cpu (default) or cuda, where the reference keeps the model on the host and
+moves one layer at a time to the GPU, as `opt_sequential` does)
 """
 import json
 import math
@@ -15,7 +17,16 @@ import torch.nn as nn
 from transformers import AutoModelForCausalLM
 
 model_dir, threads = sys.argv[1], int(sys.argv[2])
+dev = torch.device(sys.argv[3] if len(sys.argv) > 3 else "cpu")
 torch.set_num_threads(threads)
+
+
+def now():
+    # CUDA work is asynchronous: a timer reads the clock only once the device is idle.
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
 timers = {"hessian": 0.0, "obs": 0.0, "forward": 0.0}
 
 
@@ -26,10 +37,10 @@ def quantize(x, scale, zero, maxq):
 
 class Quantizer:
     def __init__(self, bits):
-        self.maxq = torch.tensor(2**bits - 1)
+        self.maxq = torch.tensor(2**bits - 1, device=dev)
 
     def find_params(self, x):
-        tmp = torch.zeros(x.shape[0])
+        tmp = torch.zeros(x.shape[0], device=dev)
         xmin = torch.minimum(x.min(1)[0], tmp)
         xmax = torch.maximum(x.max(1)[0], tmp)
         both = (xmin == 0) & (xmax == 0)
@@ -42,11 +53,11 @@ class SparseGPT:
     def __init__(self, layer):
         self.layer = layer
         self.rows, self.columns = layer.weight.shape
-        self.H = torch.zeros((self.columns, self.columns))
+        self.H = torch.zeros((self.columns, self.columns), device=dev)
         self.nsamples = 0
 
     def add_batch(self, inp):
-        t0 = time.perf_counter()
+        t0 = now()
         if len(inp.shape) == 2:
             inp = inp.unsqueeze(0)
         tmp = inp.shape[0]
@@ -55,7 +66,7 @@ class SparseGPT:
         self.nsamples += tmp
         inp = math.sqrt(2 / self.nsamples) * inp.float()
         self.H += inp.matmul(inp.t())
-        timers["hessian"] += time.perf_counter() - t0
+        timers["hessian"] += now() - t0
 
     def fasterprune(self, sparsity, quantizer, blocksize=128, percdamp=0.01):
         W = self.layer.weight.data.clone().float()
@@ -65,9 +76,9 @@ class SparseGPT:
         dead = torch.diag(H) == 0
         H[dead, dead] = 1
         W[:, dead] = 0
-        Losses = torch.zeros(self.rows)
+        Losses = torch.zeros(self.rows, device=dev)
         damp = percdamp * torch.mean(torch.diag(H))
-        diag = torch.arange(self.columns)
+        diag = torch.arange(self.columns, device=dev)
         H[diag, diag] += damp
         H = torch.linalg.cholesky(H)
         H = torch.cholesky_inverse(H)
@@ -105,7 +116,11 @@ def main():
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     windows = torch.tensor(json.load(open(f"{model_dir}/windows.json")), dtype=torch.long)
     layers = model.model.decoder.layers
-    start = time.perf_counter()
+    # The embeddings go to the device for the capture pass, the layers one at a time.
+    model.model.decoder.embed_tokens.to(dev)
+    model.model.decoder.embed_positions.to(dev)
+    windows = windows.to(dev)
+    start = now()
     cache = {"inps": [], "kwargs": None}
 
     class Catcher(nn.Module):
@@ -128,18 +143,19 @@ def main():
     inps, kwargs = cache["inps"], cache["kwargs"]
 
     def run(layer, xs):
-        t0 = time.perf_counter()
+        t0 = now()
         h0 = timers["hessian"]
         out = []
         for x in xs:
             o = layer(x, **kwargs)
             out.append(o[0] if isinstance(o, tuple) else o)
-        timers["forward"] += time.perf_counter() - t0 - (timers["hessian"] - h0)
+        timers["forward"] += now() - t0 - (timers["hessian"] - h0)
         return out
 
     per_layer = []
     for layer in layers:
-        t_layer = time.perf_counter()
+        t_layer = now()
+        layer.to(dev)
         subset = {n: m for n, m in layer.named_modules() if isinstance(m, nn.Linear)}
         gpts = {n: SparseGPT(m) for n, m in subset.items()}
         handles = [
@@ -149,17 +165,21 @@ def main():
         run(layer, inps)
         for h in handles:
             h.remove()
-        t0 = time.perf_counter()
+        t0 = now()
         for n in gpts:
             gpts[n].fasterprune(0.5, Quantizer(4))
-        timers["obs"] += time.perf_counter() - t0
+        timers["obs"] += now() - t0
         inps = run(layer, inps)
-        per_layer.append(time.perf_counter() - t_layer)
-    total = time.perf_counter() - start
+        layer.to("cpu")
+        per_layer.append(now() - t_layer)
+    total = now() - start
     busy = sum(timers.values())
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if dev.type == "cuda":
+        peak_dev = torch.cuda.max_memory_allocated() / 2**20
+        print(f"pytorch    peak CUDA memory allocated {peak_dev:.0f} MiB on {torch.cuda.get_device_name()}")
     print(
-        f"pytorch    same job, torch {torch.__version__} ({threads} threads): total {total:.2f} s; per layer: "
+        f"pytorch    same job, torch {torch.__version__} ({threads} threads, {dev}): total {total:.2f} s; per layer: "
         + " ".join(f"{s:.2f}" for s in per_layer)
     )
     print(

@@ -37,6 +37,7 @@ use crate::compress::{
 };
 use crate::data::datasets::{calibration_windows, DatasetSpec, Split};
 use crate::eval::default_seqlen;
+use crate::memory::{locate, MemoryLimit, OutOfMemory, Stage};
 use crate::model::layers::StopForward;
 use crate::model::{DecoderLayer, Model};
 use crate::progress::Progress;
@@ -78,6 +79,13 @@ pub struct CalibOptions {
     /// dense model in one pass (false: a sweep over policies then costs only the
     /// compression and the evaluation). Default true.
     pub sequential: bool,
+    /// Host memory limit in bytes for the calibration's large buffers (the
+    /// layer inputs and outputs, the Hessians, the OBS work matrices): a buffer
+    /// that would pass it fails with an out-of-memory error naming the layer
+    /// and linear ([`crate::memory::OutOfMemory`]) before it is allocated,
+    /// instead of the process being killed. Model weights (memory-mapped) are
+    /// not counted. Default `None`: no limit.
+    pub memory_limit: Option<u64>,
 }
 
 impl Default for CalibOptions {
@@ -95,6 +103,7 @@ impl Default for CalibOptions {
             fingerprint: String::new(),
             cache: None,
             sequential: true,
+            memory_limit: None,
         }
     }
 }
@@ -342,11 +351,21 @@ impl Calibration {
             return Ok(me);
         }
         let batch = me.opts.batch.max(1);
-        for chunk in windows.chunks(batch) {
-            let flat: Vec<u32> = chunk.iter().flatten().copied().collect();
-            let ids = Tensor::from_vec(flat, (chunk.len(), seqlen), &Device::Cpu)?;
-            me.inputs.push(model.embed(&ids)?);
-        }
+        let limit = MemoryLimit(me.opts.memory_limit);
+        let embed = |me: &mut Self| -> Result<()> {
+            let bytes = (windows.len() * seqlen * model.hidden_size()) as u64
+                * model.dtype().size_in_bytes() as u64;
+            limit.check(|| "the inputs of layer 0".to_string(), 0, bytes)?;
+            for chunk in windows.chunks(batch) {
+                let flat: Vec<u32> = chunk.iter().flatten().copied().collect();
+                let ids = Tensor::from_vec(flat, (chunk.len(), seqlen), &Device::Cpu)?;
+                me.inputs.push(model.embed(&ids)?);
+            }
+            Ok(())
+        };
+        embed(&mut me).map_err(|e| locate(e, model.device(), Stage::Embedding, None, None))?;
+        // The layers need no embeddings; the next evaluation loads them again.
+        model.release_outer();
         Ok(me)
     }
 
@@ -453,6 +472,8 @@ impl Calibration {
             reports: Vec::new(),
             timings: Timings::default(),
             started: Instant::now(),
+            limit: MemoryLimit(self.opts.memory_limit),
+            device: model.device().clone(),
         };
         work.accumulated = vec![false; work.groups.len()];
         if let Some(c) = cached {
@@ -467,8 +488,14 @@ impl Calibration {
             return Ok(Some(work));
         }
         if !self.opts.true_sequential {
-            work.accumulate(None)
-                .with_context(|| format!("collecting the Hessians of layer {index}"))?;
+            // An out-of-memory error already names the stage and layer.
+            work.accumulate(None).map_err(|e| {
+                if e.is::<OutOfMemory>() {
+                    e
+                } else {
+                    e.context(format!("collecting the Hessians of layer {index}"))
+                }
+            })?;
         }
         self.count(|c| c.computed += 1);
         if let (Some(cache), Some(key)) = (&self.cache, &cache_key) {
@@ -535,12 +562,27 @@ impl Calibration {
                 dense = model.layer(k)?;
                 &dense
             };
-            let mut outputs = Vec::with_capacity(inputs.len());
-            for x in &inputs {
-                interrupt::check()?;
-                outputs.push(layer.forward(x)?);
-            }
-            Some(outputs)
+            let forward = || -> Result<Vec<Tensor>> {
+                // The outputs are as large as the inputs, and both are held until the end.
+                let in_use = tensors_bytes(&inputs) + work.accs_bytes();
+                work.limit.check(
+                    || format!("the outputs of layer {k}"),
+                    in_use,
+                    tensors_bytes(&inputs),
+                )?;
+                let mut outputs = Vec::with_capacity(inputs.len());
+                for x in &inputs {
+                    interrupt::check()?;
+                    outputs.push(layer.forward(x)?);
+                }
+                // Device work is asynchronous: wait here, inside the mapping, so the
+                // time is the forward's and a failure surfacing now names this layer.
+                if let Some(x) = outputs.first() {
+                    x.device().synchronize()?;
+                }
+                Ok(outputs)
+            };
+            Some(forward().map_err(|e| locate(e, &work.device, Stage::Forward, Some(k), None))?)
         };
         // Only now, with every fallible step behind, does the model change.
         let mut saved = Vec::new();
@@ -609,7 +651,13 @@ impl Calibration {
         let mut progress = Progress::new("calibrate", remaining as u64, self.opts.quiet);
         while let Some(mut work) = self.next_layer(model)? {
             let index = work.index;
-            policy(&mut work).with_context(|| format!("compressing layer {index}"))?;
+            let device = work.device.clone();
+            policy(&mut work).map_err(|e| {
+                match locate(e, &device, Stage::Compressing, Some(index), None) {
+                    oom if oom.is::<OutOfMemory>() => oom,
+                    e => e.context(format!("compressing layer {index}")),
+                }
+            })?;
             self.commit(model, work)?;
             progress.inc(1);
         }
@@ -649,6 +697,10 @@ pub struct LayerWork {
     importance: HashMap<&'static str, ImportanceNote>,
     timings: Timings,
     started: Instant,
+    /// The host memory limit its large buffers are checked against.
+    limit: MemoryLimit,
+    /// Where the layer computes (named in out-of-memory errors).
+    device: Device,
     /// Reports of the linears compressed in this layer.
     pub reports: Vec<LinearReport>,
 }
@@ -698,6 +750,26 @@ impl LayerWork {
     /// Runs the layer over every window, accumulating the Hessians of one
     /// sequential group (`Some`) or of every linear (`None`).
     fn accumulate(&mut self, group: Option<usize>) -> Result<()> {
+        let (device, index) = (self.device.clone(), self.index);
+        self.accumulate_inner(group)
+            .map_err(|e| locate(e, &device, Stage::Hessians, Some(index), None))
+    }
+
+    /// Bytes held by the layer's Hessians and input samples.
+    fn accs_bytes(&self) -> u64 {
+        let h: u64 = self.accs.iter().map(|a| hessian_bytes(a.columns())).sum();
+        let r: u64 = self
+            .reservoirs
+            .iter()
+            .map(|r| (r.capacity() * r.columns() * std::mem::size_of::<f32>()) as u64)
+            .sum();
+        h + r
+    }
+
+    fn accumulate_inner(&mut self, group: Option<usize>) -> Result<()> {
+        let inputs_bytes = tensors_bytes(&self.inputs);
+        let mut accs_bytes = self.accs_bytes();
+        let limit = self.limit;
         let wanted: Vec<&'static str> = match group {
             Some(g) => self.groups[g].clone(),
             None => self.groups.iter().flatten().copied().collect(),
@@ -738,6 +810,21 @@ impl LayerWork {
                     }
                     (None, _) => {
                         let columns = inp.dim(inp.rank() - 1)?;
+                        let bytes = hessian_bytes(columns)
+                            + (capacity * columns * std::mem::size_of::<f32>()) as u64;
+                        limit.check(
+                            || {
+                                let sample = if capacity > 0 {
+                                    " and input sample"
+                                } else {
+                                    ""
+                                };
+                                format!("the Hessian{sample} of {name} ({columns} columns)")
+                            },
+                            inputs_bytes + accs_bytes,
+                            bytes,
+                        )?;
+                        accs_bytes += bytes;
                         accs.push(HessianAccumulator::new(columns, &device)?);
                         if capacity > 0 {
                             // Seeded per layer and input, so runs are repeatable.
@@ -749,11 +836,15 @@ impl LayerWork {
                     }
                 };
                 if !matches!(last, Some((id, _)) if id == inp.id()) {
+                    // Device work is asynchronous: without waiting at both ends the
+                    // forward pass's time would be billed to the Hessian (a no-op on CPU).
+                    inp.device().synchronize()?;
                     let t = Instant::now();
                     accs[idx].add_batch(inp)?;
                     if let Some(r) = reservoirs.get_mut(idx) {
                         r.add_batch(inp)?;
                     }
+                    inp.device().synchronize()?;
                     hessian_seconds += t.elapsed().as_secs_f64();
                 }
                 last = Some((inp.id(), idx));
@@ -822,6 +913,13 @@ impl LayerWork {
     /// A damped Hessian that is not positive definite is retried with ten times
     /// the damping, up to three times; each retry is reported on stderr.
     pub fn compress(&mut self, linear: &str, method: &Method) -> Result<LinearReport> {
+        let device = self.device.clone();
+        let index = self.index;
+        self.compress_inner(linear, method)
+            .map_err(|e| locate(e, &device, Stage::Compressing, Some(index), Some(linear)))
+    }
+
+    fn compress_inner(&mut self, linear: &str, method: &Method) -> Result<LinearReport> {
         let name = self.static_name(linear)?;
         interrupt::check()?;
         if self.compressed.iter().any(|(n, _)| *n == name) {
@@ -831,6 +929,12 @@ impl LayerWork {
         let w = self.weight(name)?;
         let layer = self.index;
         let acc = self.hessian(name)?.clone();
+        let (rows, columns) = w.dims2()?;
+        self.limit.check(
+            || format!("the OBS work matrices of {name} ({rows}×{columns})"),
+            tensors_bytes(&self.inputs) + self.accs_bytes(),
+            obs_bytes(rows, columns),
+        )?;
         let mut percdamp_used = None;
         let result: CompressResult = match method {
             Method::SparseGpt(opts) => {
@@ -879,7 +983,6 @@ impl LayerWork {
             },
         );
         let s = &result.stats;
-        let (rows, columns) = w.dims2()?;
         let (bits_histogram, bits_rle) = match method {
             Method::SparseGpt(SparseGptOptions { quant: Some(q), .. }) => (
                 bits_histogram(&q.bits, columns),
@@ -910,6 +1013,26 @@ impl LayerWork {
         self.reports.push(report.clone());
         Ok(report)
     }
+}
+
+/// Bytes of a list of tensors.
+fn tensors_bytes(ts: &[Tensor]) -> u64 {
+    ts.iter()
+        .map(|t| (t.elem_count() * t.dtype().size_in_bytes()) as u64)
+        .sum()
+}
+
+/// Bytes of one Hessian accumulator (f32 `columns²` plus its row scaler).
+fn hessian_bytes(columns: usize) -> u64 {
+    ((columns * columns + columns) * std::mem::size_of::<f32>()) as u64
+}
+
+/// Bytes the OBS sweep of a `rows × columns` weight holds at its peak: about
+/// four `columns²` matrices (the damped Hessian, its factor, the inverse and
+/// its Cholesky factor) and three `rows × columns` ones (the weight, the result
+/// and the losses/masks), in f32.
+fn obs_bytes(rows: usize, columns: usize) -> u64 {
+    ((4 * columns * columns + 3 * rows * columns) * std::mem::size_of::<f32>()) as u64
 }
 
 /// Channels per width of a bit assignment over `columns` input channels.

@@ -5,6 +5,7 @@
 //! are tokenized and windowed exactly as the reference SparseGPT scripts do
 //! ([`data`]), and perplexity follows the reference protocol ([`eval`]).
 
+pub mod alloc;
 pub mod calib_cache;
 pub mod calibrate;
 pub mod checkpoint;
@@ -14,6 +15,7 @@ pub mod device;
 pub mod eval;
 pub mod hub;
 pub mod interrupt;
+pub mod memory;
 pub mod model;
 pub mod plot;
 pub mod progress;

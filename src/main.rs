@@ -169,6 +169,10 @@ struct PruneArgs {
     /// with the same settings resumes after the last finished layer.
     #[arg(long)]
     checkpoint: Option<std::path::PathBuf>,
+    /// Host memory limit for the calibration's large buffers (e.g. 20G): one
+    /// that would pass it is an out-of-memory error naming the layer and linear.
+    #[arg(long, value_parser = sparselab::memory::parse_size)]
+    memory_limit: Option<u64>,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -182,14 +186,25 @@ struct PruneArgs {
 
 impl PruneArgs {
     fn pattern(&self) -> Result<SparsityPattern> {
+        // Out-of-range settings fail here, before a long calibration; each
+        // linear checks them again against its own shape.
+        if self.sparsity != 0.0 {
+            SparsityPattern::Unstructured {
+                sparsity: self.sparsity,
+            }
+            .validate(1)?;
+        }
         if self.prunen > 0 || self.prunem > 0 {
             if self.sparsity > 0.0 {
                 anyhow::bail!("give either --sparsity or --prunen/--prunem, not both");
             }
-            return Ok(SparsityPattern::NM {
+            let p = SparsityPattern::NM {
                 n: self.prunen,
                 m: self.prunem,
-            });
+            };
+            // m columns: checks n and m alone (column counts are per linear).
+            p.validate(self.prunem.max(1))?;
+            return Ok(p);
         }
         if self.sparsity > 0.0 {
             return Ok(SparsityPattern::Unstructured {
@@ -201,6 +216,9 @@ impl PruneArgs {
 
     fn method(&self) -> Result<Method> {
         let pattern = self.pattern()?;
+        if let Some(b) = self.bits {
+            BitWidths::Uniform(b).validate(1)?;
+        }
         let quant_only_flags =
             self.bits.is_some() || self.sym || self.groupsize.is_some() || self.act_order;
         match self.method.as_str() {
@@ -270,6 +288,9 @@ fn prune(args: PruneArgs) -> Result<()> {
         quiet: args.quiet,
         checkpoint: args.checkpoint.clone(),
         fingerprint,
+        memory_limit: args.memory_limit,
+        // A uniform policy scores no channels: input samples would only take memory.
+        reservoir: 0,
         ..CalibOptions::default()
     };
     let mut calib = Calibration::new(&model, calib_opts)?;
@@ -491,6 +512,7 @@ fn repl(args: ReplArgs) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    sparselab::alloc::return_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Eval(args)) => eval(args),

@@ -233,3 +233,49 @@ fn layer_work_errors_name_the_problem() {
     let err = format!("{:#}", Calibration::new(&model, opts).err().unwrap());
     assert!(err.contains("short.txt"), "{err}");
 }
+
+/// Compressed weights spilled to disk as they are produced give the same model
+/// as weights kept in memory, and the spill directory goes with the model.
+#[test]
+fn spilled_compressed_weights_give_the_same_model() {
+    let Some(fx) = common::fixtures() else { return };
+    let method = || sparsegpt(HALF, Some(4));
+    let (in_memory, _) = run(&fx, "opt-tiny", method(), false);
+    let mut spilled = load(&fx, "opt-tiny");
+    spilled.weights_mut().spill_to_disk(None).unwrap();
+    let dir = spilled.weights().spill_dir().unwrap().to_path_buf();
+    let mut calib = Calibration::new(&spilled, calib_opts(&fx)).unwrap();
+    calib
+        .run(
+            &mut spilled,
+            uniform_policy(method(), LayerFilter::default()),
+        )
+        .unwrap();
+    let linears = spilled.linear_names();
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        spilled.num_layers() * linears.len(),
+        "one file per compressed linear in {}",
+        dir.display()
+    );
+    for layer in 0..spilled.num_layers() {
+        for linear in linears {
+            let name = spilled.linear_weight_name(layer, linear);
+            assert!(spilled.weights().is_replaced(&name));
+            let get = |m: &Model| -> Vec<f32> {
+                m.weights()
+                    .get(&name, candle_core::DType::F32, &candle_core::Device::Cpu)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap()
+            };
+            assert_eq!(get(&in_memory), get(&spilled), "{name}");
+        }
+    }
+    // The embeddings were released during calibration and come back for evaluation.
+    assert_eq!(test_ppl(&fx, &in_memory), test_ppl(&fx, &spilled));
+    drop(spilled);
+    assert!(!dir.exists(), "{} outlived the model", dir.display());
+}

@@ -5,6 +5,8 @@
 //! interpreter). Without it they print why they were skipped, except under CI
 //! (`CI` set), where a missing numpy is a failure.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
@@ -116,27 +118,11 @@ fn max_abs(t: &Tensor) -> f32 {
 // ------------------------------------------------------------------ python
 
 /// The interpreter to run the reference port with, or `None` (skip) when it or
-/// numpy is missing outside CI.
+/// numpy is missing outside CI (under CI it is a failure: see
+/// `common::python`). Probed once per test binary.
 fn python() -> Option<&'static str> {
     static PY: OnceLock<Option<String>> = OnceLock::new();
-    PY.get_or_init(|| {
-        let py = std::env::var("SPARSELAB_PYTHON").unwrap_or_else(|_| "python3".to_string());
-        let ok = Command::new(&py)
-            .args(["-c", "import numpy"])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        if ok {
-            return Some(py);
-        }
-        let hint = "pip install numpy, or set SPARSELAB_PYTHON";
-        if std::env::var_os("CI").is_some() {
-            panic!("the reference cross-checks need `{py}` with numpy ({hint})");
-        }
-        eprintln!("skipped: `{py}` with numpy is not available ({hint})");
-        None
-    })
-    .as_deref()
+    PY.get_or_init(|| common::python(&["numpy"])).as_deref()
 }
 
 /// What to run on both sides.

@@ -42,7 +42,7 @@ fn ppl(v: &serde_json::Value) -> f64 {
     v["ppl"].as_f64().unwrap()
 }
 
-/// transformers 5.23 (float32, CPU) on the same windows, with the reference
+/// transformers 5.23 (float32, CPU; 5.24 gives the same) on the same windows, with the reference
 /// protocol (tests/reference/ppl_ref.py): wikitext2 test as the named dataset
 /// (rows joined by "\n\n", one BOS) and ptb.test.txt as a local file, seqlen 256,
 /// first 8 windows.
@@ -198,4 +198,50 @@ fn cli_reports_bad_device_and_missing_dataset() {
         err.contains("SPARSELAB_DATA") && err.contains("no-such-cache") && err.contains("offline"),
         "{err}"
     );
+}
+
+/// The stored transformers figures ([`REFERENCE`]) are what
+/// `tests/reference/ppl_ref.py` computes with the transformers that `.ci/run`
+/// installs, so a new transformers that changed them would be noticed here
+/// rather than as an unexplained mismatch in `cli_matches_transformers_perplexity`.
+#[test]
+fn reference_figures_reproduce_with_the_installed_transformers() {
+    let Some(fx) = common::fixtures() else { return };
+    let Some(py) = common::python(&["torch", "transformers"]) else {
+        return;
+    };
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/reference/ppl_ref.py");
+    // All four runs at once: each is mostly single-threaded tokenization.
+    let mut runs = Vec::new();
+    for (model, wiki, ptb) in REFERENCE {
+        for (file, named, want) in [
+            ("data/wikitext2/wiki.test.raw", true, wiki),
+            ("data/ptb/ptb.test.txt", false, ptb),
+        ] {
+            let mut cmd = Command::new(&py);
+            cmd.arg(script)
+                .arg(fx.join("models").join(model))
+                .arg(fx.join(file))
+                .args(["256", "8"])
+                .env("OMP_NUM_THREADS", "1")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            if named {
+                cmd.arg("--named-wikitext");
+            }
+            runs.push((model, file, want, cmd.spawn().unwrap()));
+        }
+    }
+    for (model, file, want, child) in runs {
+        let o = child.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let out = String::from_utf8_lossy(&o.stdout);
+        let r: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+        assert_eq!(r["windows"], 8);
+        let got = ppl(&r);
+        assert!(
+            (got - want).abs() / want < 1e-6,
+            "{model} {file}: ppl_ref.py gives {got}, the stored figure is {want}"
+        );
+    }
 }

@@ -1228,6 +1228,516 @@ fn empty_or_short_datasets_are_refused() {
     assert!(err.contains("non-empty"), "{err}");
 }
 
+// ------------------------------------------------------------------ bad input, end to end
+//
+// One test per bad input of issue 7, each through the program a researcher runs
+// (`sparselab prune … --save DIR --overwrite`, or `sparselab run` for the
+// script-only settings): it must fail naming the culprit, leave the earlier
+// output in DIR byte for byte as it was, and leave nothing else beside it (no
+// temporary directory, no new output). A full disk during the save is
+// `a_full_disk_leaves_nothing_behind` and `a_real_full_tmpfs_leaves_nothing_behind`.
+
+/// A small random OPT (vocabulary 4096, as the fixture tokenizer) with
+/// opt-tiny's tokenizer, so that the CLI can calibrate it in well under a second.
+fn cli_model(fx: &Path, dir: &Path) {
+    write_random_model(dir, &opt_config(4096, 64, 2, 4, 128, 64), DType::F32, 3).unwrap();
+    std::fs::copy(
+        fx.join("models/opt-tiny/tokenizer.json"),
+        dir.join("tokenizer.json"),
+    )
+    .unwrap();
+}
+
+/// Every file under `dir` with its bytes (relative paths, sorted).
+fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+                out.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// Runs `sparselab ARGS` in a fresh directory holding an earlier output `prev/`
+/// (the `--save` target, with `--overwrite` where `save` is set) and asserts
+/// that it fails, that its stderr contains every `want`, that `prev/` is
+/// unchanged and that nothing else appeared. Returns the stderr.
+fn refused(args: &[&std::ffi::OsStr], save: bool, want: &[&str]) -> String {
+    let tmp = tempfile::tempdir().unwrap();
+    let prev = tmp.path().join("prev");
+    std::fs::create_dir(&prev).unwrap();
+    std::fs::write(prev.join("model.safetensors"), b"an earlier run's weights").unwrap();
+    std::fs::write(prev.join("compression.json"), b"{\"earlier\": true}").unwrap();
+    let before = tree(tmp.path());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sparselab"));
+    cmd.current_dir(tmp.path()).args(args);
+    if save {
+        cmd.arg("--save").arg(&prev).arg("--overwrite");
+    }
+    let o = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "it succeeded: {stderr}");
+    for w in want {
+        assert!(stderr.contains(w), "`{w}` not in: {stderr}");
+    }
+    assert_eq!(
+        tree(tmp.path()),
+        before,
+        "files changed or appeared beside the earlier output ({:?})",
+        entries(tmp.path())
+    );
+    stderr
+}
+
+/// `prune` arguments for `model`: 2 calibration windows of 32 tokens from the
+/// fixture WikiText-2, then `settings` (the method's flags).
+fn prune_args(fx: &Path, model: &Path, settings: &[&str]) -> Vec<std::ffi::OsString> {
+    prune_args_on(&fx.join("data/wikitext2/wiki.valid.raw"), model, settings)
+}
+
+/// As [`prune_args`], calibrating on `calib`.
+fn prune_args_on(calib: &Path, model: &Path, settings: &[&str]) -> Vec<std::ffi::OsString> {
+    let mut v: Vec<std::ffi::OsString> = vec!["prune".into(), "--model".into(), model.into()];
+    v.push("--calib".into());
+    v.push(calib.into());
+    for a in ["--nsamples", "2", "--seqlen", "32", "-q"] {
+        v.push(a.into());
+    }
+    v.extend(settings.iter().map(|s| s.into()));
+    v
+}
+
+fn os(v: &[std::ffi::OsString]) -> Vec<&std::ffi::OsStr> {
+    v.iter().map(|s| s.as_os_str()).collect()
+}
+
+/// The file name of the last shard in `dir/model.safetensors.index.json`.
+fn last_shard(dir: &Path) -> String {
+    let idx: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("model.safetensors.index.json")).unwrap(),
+    )
+    .unwrap();
+    let mut files: Vec<String> = idx["weight_map"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    files.sort();
+    assert!(
+        files.len() > 1 && files.first() != files.last(),
+        "{files:?}"
+    );
+    files.pop().unwrap()
+}
+
+#[test]
+fn bad_input_missing_shard() {
+    let Some(fx) = common::fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, m) = (tmp.path().join("src"), tmp.path().join("m"));
+    cli_model(&fx, &src);
+    let opts = SaveOptions {
+        shard_bytes: 400_000,
+        ..SaveOptions::default()
+    };
+    load(&src).save(&m, &opts).unwrap();
+    let shard = last_shard(&m);
+    std::fs::remove_file(m.join(&shard)).unwrap();
+    refused(
+        &os(&prune_args(&fx, &m, &["--sparsity", "0.5"])),
+        true,
+        &[&shard, "missing"],
+    );
+}
+
+#[test]
+fn bad_input_truncated_shard() {
+    let Some(fx) = common::fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, m) = (tmp.path().join("src"), tmp.path().join("m"));
+    cli_model(&fx, &src);
+    let opts = SaveOptions {
+        shard_bytes: 400_000,
+        ..SaveOptions::default()
+    };
+    load(&src).save(&m, &opts).unwrap();
+    let shard = last_shard(&m);
+    let bytes = std::fs::read(m.join(&shard)).unwrap();
+    std::fs::write(m.join(&shard), &bytes[..bytes.len() - 1000]).unwrap();
+    refused(
+        &os(&prune_args(&fx, &m, &["--sparsity", "0.5"])),
+        true,
+        &[&shard],
+    );
+}
+
+/// Rewrites one tensor of `dir/model.safetensors` with `t`.
+fn replace_tensor(dir: &Path, name: &str, t: Tensor) {
+    let path = dir.join("model.safetensors");
+    let mut ts = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    assert!(ts.contains_key(name), "{name}");
+    ts.insert(name.to_string(), t);
+    candle_core::safetensors::save(&ts, &path).unwrap();
+}
+
+#[test]
+fn bad_input_wrong_shape() {
+    let Some(fx) = common::fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tmp.path().join("m");
+    cli_model(&fx, &m);
+    let name = "model.decoder.layers.1.fc2.weight";
+    replace_tensor(
+        &m,
+        name,
+        Tensor::zeros((64, 100), DType::F32, &Device::Cpu).unwrap(),
+    );
+    refused(
+        &os(&prune_args(&fx, &m, &["--sparsity", "0.5"])),
+        true,
+        &[name, "[64, 100]", "[64, 128]"],
+    );
+}
+
+#[test]
+fn bad_input_wrong_dtype() {
+    let Some(fx) = common::fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tmp.path().join("m");
+    cli_model(&fx, &m);
+    let name = "model.decoder.layers.0.self_attn.k_proj.weight";
+    replace_tensor(
+        &m,
+        name,
+        Tensor::zeros((64, 64), DType::I64, &Device::Cpu).unwrap(),
+    );
+    refused(
+        &os(&prune_args(&fx, &m, &["--sparsity", "0.5"])),
+        true,
+        &[name, "I64", "expected f32, f16 or bf16"],
+    );
+}
+
+#[test]
+fn bad_input_nan_and_inf_weights_are_named_by_tensor() {
+    let Some(fx) = common::fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tmp.path().join("m");
+    cli_model(&fx, &m);
+    // In layer 1: the calibration has done layer 0 when it meets it.
+    poison(
+        &m,
+        "model.decoder.layers.1.fc1.weight",
+        64 * 5 + 2,
+        f32::NAN,
+    );
+    refused(
+        &os(&prune_args(&fx, &m, &["--sparsity", "0.5"])),
+        true,
+        &["model.decoder.layers.1.fc1.weight", "NaN at [5, 2]"],
+    );
+    let m2 = tmp.path().join("m2");
+    cli_model(&fx, &m2);
+    poison(
+        &m2,
+        "model.decoder.layers.0.self_attn.v_proj.weight",
+        3,
+        f32::INFINITY,
+    );
+    refused(
+        &os(&prune_args(&fx, &m2, &["--sparsity", "0.5"])),
+        true,
+        &[
+            "model.decoder.layers.0.self_attn.v_proj.weight",
+            "inf at [0, 3]",
+        ],
+    );
+}
+
+#[test]
+fn bad_input_config_missing_a_key() {
+    let Some(fx) = common::fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tmp.path().join("m");
+    cli_model(&fx, &m);
+    let mut cfg = opt_config(4096, 64, 2, 4, 128, 64);
+    cfg.as_object_mut().unwrap().remove("num_attention_heads");
+    std::fs::write(m.join("config.json"), cfg.to_string()).unwrap();
+    refused(
+        &os(&prune_args(&fx, &m, &["--sparsity", "0.5"])),
+        true,
+        &["num_attention_heads", "config.json"],
+    );
+}
+
+#[test]
+fn bad_input_tokenizer_not_matching_the_vocabulary() {
+    let Some(fx) = common::fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tmp.path().join("m");
+    cli_model(&fx, &m);
+    // The config now claims 2048 tokens; the tokenizer has ids up to 4095.
+    std::fs::write(
+        m.join("config.json"),
+        opt_config(2048, 64, 2, 4, 128, 64).to_string(),
+    )
+    .unwrap();
+    replace_tensor(
+        &m,
+        "model.decoder.embed_tokens.weight",
+        Tensor::zeros((2048, 64), DType::F32, &Device::Cpu).unwrap(),
+    );
+    refused(
+        &os(&prune_args(&fx, &m, &["--sparsity", "0.5"])),
+        true,
+        &["tokenizer", "does not match", "vocab_size is 2048"],
+    );
+}
+
+#[test]
+fn bad_input_empty_or_too_short_dataset() {
+    let Some(fx) = common::fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tmp.path().join("m");
+    cli_model(&fx, &m);
+    let empty = tmp.path().join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    let short = tmp.path().join("short.txt");
+    std::fs::write(
+        &short,
+        "A few words only, far fewer than 2 windows of 32 tokens.",
+    )
+    .unwrap();
+    for file in [&empty, &short] {
+        let args = prune_args_on(file, &m, &["--sparsity", "0.5"]);
+        refused(&os(&args), true, &["too short", &file.to_string_lossy()]);
+    }
+}
+
+#[test]
+fn bad_input_sparsity_outside_0_1() {
+    let Some(fx) = common::fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tmp.path().join("m");
+    cli_model(&fx, &m);
+    for s in ["--sparsity=1", "--sparsity=1.5", "--sparsity=-0.1"] {
+        refused(
+            &os(&prune_args(&fx, &m, &[s])),
+            true,
+            &["sparsity must be in [0, 1)"],
+        );
+    }
+}
+
+#[test]
+fn bad_input_n_m_with_n_not_below_m() {
+    let Some(fx) = common::fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tmp.path().join("m");
+    cli_model(&fx, &m);
+    for (n, mm) in [("4", "4"), ("5", "4")] {
+        refused(
+            &os(&prune_args(&fx, &m, &["--prunen", n, "--prunem", mm])),
+            true,
+            &["0 < n < m", &format!("{n}:{mm}")],
+        );
+    }
+}
+
+#[test]
+fn bad_input_bits_outside_1_16() {
+    let Some(fx) = common::fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tmp.path().join("m");
+    cli_model(&fx, &m);
+    for b in ["0", "17"] {
+        refused(
+            &os(&prune_args(&fx, &m, &["--sparsity", "0.5", "--bits", b])),
+            true,
+            &[&format!("bits must be in 1..=16, got {b}")],
+        );
+    }
+}
+
+/// Runs a script with `sparselab run` and the model as `--set model=…`.
+fn script_args(tmp: &Path, fx: &Path, model: &Path, body: &str) -> Vec<std::ffi::OsString> {
+    let script = tmp.join("policy.rhai");
+    std::fs::write(&script, body).unwrap();
+    let calib = fx.join("data/wikitext2/wiki.valid.raw");
+    vec![
+        "run".into(),
+        script.into(),
+        "--quiet".into(),
+        "--set".into(),
+        format!("model={}", model.display()).into(),
+        "--set".into(),
+        format!("calib={}", calib.display()).into(),
+    ]
+}
+
+#[test]
+fn bad_input_bit_vector_of_the_wrong_length() {
+    let Some(fx) = common::fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tmp.path().join("m");
+    cli_model(&fx, &m);
+    let ckpt = tmp.path().join("ckpt");
+    // fc2 reads 128 channels; 127 widths are one short. The checkpoint must not
+    // gain a layer from the failed attempt.
+    let body = format!(
+        r#"let m = load_model(model);
+let calib = calibrate(m, calib, #{{nsamples: 2, seqlen: 32, checkpoint: "{}"}});
+for layer in calib.layers() {{
+    let bits = [];
+    for i in 0..127 {{ bits.push(4); }}
+    prune_layer(layer, "fc2", #{{sparsity: 0.5, bits: bits}});
+}}
+"#,
+        ckpt.display()
+    );
+    let err = refused(
+        &os(&script_args(tmp.path(), &fx, &m, &body)),
+        false,
+        &["127", "fc2"],
+    );
+    assert!(err.contains("entries"), "{err}");
+    // The checkpoint holds its manifest and no finished layer.
+    assert_eq!(entries(&ckpt), vec!["manifest.json"], "{err}");
+}
+
+#[test]
+fn bad_input_target_outside_the_tiers() {
+    let Some(fx) = common::fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tmp.path().join("m");
+    cli_model(&fx, &m);
+    let body = r#"let m = load_model(model);
+let calib = calibrate(m, calib, #{nsamples: 2, seqlen: 32});
+for layer in calib.layers() {
+    let scores = score_importance(layer, "fc1", "magnitude");
+    let bits = allocate_bits(scores, #{method: "budget", tiers: [2, 4, 8], target_avg: 9.0});
+    prune_layer(layer, "fc1", #{sparsity: 0.5, bits: bits});
+}
+"#;
+    refused(
+        &os(&script_args(tmp.path(), &fx, &m, body)),
+        false,
+        &["target_avg 9 is outside the tiers' range [2, 8]"],
+    );
+}
+
+// ------------------------------------------------------------------ out of memory
+
+#[test]
+fn bad_input_out_of_memory_names_the_device_layer_and_linear() {
+    let Some(fx) = common::fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tmp.path().join("m");
+    cli_model(&fx, &m);
+    // 2 × 32 tokens × 64 wide inputs (16 KiB) and the layer's four Hessians
+    // (64² three times, 128² once: 115 KiB) fit in 300 KiB, and so do the OBS
+    // work matrices of the 64-column linears (≤ 160 KiB); fc2's (128 columns:
+    // 4·128² + 3·64·128 floats = 352 KiB) do not.
+    let err = refused(
+        &os(&prune_args(
+            &fx,
+            &m,
+            &["--sparsity", "0.5", "--memory-limit", "300K"],
+        )),
+        true,
+        &[
+            "out of memory on cpu while compressing layer 0 (linear fc2)",
+            "the OBS work matrices of fc2 (64×128)",
+            "over the memory limit of 300.0 KiB",
+        ],
+    );
+    // The headline comes first, not a backend string.
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("error:") && l.contains("out of memory")),
+        "{err}"
+    );
+    // Too little for the Hessians: named as such, with the layer.
+    refused(
+        &os(&prune_args(
+            &fx,
+            &m,
+            &["--sparsity", "0.5", "--memory-limit", "40K"],
+        )),
+        true,
+        &["out of memory on cpu while collecting the Hessians of layer 0"],
+    );
+    // Too little for the inputs themselves.
+    refused(
+        &os(&prune_args(
+            &fx,
+            &m,
+            &["--sparsity", "0.5", "--memory-limit", "8K"],
+        )),
+        true,
+        &[
+            "out of memory on cpu while embedding the calibration windows",
+            "the inputs of layer 0",
+        ],
+    );
+}
+
+#[test]
+fn out_of_memory_in_a_script_names_the_layer_and_linear() {
+    let Some(fx) = common::fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tmp.path().join("m");
+    cli_model(&fx, &m);
+    let body = r#"let m = load_model(model);
+let calib = calibrate(m, calib, #{nsamples: 2, seqlen: 32, reservoir: 0, memory_limit: "300K"});
+for layer in calib.layers() {
+    for linear in layer.linears { prune_layer(layer, linear, #{sparsity: 0.5}); }
+}
+"#;
+    refused(
+        &os(&script_args(tmp.path(), &fx, &m, body)),
+        false,
+        &["out of memory on cpu while compressing layer 0 (linear fc2)"],
+    );
+}
+
+/// The Rust API: the error is an `OutOfMemory` that a caller can match on, and
+/// the layers committed before it stay in the model.
+#[test]
+fn out_of_memory_is_a_typed_error_with_the_layer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut model = random_model(&tmp.path().join("src"), true, DType::F32);
+    let opts = CalibOptions {
+        memory_limit: Some(300 << 10),
+        ..quiet_opts()
+    };
+    let mut calib = Calibration::from_windows(&model, windows(2, 32, 128, 1), opts).unwrap();
+    let err = calib
+        .run(
+            &mut model,
+            uniform_policy(sparsegpt(HALF, None), LayerFilter::default()),
+        )
+        .unwrap_err();
+    let oom = err
+        .downcast_ref::<sparselab::memory::OutOfMemory>()
+        .unwrap_or_else(|| panic!("not an OutOfMemory: {err:#}"));
+    assert_eq!(oom.device, "cpu");
+    assert_eq!(oom.layer, Some(0));
+    // Llama-shaped: down_proj reads the 128-wide MLP.
+    assert_eq!(oom.linear.as_deref(), Some("mlp.down_proj"), "{err:#}");
+    assert!(calib.reports.is_empty());
+    assert_eq!(calib.next_index(), 0);
+}
+
 // ------------------------------------------------------------------ CLI
 
 #[test]
@@ -1304,41 +1814,34 @@ fn cli_prune_saves_refuses_and_overwrites() {
 
 // ------------------------------------------------------------------ transformers
 
-/// The interpreter named by `SPARSELAB_PYTHON` when it has torch and transformers.
-fn python_with_transformers() -> Option<String> {
-    let Some(py) = std::env::var_os("SPARSELAB_PYTHON") else {
-        eprintln!("skipped: set SPARSELAB_PYTHON to a python with torch and transformers");
-        return None;
-    };
-    let py = py.to_string_lossy().into_owned();
-    let ok = Command::new(&py)
-        .args(["-c", "import torch, transformers"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ok {
-        eprintln!("skipped: `{py}` (SPARSELAB_PYTHON) lacks torch or transformers");
-        return None;
-    }
-    Some(py)
-}
-
 #[test]
 fn transformers_loads_the_saved_model_with_the_same_perplexity() {
     let Some(fx) = common::fixtures() else { return };
-    let Some(py) = python_with_transformers() else {
+    let Some(py) = common::python(&["torch", "transformers"]) else {
         return;
     };
-    let text_file = fx.join("data/wikitext2/wiki.test.raw");
+    // The first 60,000 characters of the WikiText-2 test text (about 14,000
+    // tokens): both sides tokenize the same file, and a prefix keeps the test
+    // short (tokenizing all 1.3 MB took most of its time on 2 cores).
+    let tmp_text = tempfile::tempdir().unwrap();
+    let head = |split: &str| {
+        let full =
+            std::fs::read_to_string(fx.join(format!("data/wikitext2/wiki.{split}.raw"))).unwrap();
+        let cut = full
+            .char_indices()
+            .nth(60_000)
+            .map_or(full.len(), |(i, _)| i);
+        let file = tmp_text.path().join(format!("wiki.{split}.head.raw"));
+        std::fs::write(&file, &full[..cut]).unwrap();
+        file
+    };
+    let (text_file, calib_file) = (head("test"), head("valid"));
     let text = std::fs::read_to_string(&text_file).unwrap();
-    let (seqlen, nwin) = (128, 16);
+    let (seqlen, nwin) = (128, 8);
     for name in ["opt-tiny", "llama-tiny", "opt-tiny-pt"] {
         let mut model = load(&fx.join("models").join(name));
         let opts = CalibOptions {
-            dataset: fx
-                .join("data/wikitext2/wiki.valid.raw")
-                .to_string_lossy()
-                .into_owned(),
+            dataset: calib_file.to_string_lossy().into_owned(),
             nsamples: 16,
             seqlen: Some(seqlen),
             ..quiet_opts()
@@ -1394,19 +1897,9 @@ fn transformers_loads_the_saved_model_with_the_same_perplexity() {
 /// The Python decoder printed in docs/packed-format.md restores the same bytes.
 #[test]
 fn the_documented_python_decoder_reads_the_packed_format() {
-    let Some(py) = std::env::var_os("SPARSELAB_PYTHON") else {
-        eprintln!("skipped: set SPARSELAB_PYTHON to a python with numpy and safetensors");
+    let Some(py) = common::python(&["numpy", "safetensors.numpy"]) else {
         return;
     };
-    let ok = Command::new(&py)
-        .args(["-c", "import numpy, safetensors.numpy"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ok {
-        eprintln!("skipped: SPARSELAB_PYTHON lacks numpy or safetensors");
-        return;
-    }
     let tmp = tempfile::tempdir().unwrap();
     let mut model = random_model(&tmp.path().join("src"), false, DType::F32);
     let vocab = model.config.vocab_size() as u32;
@@ -1443,4 +1936,94 @@ fn the_documented_python_decoder_reads_the_packed_format() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let n: usize = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap();
     assert_eq!(n, 9, "quantized linears checked"); // 3 layers × (k, v, q)
+}
+
+// ------------------------------------------------------------------ script
+
+/// `m.save(dir)` from a script: the directory loads with the script's
+/// compressed weights, `compression.json` holds the script and its `--set`
+/// values, a second save into it is refused without `overwrite`, and the
+/// packed format restores the same tensors.
+#[test]
+fn a_script_saves_the_model_with_its_report() {
+    let Some(fx) = common::fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tmp.path().join("m");
+    cli_model(&fx, &m);
+    let out = tmp.path().join("out");
+    let body = r#"param out = "";
+param format = "safetensors";
+let m = load_model(model);
+let calib = calibrate(m, calib, #{nsamples: 2, seqlen: 32, reservoir: 0});
+for layer in calib.layers() {
+    for linear in layer.linears { prune_layer(layer, linear, #{sparsity: 0.5, bits: 4}); }
+}
+let s = m.save(out, #{format: format, overwrite: format == "packed"});
+print(`saved ${s.tensors} tensors`);
+"#;
+    let run = |format: &str| {
+        let mut args = script_args(tmp.path(), &fx, &m, body);
+        for a in [
+            "--set".into(),
+            format!("out={}", out.display()).into(),
+            "--set".into(),
+            format!("format={format}").into(),
+        ] {
+            args.push(a);
+        }
+        Command::new(env!("CARGO_BIN_EXE_sparselab"))
+            .args(&args)
+            .output()
+            .unwrap()
+    };
+    let o = run("safetensors");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("saved "));
+    let saved = load(&out);
+    // Every linear of both layers is at 50% and on a 4-bit grid.
+    for layer in 0..2 {
+        for lin in ["self_attn.q_proj", "fc1", "fc2"] {
+            let w = saved
+                .weights()
+                .get(
+                    &saved.linear_weight_name(layer, lin),
+                    DType::F32,
+                    &Device::Cpu,
+                )
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let zeros = w.iter().filter(|v| **v == 0.0).count() as f64 / w.len() as f64;
+            assert!((0.5..0.53).contains(&zeros), "layer {layer} {lin}: {zeros}");
+        }
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("compression.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["linears"].as_array().unwrap().len(), 12);
+    assert!(report["run"]["script"]
+        .as_str()
+        .unwrap()
+        .contains("prune_layer(layer, linear, #{sparsity: 0.5, bits: 4})"));
+    assert_eq!(report["run"]["set"]["format"], "safetensors");
+    assert_eq!(report["calibration"]["nsamples"], 2);
+    let dense = all_tensors(&saved);
+
+    // Again without overwrite: refused, and the first save is untouched.
+    let before = tree(&out);
+    let o = run("safetensors");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && stderr.contains("not empty"),
+        "{stderr}"
+    );
+    assert_eq!(tree(&out), before);
+
+    // Packed, over it: the same dense tensors come back.
+    let o = run("packed");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.join("packed.json").is_file());
+    assert_eq!(all_tensors(&load(&out)), dense);
 }

@@ -22,3 +22,17 @@ pub fn peak_rss_mib() -> f64 {
 pub fn rss_split_mib() -> (f64, f64) {
     (status_mib("RssAnon:"), status_mib("RssFile:"))
 }
+
+/// A Python baseline script in benches/: beside the sources this binary was built
+/// from, or under `benches/` of the current directory when the binary was copied
+/// to another machine (a GPU box) with the repository.
+pub fn baseline_script(name: &str) -> std::path::PathBuf {
+    let built = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("benches")
+        .join(name);
+    if built.exists() {
+        built
+    } else {
+        std::path::Path::new("benches").join(name)
+    }
+}

@@ -60,6 +60,23 @@ pub fn default_seqlen(model: &Model) -> usize {
     model.config.max_position_embeddings().min(2048)
 }
 
+/// Bytes of hidden states an accelerator holds at once during evaluation.
+const DEVICE_HIDDEN_BUDGET: usize = 2 << 30;
+
+/// Batches evaluated together, layer by layer. On the CPU one (window-major:
+/// memory stays one batch's activations, and reading a layer from the mapped
+/// checkpoint costs little next to its forward pass). On an accelerator as many
+/// as fit [`DEVICE_HIDDEN_BUDGET`], as the reference's layer-by-layer `opt_eval`
+/// does: copying every layer to the device for every window would cost more
+/// than the forward passes themselves.
+fn chunks_per_group(model: &Model, batch: usize, seqlen: usize) -> usize {
+    if model.device().is_cpu() {
+        return 1;
+    }
+    let per_chunk = batch * seqlen * model.hidden_size() * model.dtype().size_in_bytes();
+    (DEVICE_HIDDEN_BUDGET / per_chunk.max(1)).max(1)
+}
+
 /// Perplexity of `model` on a token stream.
 pub fn perplexity(model: &Model, tokens: &[u32], opts: &PplOptions) -> Result<PplResult> {
     let start = Instant::now();
@@ -86,25 +103,37 @@ pub fn perplexity(model: &Model, tokens: &[u32], opts: &PplOptions) -> Result<Pp
     let batch = opts.batch.max(1);
     let chunks = windows.div_ceil(batch);
     let layers = model.num_layers();
+    let per_group = chunks_per_group(model, batch, seqlen);
     let mut progress = Progress::new("perplexity", (chunks * (layers + 2)) as u64, opts.quiet);
     let mut nll_sum = 0f64;
-    for c in 0..chunks {
-        let first = c * batch;
-        let n = batch.min(windows - first);
-        let ids = &tokens[first * seqlen..(first + n) * seqlen];
-        let ids = Tensor::from_slice(ids, (n, seqlen), &candle_core::Device::Cpu)?;
-        let mut hidden = model.embed(&ids)?;
-        progress.inc(1);
-        for l in 0..layers {
-            crate::interrupt::check()?;
-            hidden = model.layer(l)?.forward(&hidden)?;
+    for g0 in (0..chunks).step_by(per_group) {
+        let group: Vec<(usize, usize)> = (g0..chunks.min(g0 + per_group))
+            .map(|c| (c * batch, batch.min(windows - c * batch)))
+            .collect();
+        let mut hidden = Vec::with_capacity(group.len());
+        for &(first, n) in &group {
+            let ids = &tokens[first * seqlen..(first + n) * seqlen];
+            let ids = Tensor::from_slice(ids, (n, seqlen), &candle_core::Device::Cpu)?;
+            hidden.push(model.embed(&ids)?);
             progress.inc(1);
         }
-        for w in 0..n {
-            let window = &tokens[(first + w) * seqlen..(first + w + 1) * seqlen];
-            nll_sum += window_nll(model, &hidden.narrow(0, w, 1)?, window)? * seqlen as f64;
+        // Layer-major within a group: each layer is brought to the device once
+        // for all of the group's windows.
+        for l in 0..layers {
+            let layer = model.layer(l)?;
+            for h in hidden.iter_mut() {
+                crate::interrupt::check()?;
+                *h = layer.forward(h)?;
+                progress.inc(1);
+            }
         }
-        progress.inc(1);
+        for (&(first, n), h) in group.iter().zip(&hidden) {
+            for w in 0..n {
+                let window = &tokens[(first + w) * seqlen..(first + w + 1) * seqlen];
+                nll_sum += window_nll(model, &h.narrow(0, w, 1)?, window)? * seqlen as f64;
+            }
+            progress.inc(1);
+        }
     }
     progress.finish();
     let ppl = (nll_sum / (windows * seqlen) as f64).exp();

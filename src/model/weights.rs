@@ -2,8 +2,11 @@
 //! sharded, with names and shapes checked against `config.json` when opened.
 //!
 //! Tensors are read on demand, so a decoder layer's weights exist on the compute
-//! device only while something holds them. Tensors a compression step replaces
-//! are kept as host-side overrides in front of the checkpoint.
+//! device only while something holds them; the mapped pages a read touched are
+//! handed back to the kernel at once, so a sweep over the layers does not leave
+//! the whole checkpoint resident. Tensors a compression step replaces are kept as
+//! host-side overrides in front of the checkpoint, in memory or, after
+//! [`WeightStore::spill_to_disk`], in files of a temporary directory.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -69,6 +72,15 @@ pub struct WeightStore {
     extras: Vec<TensorMeta>,
     overrides: HashMap<String, Tensor>,
     compressed: HashMap<String, CompressedInfo>,
+    /// Where replacements go instead of memory, once spilling is on.
+    spill: Option<Spill>,
+}
+
+/// Replaced tensors kept on disk: one safetensors file each in a temporary
+/// directory that is removed with the store.
+struct Spill {
+    dir: tempfile::TempDir,
+    files: HashMap<String, PathBuf>,
 }
 
 impl WeightStore {
@@ -182,7 +194,73 @@ impl WeightStore {
             extras,
             overrides: HashMap::new(),
             compressed: HashMap::new(),
+            spill: None,
         })
+    }
+
+    /// From now on keeps replaced tensors in files under a new temporary directory
+    /// inside `parent` (the system's temporary directory when `None`) instead of
+    /// memory, and moves the ones already replaced there. A compression run then
+    /// holds one layer's weights in memory rather than every compressed layer so
+    /// far; the directory is removed when the store is dropped.
+    pub fn spill_to_disk(&mut self, parent: Option<&Path>) -> Result<()> {
+        if self.spill.is_some() {
+            return Ok(());
+        }
+        let dir = match parent {
+            Some(p) => tempfile::Builder::new()
+                .prefix("sparselab-spill-")
+                .tempdir_in(p),
+            None => tempfile::Builder::new()
+                .prefix("sparselab-spill-")
+                .tempdir(),
+        }
+        .context("creating a directory for compressed weights")?;
+        self.spill = Some(Spill {
+            dir,
+            files: HashMap::new(),
+        });
+        for (name, t) in std::mem::take(&mut self.overrides) {
+            self.store_override(&name, t)?;
+        }
+        Ok(())
+    }
+
+    /// The directory replaced tensors are spilled to, if spilling is on.
+    pub fn spill_dir(&self) -> Option<&Path> {
+        self.spill.as_ref().map(|s| s.dir.path())
+    }
+
+    /// Keeps a replacement (already checked) in memory or in the spill directory.
+    fn store_override(&mut self, name: &str, tensor: Tensor) -> Result<()> {
+        let Some(spill) = &mut self.spill else {
+            self.overrides
+                .insert(name.to_string(), tensor.to_device(&Device::Cpu)?);
+            return Ok(());
+        };
+        let path = spill.dir.path().join(format!("{name}.safetensors"));
+        let tensors = HashMap::from([(name.to_string(), tensor.to_device(&Device::Cpu)?)]);
+        candle_core::safetensors::save(&tensors, &path)
+            .map_err(|e| anyhow!("writing compressed {name} to {}: {e}", path.display()))?;
+        spill.files.insert(name.to_string(), path);
+        self.overrides.remove(name);
+        Ok(())
+    }
+
+    /// The replacement of `name` on the host, if there is one.
+    fn replacement(&self, name: &str) -> Result<Option<Tensor>> {
+        if let Some(t) = self.overrides.get(name) {
+            return Ok(Some(t.clone()));
+        }
+        let Some(path) = self.spill.as_ref().and_then(|s| s.files.get(name)) else {
+            return Ok(None);
+        };
+        let mut loaded = candle_core::safetensors::load(path, &Device::Cpu)
+            .map_err(|e| anyhow!("reading compressed {name} from {}: {e}", path.display()))?;
+        loaded
+            .remove(name)
+            .map(Some)
+            .with_context(|| format!("{} does not hold {name}", path.display()))
     }
 
     /// The checkpoint's format.
@@ -216,6 +294,10 @@ impl WeightStore {
     /// Whether a tensor has an in-memory replacement.
     pub fn is_replaced(&self, name: &str) -> bool {
         self.overrides.contains_key(name)
+            || self
+                .spill
+                .as_ref()
+                .is_some_and(|s| s.files.contains_key(name))
     }
 
     /// What compression recorded about a replaced tensor, if anything.
@@ -239,7 +321,7 @@ impl WeightStore {
     /// Loads a tensor onto `device` as `dtype`: the in-memory replacement if one was
     /// set, else the checkpoint's copy.
     pub fn get(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
-        if let Some(t) = self.overrides.get(name) {
+        if let Some(t) = self.replacement(name)? {
             return Ok(t.to_device(device)?.to_dtype(dtype)?);
         }
         let meta = self
@@ -254,7 +336,13 @@ impl WeightStore {
     /// Loads a stored tensor (by its name in the checkpoint) as stored.
     pub fn load_stored(&self, stored_name: &str, device: &Device) -> Result<Tensor> {
         let t = match &self.backend {
-            Backend::Safetensors(st) => st.load(stored_name, device),
+            Backend::Safetensors(st) => {
+                let t = st.load(stored_name, device);
+                if let Ok(view) = st.get(stored_name) {
+                    release_mapped_pages(view.data());
+                }
+                t
+            }
             Backend::Pth { files, route } => {
                 let file = *route
                     .get(stored_name)
@@ -283,8 +371,7 @@ impl WeightStore {
                 meta.shape
             );
         }
-        self.overrides
-            .insert(name.to_string(), tensor.to_device(&Device::Cpu)?);
+        self.store_override(name, tensor)?;
         self.compressed.remove(name);
         Ok(())
     }
@@ -315,18 +402,46 @@ impl WeightStore {
     }
 }
 
+/// Hands the pages of a read-only file mapping that `bytes` lies in back to the
+/// kernel once their contents were copied out: they stay in the page cache (a
+/// later read maps them again), but no longer count as this process's memory.
+/// Without this, reading every layer once leaves the whole checkpoint resident.
+fn release_mapped_pages(bytes: &[u8]) {
+    #[cfg(unix)]
+    {
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let start = bytes.as_ptr() as usize / page * page;
+        let end = (bytes.as_ptr() as usize + bytes.len()).div_ceil(page) * page;
+        if bytes.len() >= page && end > start {
+            // SAFETY: the range covers pages of a private, read-only file mapping
+            // that stays mapped; MADV_DONTNEED only drops their resident copies,
+            // and the next access faults the unchanged file contents back in.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+            }
+        }
+    }
+}
+
 /// Refuses a tensor holding NaN or ±Inf, naming it and the first bad element.
 /// Cheap when all is well: one elementwise `x − x` and a sum on the tensor's device.
 fn check_finite(name: &str, t: &Tensor, files: &[PathBuf]) -> Result<()> {
     if !t.dtype().is_float() {
         return Ok(());
     }
-    let probe = t
-        .sub(t)?
-        .sum_all()?
-        .to_dtype(DType::F32)?
-        .to_scalar::<f32>()?;
-    if probe == 0.0 {
+    // An f32 sum is finite unless an element is not (or the sum overflows, which
+    // the scan below tells apart) and needs no tensor-sized temporary; half
+    // precision sums overflow too easily, so there `x − x` (0 or NaN) is summed.
+    let probe = if t.dtype() == DType::F32 {
+        t.sum_all()?.to_scalar::<f32>()?
+    } else {
+        t.sub(t)?
+            .sum_all()?
+            .to_dtype(DType::F32)?
+            .to_scalar::<f32>()?
+    };
+    if probe.is_finite() {
         return Ok(());
     }
     let flat = t
@@ -335,6 +450,9 @@ fn check_finite(name: &str, t: &Tensor, files: &[PathBuf]) -> Result<()> {
         .flatten_all()?
         .to_vec1::<f32>()?;
     let count = flat.iter().filter(|x| !x.is_finite()).count();
+    if count == 0 {
+        return Ok(());
+    }
     let first = flat.iter().position(|x| !x.is_finite()).unwrap_or(0);
     let mut index = Vec::new();
     let mut rest = first;

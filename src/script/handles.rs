@@ -98,6 +98,26 @@ impl ModelHandle {
         }
         self.read()
     }
+    /// Runs `f` on the settled model (every open layer committed) and its most
+    /// recent calibration that is still alive (`None` when it has none): what
+    /// `save` needs for `compression.json`.
+    pub fn with_latest_calibration<T>(
+        &self,
+        f: impl FnOnce(&Model, Option<&Calibration>) -> T,
+    ) -> R<T> {
+        let m = self.settled()?;
+        let latest = {
+            let list = self.inner.calibrations.lock().map_err(|_| poisoned())?;
+            list.iter().rev().find_map(Weak::upgrade)
+        };
+        match latest {
+            Some(state) => {
+                let s = state.lock().map_err(|_| poisoned())?;
+                Ok(f(&m, Some(&s.calib)))
+            }
+            None => Ok(f(&m, None)),
+        }
+    }
     /// Whether two handles hold the same model.
     pub fn same(&self, other: &ModelHandle) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)

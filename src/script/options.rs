@@ -51,6 +51,7 @@ pub const OPTION_KEYS: &[(&str, &[&str])] = &[
             "fingerprint",
             "cache",
             "sequential",
+            "memory_limit",
         ],
     ),
     (
@@ -70,6 +71,7 @@ pub const OPTION_KEYS: &[(&str, &[&str])] = &[
         ],
     ),
     ("eval_ppl", &["seqlen", "nsamples", "batch", "quiet"]),
+    ("save", &["overwrite", "format"]),
 ];
 
 /// The valid keys of `function`'s options map.
@@ -162,6 +164,24 @@ impl Opts {
             None => Ok(None),
             Some(v) if v.is_string() => Ok(Some(v.clone().into_string().unwrap_or_default())),
             Some(v) => self.wrong_type(key, "a string", v),
+        }
+    }
+
+    /// A size in bytes: an integer, or a string such as `"512M"` or `"8G"`
+    /// ([`crate::memory::parse_size`]).
+    pub fn size(&self, key: &str) -> R<Option<u64>> {
+        match self.value(key) {
+            None => Ok(None),
+            Some(v) => match (v.as_int(), v.is_string()) {
+                (Ok(i), _) if i >= 0 => Ok(Some(i as u64)),
+                (_, true) => {
+                    let text = v.clone().into_string().unwrap_or_default();
+                    crate::memory::parse_size(&text)
+                        .map(Some)
+                        .or_else(|e| err(format!("{}: option `{key}`: {e}", self.function)))
+                }
+                _ => self.wrong_type(key, "a byte count or a size such as \"8G\"", v),
+            },
         }
     }
 

@@ -22,7 +22,8 @@ use crate::compress::{
 };
 use crate::device::{device_name, dtype_name, parse_device, parse_dtype};
 use crate::eval::{eval_dataset, PplOptions};
-use crate::model::{LoadOptions, Model};
+use crate::model::{LoadOptions, Model, SaveFormat, SaveOptions};
+use crate::report::{compression_report, RunInfo};
 
 type R<T> = Result<T, Box<EvalAltResult>>;
 
@@ -35,6 +36,7 @@ pub const PRIMITIVES: &[&str] = &[
     "allocate_bits",
     "prune_layer",
     "eval_ppl",
+    "save",
     "summary",
     "plot_histogram",
     "write_text",
@@ -315,7 +317,9 @@ pub mod primitives {
     /// `checkpoint` a directory where every committed layer is written and from
     /// which an interrupted run resumes; `fingerprint` names the policy stored with
     /// it (default: the script's file name), so that a resume under a different
-    /// policy is refused — change it when you change the policy.
+    /// policy is refused — change it when you change the policy; `memory_limit`
+    /// (bytes, or a size such as "8G") makes a buffer that would pass it an
+    /// out-of-memory error naming the layer and linear, before it is allocated.
     ///
     /// Sweeps: `cache` a directory where each layer's statistics (Hessians,
     /// activation reservoirs) and inputs are stored, keyed by the model, the
@@ -355,6 +359,7 @@ pub mod primitives {
             },
             cache: o.string("cache")?.map(std::path::PathBuf::from),
             sequential: o.bool("sequential")?.unwrap_or(d.sequential),
+            memory_limit: o.size("memory_limit")?,
         };
         let calib = {
             let m = model.settled()?;
@@ -634,6 +639,87 @@ pub mod primitives {
             std::fs::rename(&tmp, p).with_context(|| format!("cannot write {}", p.display()))
         };
         write().map_err(script_err)
+    }
+
+    // ---- saving -------------------------------------------------------------
+
+    /// Saves `model` into the new or empty directory `dir` as transformers and
+    /// vLLM load it: `config.json`, the tokenizer files, the weights as
+    /// safetensors under the source's names, shapes and dtypes with the pruned
+    /// and quantized values in place, and `compression.json` from the model's
+    /// latest calibration (with this script's text and `--set` values). Commits
+    /// any layer still open. Returns `#{dir, files, tensors, bytes}`.
+    ///
+    /// ```rhai
+    /// m.save("out/opt-125m-50");
+    /// ```
+    #[rhai_fn(name = "save", return_raw)]
+    pub fn save_model(ctx: NativeCallContext, model: ModelHandle, dir: &str) -> R<Map> {
+        save_model_with(ctx, model, dir, Map::new())
+    }
+    /// Saves with options `#{overwrite, format}`: `overwrite: true` replaces a
+    /// non-empty `dir` once the new copy is complete (default false: an error);
+    /// `format: "packed"` stores integer codes, scales, zeros and masks
+    /// (docs/packed-format.md) instead of `"safetensors"` (the default). The
+    /// write is atomic: a failure leaves nothing behind and `dir` as it was.
+    #[rhai_fn(name = "save", return_raw)]
+    pub fn save_model_with(
+        ctx: NativeCallContext,
+        model: ModelHandle,
+        dir: &str,
+        options: Map,
+    ) -> R<Map> {
+        let o = Opts::new("save", options)?;
+        let format = match o.string("format")?.as_deref() {
+            None | Some("safetensors") => SaveFormat::Dense,
+            Some("packed") => SaveFormat::Packed,
+            Some(other) => {
+                return err(format!(
+                    "save: unknown format `{other}`; valid formats: safetensors, packed"
+                ))
+            }
+        };
+        // What the run was: the script that called save and the --set values.
+        let path = ctx.call_source().map(str::to_string);
+        let set: serde_json::Map<String, serde_json::Value> = ctx
+            .tag()
+            .and_then(|t| t.read_lock::<Map>().and_then(|m| m.get("params").cloned()))
+            .and_then(|p| p.read_lock::<Map>().map(|p| p.clone()))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
+            .collect();
+        let run = RunInfo {
+            script: path.as_ref().and_then(|p| std::fs::read_to_string(p).ok()),
+            script_path: path,
+            set: Some(serde_json::Value::Object(set)),
+            command: Some(std::env::args().collect::<Vec<_>>().join(" ")),
+            ..RunInfo::default()
+        };
+        let overwrite = o.bool("overwrite")?.unwrap_or(false);
+        let summary = model
+            .with_latest_calibration(|m, calib| {
+                let opts = SaveOptions {
+                    overwrite,
+                    format,
+                    report: calib.map(|c| compression_report(m, c, &run)),
+                    ..SaveOptions::default()
+                };
+                m.save(dir, &opts)
+            })?
+            .map_err(script_err)?;
+        for (name, why) in &summary.stored_dense {
+            eprintln!("warning: {name}: {why}");
+        }
+        let mut out = Map::new();
+        out.insert("dir".into(), summary.dir.display().to_string().into());
+        out.insert(
+            "files".into(),
+            Dynamic::from_array(summary.files.iter().map(|f| f.clone().into()).collect()),
+        );
+        out.insert("tensors".into(), (summary.tensors as INT).into());
+        out.insert("bytes".into(), (summary.tensor_bytes as INT).into());
+        Ok(out)
     }
 
     // ---- formatting helpers -------------------------------------------------

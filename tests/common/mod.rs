@@ -24,3 +24,36 @@ pub fn fixtures() -> Option<PathBuf> {
     );
     None
 }
+
+/// A Python interpreter that can import every module in `modules`: the one
+/// `SPARSELAB_PYTHON` names, else `python3`. `None` (with the reason printed)
+/// when there is none; under CI (`CI` set) that is a failure, not a skip,
+/// because `.ci/run` installs one and a silent skip would hide a broken install.
+pub fn python(modules: &[&str]) -> Option<String> {
+    let py = std::env::var("SPARSELAB_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let probe = format!("import {}", modules.join(", "));
+    let why = match std::process::Command::new(&py)
+        .args(["-c", &probe])
+        .output()
+    {
+        Ok(o) if o.status.success() => return Some(py),
+        Ok(o) => format!(
+            "`{py} -c \"{probe}\"` failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        ),
+        Err(e) => format!("cannot run `{py}`: {e}"),
+    };
+    let hint = format!(
+        "set SPARSELAB_PYTHON to a python with {} (.ci/run builds one from \
+         tests/reference/requirements.txt)",
+        modules.join(", ")
+    );
+    if std::env::var_os("CI").is_some() {
+        panic!("{why}; {hint}");
+    }
+    eprintln!("skipped: {why}; {hint}");
+    None
+}
