@@ -6,6 +6,7 @@
 //! ([`data`]), and perplexity follows the reference protocol ([`eval`]).
 
 pub mod alloc;
+pub mod calib_cache;
 pub mod calibrate;
 pub mod checkpoint;
 pub mod compress;
@@ -13,6 +14,7 @@ pub mod data;
 pub mod device;
 pub mod eval;
 pub mod hub;
+pub mod interrupt;
 pub mod memory;
 pub mod model;
 pub mod plot;

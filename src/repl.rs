@@ -295,13 +295,14 @@ static PENDING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::n
 
 extern "C" fn on_sigint(_: libc::c_int) {
     use std::sync::atomic::Ordering;
-    // A second Ctrl-C before the script noticed the first (a long primitive is
-    // running): leave, as a plain program would.
+    // A second Ctrl-C before the script noticed the first (a primitive that
+    // does not poll the flag, e.g. loading a model): leave, as a plain program
+    // would.
     if PENDING.swap(true, Ordering::SeqCst) {
         unsafe { libc::_exit(130) };
     }
     crate::script::INTERRUPT.store(true, Ordering::SeqCst);
-    let msg = b"\ninterrupt: stopping at the next script step (Ctrl-C again to quit)\n";
+    let msg = b"\ninterrupt: stopping (Ctrl-C again to quit)\n";
     unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
 }
 

@@ -246,7 +246,10 @@ fn spilled_compressed_weights_give_the_same_model() {
     let dir = spilled.weights().spill_dir().unwrap().to_path_buf();
     let mut calib = Calibration::new(&spilled, calib_opts(&fx)).unwrap();
     calib
-        .run(&mut spilled, uniform_policy(method(), LayerFilter::default()))
+        .run(
+            &mut spilled,
+            uniform_policy(method(), LayerFilter::default()),
+        )
         .unwrap();
     let linears = spilled.linear_names();
     assert_eq!(

@@ -219,7 +219,12 @@ fn running_out_of_device_memory_names_the_device_and_layer() {
     };
     let mut calib = Calibration::new(&model, opts).unwrap();
     // Take what is free, bar 1 MiB, so that the layer's own buffers cannot fit.
-    let ctx = dev.as_cuda_device().unwrap().cuda_stream().context().clone();
+    let ctx = dev
+        .as_cuda_device()
+        .unwrap()
+        .cuda_stream()
+        .context()
+        .clone();
     let (free, _) = ctx.mem_get_info().unwrap();
     let mut take = free.saturating_sub(1 << 20);
     let hog = loop {

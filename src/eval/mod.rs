@@ -122,6 +122,7 @@ pub fn perplexity(model: &Model, tokens: &[u32], opts: &PplOptions) -> Result<Pp
         for l in 0..layers {
             let layer = model.layer(l)?;
             for h in hidden.iter_mut() {
+                crate::interrupt::check()?;
                 *h = layer.forward(h)?;
                 progress.inc(1);
             }

@@ -25,8 +25,18 @@ use crate::progress::Progress;
 
 type R<T> = Result<T, Box<EvalAltResult>>;
 
-/// An anyhow error as a script error (with its whole context chain).
+/// An anyhow error as a script error (with its whole context chain). An
+/// interruption ([`crate::interrupt`]) ends the script as the engine's own
+/// Ctrl-C check does: `ErrorTerminated`, which `try`/`catch` cannot swallow,
+/// and the flag is cleared since the script has now seen it.
 pub(crate) fn script_err(e: anyhow::Error) -> Box<EvalAltResult> {
+    if crate::interrupt::is_interrupted(&e) {
+        crate::interrupt::INTERRUPT.store(false, std::sync::atomic::Ordering::SeqCst);
+        return Box::new(EvalAltResult::ErrorTerminated(
+            crate::interrupt::Interrupted.to_string().into(),
+            Position::NONE,
+        ));
+    }
     Box::new(EvalAltResult::ErrorRuntime(
         format!("{e:#}").into(),
         Position::NONE,

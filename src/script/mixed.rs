@@ -25,6 +25,18 @@ fn grouping(name: &Option<String>, function: &str) -> R<GroupMethod> {
     }
 }
 
+/// Writes a chart, creating the directory it goes into (recipes take an output
+/// directory with `--set out=…` that need not exist yet).
+fn save_plot(plot: &crate::plot::Plot, path: &str) -> R<()> {
+    let parent = std::path::Path::new(path).parent();
+    if let Some(dir) = parent.filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| -> Box<EvalAltResult> {
+            format!("cannot create {}: {e}", dir.display()).into()
+        })?;
+    }
+    plot.save(path).map_err(script_err)
+}
+
 /// Functions registered globally by [`super::new_engine`].
 #[export_module]
 pub mod mixed {
@@ -237,15 +249,16 @@ pub mod mixed {
         };
         let plot = histogram(values.as_slice(), &opts).map_err(super::script_err)?;
         if let Some(path) = o.string("path")? {
-            plot.save(&path).map_err(super::script_err)?;
+            save_plot(&plot, &path)?;
         }
         Ok(plot)
     }
 
-    /// Writes the chart to `path` (PNG or SVG by extension).
+    /// Writes the chart to `path` (PNG or SVG by extension), creating its
+    /// directory if needed.
     #[rhai_fn(global, name = "save", return_raw)]
     pub fn plot_save(p: &mut Plot, path: &str) -> R<()> {
-        p.save(path).map_err(super::script_err)
+        save_plot(p, path)
     }
 
     /// A one-line description of the chart.

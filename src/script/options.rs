@@ -49,6 +49,8 @@ pub const OPTION_KEYS: &[(&str, &[&str])] = &[
             "reservoir",
             "checkpoint",
             "fingerprint",
+            "cache",
+            "sequential",
             "memory_limit",
         ],
     ),

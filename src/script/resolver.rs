@@ -18,6 +18,7 @@ use rhai::{Engine, EvalAltResult, Module, Position, Scope, Shared};
 pub const STDLIB: &[(&str, &str)] = &[
     ("pipeline", include_str!("../../stdlib/pipeline.rhai")),
     ("report", include_str!("../../stdlib/report.rhai")),
+    ("policy", include_str!("../../stdlib/policy.rhai")),
 ];
 
 /// The prefix of standard-library import paths.
