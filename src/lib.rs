@@ -12,6 +12,7 @@ pub mod data;
 pub mod device;
 pub mod eval;
 pub mod hub;
+pub mod kernel;
 pub mod model;
 pub mod plot;
 pub mod progress;

@@ -25,6 +25,49 @@ fn grouping(name: &Option<String>, function: &str) -> R<GroupMethod> {
     }
 }
 
+/// A chart as the options ask: retitled by `title`, written to `path` (as
+/// `format`, else by the path's extension). `format` without `path` is an
+/// error rather than ignored.
+fn finish_plot(o: &crate::script::options::Opts, plot: crate::plot::Plot, function: &str) -> R<crate::plot::Plot> {
+    use crate::plot::PlotFormat;
+    let plot = match o.string("title")? {
+        Some(t) => plot.with_title(&t).map_err(script_err)?,
+        None => plot,
+    };
+    let format = o
+        .string("format")?
+        .map(|f| PlotFormat::parse(&f))
+        .transpose()
+        .map_err(|e| -> Box<EvalAltResult> { format!("{function}: option `format`: {e}").into() })?;
+    match (o.string("path")?, format) {
+        (Some(path), Some(f)) => plot.save_as(&path, f).map_err(script_err)?,
+        (Some(path), None) => plot.save(&path).map_err(script_err)?,
+        (None, Some(_)) => {
+            return err(format!(
+                "{function}: option `format` needs `path` (the chart is kept in memory either way)"
+            ))
+        }
+        (None, None) => {}
+    }
+    Ok(plot)
+}
+
+/// Numbers of a script array (integers accepted), for chart coordinates.
+fn numbers(values: &rhai::Array, what: &str) -> R<Vec<f64>> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| match (v.as_float(), v.as_int()) {
+            (Ok(f), _) => Ok(f),
+            (_, Ok(n)) => Ok(n as f64),
+            _ => err(format!(
+                "{what}[{i}] must be a number, got {} `{v}`",
+                crate::script::options::type_label(v)
+            )),
+        })
+        .collect()
+}
+
 /// Functions registered globally by [`super::new_engine`].
 #[export_module]
 pub mod mixed {
@@ -36,7 +79,11 @@ pub mod mixed {
     };
     use crate::compress::importance::{importance_note, ImportanceOptions};
     use crate::compress::summary::{RunIntent, Summary};
-    use crate::plot::{histogram, HistOptions, Plot};
+    use crate::plot::{
+        bits_chart, compare_chart, histogram, layers_chart, xy_chart, CompareTable, HistOptions,
+        Plot, XyOptions,
+    };
+    use rhai::Array;
     use crate::script::handles::{CalibHandle, LayerHandle};
     use crate::script::options::{IntOrInts, Opts};
     use crate::script::vector::{err, Vector};
@@ -236,10 +283,133 @@ pub mod mixed {
             x_label: o.string("x_label")?.unwrap_or(d.x_label),
         };
         let plot = histogram(values.as_slice(), &opts).map_err(super::script_err)?;
-        if let Some(path) = o.string("path")? {
-            plot.save(&path).map_err(super::script_err)?;
+        super::finish_plot(&o, plot, "plot_histogram")
+    }
+
+    /// Channels per bit tier as bars, overall and per linear type, from a run's
+    /// `summary(calib)`. An error when nothing was quantized.
+    #[rhai_fn(return_raw)]
+    pub fn plot_bits(summary: Summary) -> R<Plot> {
+        plot_bits_with(summary, Map::new())
+    }
+
+    /// The bits chart with options `#{title, path, format}`: `path` also writes
+    /// it (PNG or SVG by the extension, or by `format`: "png" or "svg").
+    #[rhai_fn(name = "plot_bits", return_raw)]
+    pub fn plot_bits_with(summary: Summary, options: Map) -> R<Plot> {
+        let o = Opts::new("plot_bits", options)?;
+        let plot = bits_chart(&summary).map_err(super::script_err)?;
+        super::finish_plot(&o, plot, "plot_bits")
+    }
+
+    /// One field of a run's summary per decoder layer, a line per linear type
+    /// (and their mean): `field` is "avg_bits", "sparsity" (percent), "loss"
+    /// (OBS loss) or "rel_error" (relative output error).
+    #[rhai_fn(return_raw)]
+    pub fn plot_layers(summary: Summary, field: &str) -> R<Plot> {
+        plot_layers_with(summary, field, Map::new())
+    }
+
+    /// The per-layer chart with options `#{title, path, format}` (as for
+    /// `plot_bits`).
+    #[rhai_fn(name = "plot_layers", return_raw)]
+    pub fn plot_layers_with(summary: Summary, field: &str, options: Map) -> R<Plot> {
+        let o = Opts::new("plot_layers", options)?;
+        let plot = layers_chart(&summary, field).map_err(super::script_err)?;
+        super::finish_plot(&o, plot, "plot_layers")
+    }
+
+    /// A comparison table (`compare_table(datasets)` filled with `add_row`) as
+    /// grouped bars: one group per dataset, one bar per configuration.
+    #[rhai_fn(return_raw)]
+    pub fn plot_compare(table: CompareTable) -> R<Plot> {
+        plot_compare_with(table, Map::new())
+    }
+
+    /// The comparison chart with options `#{title, path, format}` (as for
+    /// `plot_bits`).
+    #[rhai_fn(name = "plot_compare", return_raw)]
+    pub fn plot_compare_with(table: CompareTable, options: Map) -> R<Plot> {
+        let o = Opts::new("plot_compare", options)?;
+        let plot = compare_chart(&table).map_err(super::script_err)?;
+        super::finish_plot(&o, plot, "plot_compare")
+    }
+
+    /// `ys` against `xs` (arrays of numbers of one length) as a line with
+    /// markers, sorted by x: perplexity against average bits over a sweep. The
+    /// y axis fits the values. Options `#{title, x_label, y_label, label, path,
+    /// format}`: `label` names the series in the legend.
+    #[rhai_fn(return_raw)]
+    pub fn plot_xy(xs: Array, ys: Array, options: Map) -> R<Plot> {
+        let o = Opts::new("plot_xy", options)?;
+        let x = super::numbers(&xs, "plot_xy: xs")?;
+        let y = super::numbers(&ys, "plot_xy: ys")?;
+        if x.len() != y.len() {
+            return err(format!(
+                "plot_xy: xs has {} values and ys {}: they must pair up",
+                x.len(),
+                y.len()
+            ));
         }
-        Ok(plot)
+        let d = XyOptions::default();
+        let opts = XyOptions {
+            // The title is applied here, not by finish_plot, to render once.
+            title: o.string("title")?.unwrap_or(d.title),
+            x_label: o.string("x_label")?.unwrap_or(d.x_label),
+            y_label: o.string("y_label")?.unwrap_or(d.y_label),
+        };
+        let label = o.string("label")?.unwrap_or_else(|| opts.y_label.clone());
+        let plot = xy_chart(&[(label, x.into_iter().zip(y).collect())], &opts)
+            .map_err(super::script_err)?;
+        let mut rest = o;
+        rest.forget("title");
+        super::finish_plot(&rest, plot, "plot_xy")
+    }
+
+    /// An empty table of perplexities, one column per dataset name, for
+    /// `add_row` and `plot_compare`; it shows as an HTML table in a notebook.
+    #[rhai_fn(return_raw)]
+    pub fn compare_table(datasets: Array) -> R<CompareTable> {
+        let names: Vec<String> = datasets.iter().map(|d| d.to_string()).collect();
+        if names.is_empty() {
+            return err("compare_table: give at least one dataset name");
+        }
+        Ok(CompareTable::perplexity(names))
+    }
+
+    /// Appends a configuration `name` with one value per dataset (numbers;
+    /// `()` for a missing one).
+    #[rhai_fn(global, return_raw)]
+    pub fn add_row(table: &mut CompareTable, name: &str, values: Array) -> R<()> {
+        let vals: Vec<f64> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                if v.is_unit() {
+                    Ok(f64::NAN)
+                } else {
+                    super::numbers(&vec![v.clone()], &format!("add_row: values[{i}]"))
+                        .map(|n| n[0])
+                }
+            })
+            .collect::<R<_>>()?;
+        table.add_row(name, vals).map_err(super::script_err)
+    }
+
+    /// The value of configuration `row` on dataset `column`, or `()`.
+    #[rhai_fn(global, name = "get")]
+    pub fn table_get(table: &mut CompareTable, row: &str, column: &str) -> Dynamic {
+        table
+            .get(row, column)
+            .filter(|v| v.is_finite())
+            .map(Dynamic::from_float)
+            .unwrap_or(Dynamic::UNIT)
+    }
+
+    /// The table as aligned text (what `print(table)` shows).
+    #[rhai_fn(global, name = "to_string", name = "to_debug")]
+    pub fn table_text(t: &mut CompareTable) -> String {
+        t.to_string().trim_end().to_string()
     }
 
     /// Writes the chart to `path` (PNG or SVG by extension).

@@ -37,6 +37,11 @@ pub const PRIMITIVES: &[&str] = &[
     "eval_ppl",
     "summary",
     "plot_histogram",
+    "plot_bits",
+    "plot_layers",
+    "plot_compare",
+    "plot_xy",
+    "compare_table",
 ];
 
 /// Whether the engine runs quietly (no progress output): its tag's `quiet`.
