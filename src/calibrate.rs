@@ -7,8 +7,15 @@
 //! inputs of the next layer ([`Calibration::commit`]). Only one decoder layer is
 //! resident on the device at a time, and each layer's Hessians come from the
 //! outputs of the already-compressed layers before it.
+//!
+//! With `sequential: false` every layer's statistics come from the dense model
+//! instead (the next layer's inputs are the dense layer's outputs), and with a
+//! `cache` directory each layer's statistics and inputs are stored and reused
+//! by a later calibration whose prefix of compressed layers is the same
+//! ([`crate::calib_cache`]). Long loops poll [`crate::interrupt`].
 
-use std::collections::HashMap;
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -16,7 +23,9 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor, TensorId};
 use serde::{Deserialize, Serialize};
 
+use crate::calib_cache::{chain_next, layer_weights_hash, StatCache};
 use crate::checkpoint::{Checkpoint, Manifest};
+use crate::interrupt;
 use crate::model::packed::BitMask;
 use crate::model::CompressedInfo;
 
@@ -60,6 +69,15 @@ pub struct CalibOptions {
     /// The caller's description of its policy, stored in the checkpoint so that a
     /// resume with a different policy is refused. Default empty.
     pub fingerprint: String,
+    /// Store each layer's statistics (Hessians, reservoirs) and inputs here and
+    /// reuse them when a later calibration reaches the same layer after the same
+    /// compressed layers ([`crate::calib_cache`]). Default `None`.
+    pub cache: Option<PathBuf>,
+    /// Each layer's statistics from the outputs of the already-compressed layers
+    /// before it (true, the reference's protocol), or every layer's from the
+    /// dense model in one pass (false: a sweep over policies then costs only the
+    /// compression and the evaluation). Default true.
+    pub sequential: bool,
 }
 
 impl Default for CalibOptions {
@@ -75,6 +93,8 @@ impl Default for CalibOptions {
             quiet: false,
             checkpoint: None,
             fingerprint: String::new(),
+            cache: None,
+            sequential: true,
         }
     }
 }
@@ -181,9 +201,30 @@ pub struct ImportanceNote {
     pub max: f64,
 }
 
+/// How a calibration's layers got their statistics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct CacheCounts {
+    /// Layers whose statistics were computed by a pass over the windows.
+    pub computed: usize,
+    /// Layers whose statistics were read from the cache.
+    pub reused: usize,
+    /// Commits that did not run the layer over the windows, because the next
+    /// layer's statistics and inputs were in the cache (or it was the last layer).
+    pub forwards_skipped: usize,
+}
+
 /// The state of a calibration: the inputs of the next decoder layer to process.
 pub struct Calibration {
+    /// The next layer's inputs; empty when they are only in the cache entry
+    /// `inputs_at` (read when needed).
     inputs: Vec<Tensor>,
+    inputs_at: Option<PathBuf>,
+    cache: Option<StatCache>,
+    /// The hash chain over the layers before `next` ([`crate::calib_cache`]).
+    chain: u64,
+    /// The hash of layer `.0`'s weights, computed at the last commit.
+    next_hash: Cell<Option<(usize, u64)>>,
+    counts: Cell<CacheCounts>,
     next: usize,
     seqlen: usize,
     windows: usize,
@@ -238,6 +279,15 @@ impl Calibration {
         if let Some(bad) = windows.iter().flatten().find(|&&t| t >= vocab) {
             bail!("token id {bad} is outside the model's vocabulary of {vocab}");
         }
+        if opts.cache.is_some() && opts.true_sequential {
+            bail!(
+                "a calibration cache does not support true_sequential (its statistics \
+                 depend on the compression inside each layer); drop one of the two"
+            );
+        }
+        if !opts.sequential && opts.true_sequential {
+            bail!("true_sequential needs sequential calibration (sequential: false takes every layer's statistics from the dense model)");
+        }
         let (checkpoint, restored) = match &opts.checkpoint {
             Some(dir) => {
                 let manifest = Manifest::new(model, &opts, &windows)?;
@@ -246,8 +296,24 @@ impl Calibration {
             }
             None => (None, None),
         };
+        let (cache, chain) = match &opts.cache {
+            Some(dir) => {
+                let manifest = Manifest::new(model, &opts, &windows)?;
+                let (c, chain) = StatCache::open(dir, &manifest, model)?;
+                (Some(c), chain)
+            }
+            None => (None, 0),
+        };
+        if cache.is_some() && restored.is_some() {
+            bail!("a calibration resumed from a checkpoint cannot use a statistics cache (the checkpoint holds no prefix hashes); use one of the two");
+        }
         let mut me = Self {
             inputs: Vec::new(),
+            inputs_at: None,
+            cache,
+            chain,
+            next_hash: Cell::new(None),
+            counts: Cell::new(CacheCounts::default()),
             next: 0,
             seqlen,
             windows: windows.len(),
@@ -312,6 +378,33 @@ impl Calibration {
     pub fn next_index(&self) -> usize {
         self.next
     }
+    /// How many layers' statistics were computed, how many came from the cache,
+    /// and how many forward passes a cache made unnecessary.
+    pub fn cache_counts(&self) -> CacheCounts {
+        self.counts.get()
+    }
+    fn count(&self, f: impl FnOnce(&mut CacheCounts)) {
+        let mut c = self.counts.get();
+        f(&mut c);
+        self.counts.set(c);
+    }
+    /// The hash of layer `index`'s linear weights as the model has them now.
+    fn weights_hash(&self, index: usize, layer: &DecoderLayer) -> Result<u64> {
+        match self.next_hash.get() {
+            Some((i, h)) if i == index => Ok(h),
+            _ => layer_weights_hash(layer),
+        }
+    }
+    /// The next layer's inputs, read from the cache if they are only there.
+    fn current_inputs(&self, device: &Device) -> Result<Vec<Tensor>> {
+        if !self.inputs.is_empty() {
+            return Ok(self.inputs.clone());
+        }
+        match &self.inputs_at {
+            Some(dir) => StatCache::inputs(dir, device),
+            None => bail!("layer {} has no inputs (an earlier failure)", self.next),
+        }
+    }
 
     /// Brings the next decoder layer onto the device with its Hessians (all of
     /// them now, or group by group on demand under `true_sequential`); `None`
@@ -328,10 +421,33 @@ impl Calibration {
             return Ok(None);
         }
         let index = self.next;
+        interrupt::check()?;
+        let layer = model.layer(index)?;
+        let mut cached = None;
+        let mut cache_key = None;
+        let mut dense_hash = None;
+        if let Some(cache) = &self.cache {
+            let h = self.weights_hash(index, &layer)?;
+            dense_hash = Some(h);
+            let key = cache.key(index, self.chain, h);
+            cached = cache
+                .load(&key, model.device())
+                .with_context(|| format!("reading layer {index} from the calibration cache"))?;
+            cache_key = Some(key);
+        }
+        let inputs = match (&cached, self.inputs.is_empty()) {
+            // A hit needs the inputs only if a commit must run the layer.
+            (Some(_), true) => Vec::new(),
+            _ => self.current_inputs(model.device())?,
+        };
         let mut work = LayerWork {
             index,
-            layer: model.layer(index)?,
-            inputs: self.inputs.clone(),
+            layer,
+            inputs,
+            inputs_at: cached.as_ref().map(|c| c.dir.clone()),
+            dense_hash,
+            dense_outputs: None,
+            sequential: self.opts.sequential,
             groups: model.sequential_groups(),
             accs: Vec::new(),
             reservoirs: Vec::new(),
@@ -347,16 +463,36 @@ impl Calibration {
             started: Instant::now(),
         };
         work.accumulated = vec![false; work.groups.len()];
+        if let Some(c) = cached {
+            for (name, idx) in c.owner {
+                let name = work.static_name(&name)?;
+                work.owner.insert(name, idx);
+            }
+            work.accs = c.accs;
+            work.reservoirs = c.reservoirs;
+            work.accumulated.iter_mut().for_each(|a| *a = true);
+            self.count(|c| c.reused += 1);
+            return Ok(Some(work));
+        }
         if !self.opts.true_sequential {
             work.accumulate(None)
                 .with_context(|| format!("collecting the Hessians of layer {index}"))?;
+        }
+        self.count(|c| c.computed += 1);
+        if let (Some(cache), Some(key)) = (&self.cache, &cache_key) {
+            let owner: BTreeMap<String, usize> = work
+                .owner
+                .iter()
+                .map(|(n, i)| (n.to_string(), *i))
+                .collect();
+            cache.store(key, &work.accs, &work.reservoirs, owner, &work.inputs)?;
         }
         Ok(Some(work))
     }
 
     /// Stores the layer's compressed weights in the model and runs the compressed
     /// layer over the windows: its outputs become the next layer's inputs.
-    pub fn commit(&mut self, model: &mut Model, work: LayerWork) -> Result<()> {
+    pub fn commit(&mut self, model: &mut Model, mut work: LayerWork) -> Result<()> {
         if work.index != self.next {
             bail!(
                 "layer {} committed out of order: the calibration is at layer {}",
@@ -367,6 +503,55 @@ impl Calibration {
         if !self.pending.is_empty() {
             bail!("call Calibration::restore(&mut model) before committing layers");
         }
+        interrupt::check()?;
+        let k = work.index;
+        let last = k + 1 == model.num_layers();
+        let start = Instant::now();
+        // The chain link after this layer, and whether the cache already holds
+        // the next layer's statistics and inputs after exactly this prefix.
+        let mut next_chain = None;
+        let mut next_entry = None;
+        if let Some(cache) = &self.cache {
+            let h = match (self.opts.sequential, work.dense_hash) {
+                (false, Some(h)) => h,
+                _ => layer_weights_hash(&work.layer)?,
+            };
+            let chain = chain_next(self.chain, k, h);
+            next_chain = Some(chain);
+            if !last {
+                let nh = layer_weights_hash(&model.layer(k + 1)?)?;
+                self.next_hash.set(Some((k + 1, nh)));
+                next_entry = cache.find(&cache.key(k + 1, chain, nh));
+            }
+        }
+        // Nothing reads the inputs after the last layer, nor inputs the cache
+        // holds (unless a checkpoint must store them).
+        let need_outputs = !last && (next_entry.is_none() || self.checkpoint.is_some());
+        let outputs = if !need_outputs {
+            None
+        } else if let Some(o) = work.dense_outputs.take() {
+            Some(o)
+        } else {
+            let inputs = match (&work.inputs_at, work.inputs.is_empty()) {
+                (Some(dir), true) => StatCache::inputs(dir, model.device())?,
+                _ => std::mem::take(&mut work.inputs),
+            };
+            let dense;
+            let layer = if self.opts.sequential {
+                &work.layer
+            } else {
+                // Layer k is still dense in the model: its weights go in below.
+                dense = model.layer(k)?;
+                &dense
+            };
+            let mut outputs = Vec::with_capacity(inputs.len());
+            for x in &inputs {
+                interrupt::check()?;
+                outputs.push(layer.forward(x)?);
+            }
+            Some(outputs)
+        };
+        // Only now, with every fallible step behind, does the model change.
         let mut saved = Vec::new();
         for (linear, weight) in &work.compressed {
             let name = model.linear_weight_name(work.index, linear);
@@ -382,12 +567,20 @@ impl Calibration {
                 None => model.weights_mut().set(&name, weight.clone())?,
             }
         }
-        let start = Instant::now();
-        let mut outputs = Vec::with_capacity(self.inputs.len());
-        for x in &self.inputs {
-            outputs.push(work.layer.forward(x)?);
+        match outputs {
+            Some(o) => {
+                self.inputs = o;
+                self.inputs_at = None;
+            }
+            None => {
+                self.inputs = Vec::new();
+                self.inputs_at = next_entry;
+                self.count(|c| c.forwards_skipped += 1);
+            }
         }
-        self.inputs = outputs;
+        if let Some(c) = next_chain {
+            self.chain = c;
+        }
         self.timings.forward += start.elapsed().as_secs_f64();
         self.timings.add(&work.timings);
         let seconds = work.started.elapsed().as_secs_f64();
@@ -440,7 +633,16 @@ pub struct LayerWork {
     /// Decoder layer index.
     pub index: usize,
     layer: DecoderLayer,
+    /// The layer's inputs; empty when its statistics came from the cache entry
+    /// `inputs_at` (read only if a commit has to run the layer).
     inputs: Vec<Tensor>,
+    inputs_at: Option<PathBuf>,
+    /// Hash of the layer's dense linear weights (when a cache is in use).
+    dense_hash: Option<u64>,
+    /// The dense layer's outputs, kept by the statistics pass of a
+    /// `sequential: false` calibration: the next layer's inputs.
+    dense_outputs: Option<Vec<Tensor>>,
+    sequential: bool,
     groups: Vec<Vec<&'static str>>,
     /// One accumulator per distinct linear input (q/k/v share one, as do gate/up).
     accs: Vec<HessianAccumulator>,
@@ -516,12 +718,20 @@ impl LayerWork {
         let owner = &mut self.owner;
         let start = Instant::now();
         let mut hessian_seconds = 0f64;
+        // Under `sequential: false` the same pass runs to the end: its outputs
+        // are the next layer's (dense) inputs.
+        let keep_outputs = !self.sequential && group.is_none();
+        let mut outputs = Vec::new();
         for x in &self.inputs {
+            interrupt::check()?;
             // Linears fed the very same tensor share one accumulator, fed once.
             let mut last: Option<(TensorId, usize)> = None;
             let mut seen = 0;
             let mut hook = |name: &str, inp: &Tensor| -> Result<()> {
                 if seen == wanted.len() {
+                    if keep_outputs {
+                        return Ok(());
+                    }
                     // Every wanted input is in: what the layer computes next is unread.
                     return Err(StopForward.into());
                 }
@@ -556,15 +766,19 @@ impl LayerWork {
                     hessian_seconds += t.elapsed().as_secs_f64();
                 }
                 last = Some((inp.id(), idx));
-                if seen == wanted.len() {
+                if seen == wanted.len() && !keep_outputs {
                     return Err(StopForward.into());
                 }
                 Ok(())
             };
             match self.layer.forward_with_hook(x, Some(&mut hook)) {
                 Err(e) if e.downcast_ref::<StopForward>().is_none() => return Err(e),
+                Ok(y) if keep_outputs => outputs.push(y),
                 _ => {}
             }
+        }
+        if keep_outputs {
+            self.dense_outputs = Some(outputs);
         }
         self.timings.hessian += hessian_seconds;
         self.timings.forward += start.elapsed().as_secs_f64() - hessian_seconds;
@@ -618,6 +832,7 @@ impl LayerWork {
     /// the damping, up to three times; each retry is reported on stderr.
     pub fn compress(&mut self, linear: &str, method: &Method) -> Result<LinearReport> {
         let name = self.static_name(linear)?;
+        interrupt::check()?;
         if self.compressed.iter().any(|(n, _)| *n == name) {
             bail!("layer {} {linear} is already compressed", self.index);
         }

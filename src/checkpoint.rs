@@ -32,13 +32,30 @@ const MANIFEST: &str = "manifest.json";
 const FORMAT: &str = "sparselab-checkpoint";
 
 /// 64-bit FNV-1a, for fingerprints (not for security).
-fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
+pub(crate) fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;
     for b in bytes {
         h ^= b as u64;
         h = h.wrapping_mul(0x100000001b3);
     }
     h
+}
+
+/// A 64-bit fingerprint of a large byte buffer (weights), eight bytes at a
+/// time: FNV-1a's multiply over words with a fold of the high half, seeded.
+/// Not for security; it tells apart weights that differ.
+pub(crate) fn hash_words(bytes: &[u8], seed: u64) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325 ^ seed;
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let w = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+        h = (h ^ w).wrapping_mul(0x100000001b3);
+        h ^= h >> 29;
+    }
+    for &b in chunks.remainder() {
+        h = (h ^ b as u64).wrapping_mul(0x100000001b3);
+    }
+    (h ^ bytes.len() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 /// What a checkpoint was written for; every field but `completed` must match.
@@ -124,7 +141,7 @@ impl Manifest {
     }
 
     /// The fields that differ from `other`, as `name: theirs → ours` lines.
-    fn differences(&self, stored: &Manifest) -> Vec<String> {
+    pub(crate) fn differences(&self, stored: &Manifest) -> Vec<String> {
         let a = serde_json::to_value(stored).unwrap_or_default();
         let b = serde_json::to_value(self).unwrap_or_default();
         let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
@@ -198,12 +215,14 @@ fn inputs_file(k: usize) -> String {
     format!("inputs-{k:05}.safetensors")
 }
 
-fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+/// Writes `value` as pretty JSON to `path` atomically (temporary file, sync, rename).
+pub(crate) fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     let text = serde_json::to_vec_pretty(value)?;
     write_file_atomic(path, &Budget::default(), |f| f.put(&text))
 }
 
-fn write_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+/// Writes named tensors as one safetensors file at `path`, atomically.
+pub(crate) fn write_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     let plans: Vec<Planned> = tensors
         .iter()
         .map(|(n, t)| Planned::new(n, st_dtype(t.dtype()), t.dims()))
@@ -215,6 +234,33 @@ fn write_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
         .map(|_| ())
         .with_context(|| format!("writing {}", path.display()))
     })
+}
+
+/// Writes a layer's inputs (one tensor per batch of windows, `batch.{i}`).
+pub(crate) fn write_batches(path: &Path, inputs: &[Tensor]) -> Result<()> {
+    let named: Vec<(String, Tensor)> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (format!("batch.{i}"), t.clone()))
+        .collect();
+    write_tensors(path, &named)
+}
+
+/// Reads what [`write_batches`] wrote, onto `device`.
+pub(crate) fn read_batches(path: &Path, device: &Device) -> Result<Vec<Tensor>> {
+    let mut ts: HashMap<String, Tensor> = candle_core::safetensors::load(path, device)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let mut inputs = Vec::new();
+    for i in 0..ts.len() {
+        inputs.push(
+            ts.remove(&format!("batch.{i}"))
+                .with_context(|| format!("{} has no tensor batch.{i}", path.display()))?,
+        );
+    }
+    if inputs.is_empty() {
+        bail!("{} holds no inputs", path.display());
+    }
+    Ok(inputs)
 }
 
 impl Checkpoint {
@@ -332,21 +378,7 @@ impl Checkpoint {
             per_layer.push(rec.seconds);
         }
         let inputs = if completed < model.num_layers() {
-            let ipath = self.dir.join(inputs_file(completed));
-            let mut ts: HashMap<String, Tensor> =
-                candle_core::safetensors::load(&ipath, model.device())
-                    .with_context(|| format!("cannot read {}", ipath.display()))?;
-            let mut inputs = Vec::new();
-            for i in 0..ts.len() {
-                inputs.push(
-                    ts.remove(&format!("batch.{i}"))
-                        .with_context(|| format!("{} has no tensor batch.{i}", ipath.display()))?,
-                );
-            }
-            if inputs.is_empty() {
-                bail!("{} holds no inputs", ipath.display());
-            }
-            inputs
+            read_batches(&self.dir.join(inputs_file(completed)), model.device())?
         } else {
             Vec::new()
         };
@@ -419,12 +451,7 @@ impl Checkpoint {
         write_tensors(&self.dir.join(layer_file(k, "safetensors")), &tensors)?;
         write_json(&self.dir.join(layer_file(k, "json")), &rec)?;
         if let Some(inputs) = next_inputs {
-            let named: Vec<(String, Tensor)> = inputs
-                .iter()
-                .enumerate()
-                .map(|(i, t)| (format!("batch.{i}"), t.clone()))
-                .collect();
-            write_tensors(&self.dir.join(inputs_file(k + 1)), &named)?;
+            write_batches(&self.dir.join(inputs_file(k + 1)), inputs)?;
         }
         let mut next = self.manifest.clone();
         next.completed = k + 1;

@@ -5,6 +5,7 @@
 //! are tokenized and windowed exactly as the reference SparseGPT scripts do
 //! ([`data`]), and perplexity follows the reference protocol ([`eval`]).
 
+pub mod calib_cache;
 pub mod calibrate;
 pub mod checkpoint;
 pub mod compress;
@@ -12,6 +13,7 @@ pub mod data;
 pub mod device;
 pub mod eval;
 pub mod hub;
+pub mod interrupt;
 pub mod kernel;
 pub mod model;
 pub mod plot;

@@ -108,6 +108,25 @@ impl HessianAccumulator {
         self.columns
     }
 
+    /// An accumulator restored from its parts (a statistics cache): the Hessian
+    /// `[columns, columns]`, the Wanda scale `[columns]` and the sequences seen.
+    pub fn from_parts(h: Tensor, scaler_row: Tensor, nsamples: usize) -> Result<Self> {
+        let columns = scaler_row.dim(0)?;
+        if h.dims() != [columns, columns] || scaler_row.rank() != 1 {
+            bail!(
+                "a Hessian of shape {:?} does not match a scale of shape {:?}",
+                h.dims(),
+                scaler_row.dims()
+            );
+        }
+        Ok(Self {
+            h: h.to_dtype(DType::F32)?,
+            scaler_row: scaler_row.to_dtype(DType::F32)?,
+            nsamples,
+            columns,
+        })
+    }
+
     /// The Hessian and the Wanda scale, consuming the accumulator.
     pub fn into_parts(self) -> (Tensor, Tensor) {
         (self.h, self.scaler_row)

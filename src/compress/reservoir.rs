@@ -60,6 +60,33 @@ impl ActivationReservoir {
         })
     }
 
+    /// A reservoir restored from its parts (a statistics cache): `rows` is the
+    /// row-major sample (a whole number of rows, at most `capacity`), `seen` the
+    /// tokens offered so far and `rng` the state [`Self::rng_state`] returned.
+    pub fn from_parts(
+        capacity: usize,
+        columns: usize,
+        rows: Vec<f32>,
+        seen: u64,
+        rng: u64,
+    ) -> Result<Self> {
+        let mut me = Self::new(capacity, columns, rng)?;
+        if rows.len() % columns != 0 || rows.len() / columns > capacity {
+            bail!(
+                "a reservoir sample of {} values is not at most {capacity} rows of {columns}",
+                rows.len()
+            );
+        }
+        me.rows = rows;
+        me.seen = seen;
+        Ok(me)
+    }
+
+    /// The state of the slot-choosing random stream (to restore it exactly).
+    pub fn rng_state(&self) -> u64 {
+        self.rng.0
+    }
+
     /// Offers every token row of a batch: `[batch, seq, columns]` or
     /// `[tokens, columns]` (the shapes [`super::HessianAccumulator::add_batch`]
     /// takes), any float dtype, any device. Tokens are offered in row-major

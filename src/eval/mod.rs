@@ -96,6 +96,7 @@ pub fn perplexity(model: &Model, tokens: &[u32], opts: &PplOptions) -> Result<Pp
         let mut hidden = model.embed(&ids)?;
         progress.inc(1);
         for l in 0..layers {
+            crate::interrupt::check()?;
             hidden = model.layer(l)?.forward(&hidden)?;
             progress.inc(1);
         }

@@ -37,7 +37,7 @@ pub mod suggest;
 pub mod vector;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use rhai::{Dynamic, Engine, EvalAltResult, Map, Position, Scope, AST};
 
@@ -49,9 +49,11 @@ use vector::Vector;
 pub use handles::ModelHandle as Model;
 pub use vector::Vector as NativeVector;
 
-/// Set (by a front end's Ctrl-C handler) to stop the running script at its
-/// next step; cleared when the script sees it.
-pub static INTERRUPT: AtomicBool = AtomicBool::new(false);
+/// Set (by a front end's Ctrl-C handler, or a notebook kernel's interrupt) to
+/// stop the running script: long primitives poll it and fail with
+/// "interrupted (Ctrl-C)", and the engine stops at its next step, clearing it.
+/// The same flag as [`crate::interrupt::INTERRUPT`], which the core polls.
+pub use crate::interrupt::INTERRUPT;
 
 /// How to build an engine.
 #[derive(Debug, Clone, Default)]

@@ -56,6 +56,8 @@ pub const OPTION_KEYS: &[(&str, &[&str])] = &[
             "reservoir",
             "checkpoint",
             "fingerprint",
+            "cache",
+            "sequential",
         ],
     ),
     (

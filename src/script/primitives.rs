@@ -309,7 +309,7 @@ pub mod primitives {
         calibrate_with(ctx, model, dataset, Map::new())
     }
     /// Starts a calibration with options `#{nsamples, seqlen, seed, true_sequential,
-    /// batch, quiet, reservoir, checkpoint}`: `nsamples` windows (default 128) of
+    /// batch, quiet, reservoir, checkpoint, fingerprint, cache, sequential}`: `nsamples` windows (default 128) of
     /// `seqlen` tokens (default: the model's max_position_embeddings, at most 2048)
     /// sampled with `seed` (default 0) as the reference does; `true_sequential`
     /// (default false) takes each group of linears' Hessian after the earlier
@@ -320,6 +320,20 @@ pub mod primitives {
     /// which an interrupted run resumes; `fingerprint` names the policy stored with
     /// it (default: the script's file name), so that a resume under a different
     /// policy is refused — change it when you change the policy.
+    ///
+    /// Sweeps: `cache` a directory where each layer's statistics (Hessians,
+    /// activation reservoirs) and inputs are stored, keyed by the model, the
+    /// dataset, nsamples, seqlen, seed, batch, reservoir and the weights of every
+    /// earlier layer as compressed; a later calibration that reaches a layer after
+    /// the same prefix reads them instead of recomputing (default: none).
+    /// `sequential` (default true) takes each layer's statistics after the
+    /// earlier layers are compressed; `sequential: false` takes them all from the
+    /// dense model, so with a cache every configuration of a sweep reuses them.
+    /// `calib.cache_counts` tells how many layers were computed and reused.
+    ///
+    /// ```rhai
+    /// let calib = calibrate(m, "wikitext2", #{nsamples: 128, cache: "calib-cache", sequential: false});
+    /// ```
     #[rhai_fn(name = "calibrate", return_raw)]
     pub fn calibrate_with(
         ctx: NativeCallContext,
@@ -343,6 +357,8 @@ pub mod primitives {
                 Some(f) => f,
                 None => ctx.call_source().unwrap_or_default().to_string(),
             },
+            cache: o.string("cache")?.map(std::path::PathBuf::from),
+            sequential: o.bool("sequential")?.unwrap_or(d.sequential),
         };
         let calib = {
             let m = model.settled()?;
@@ -392,6 +408,22 @@ pub mod primitives {
     #[rhai_fn(get = "next_index", pure, return_raw)]
     pub fn calib_next_index(c: &mut CalibHandle) -> R<INT> {
         c.with(|c| c.next_index() as INT)
+    }
+    /// How the layers so far got their statistics: `#{computed, reused,
+    /// forwards_skipped}` — computed by a pass over the windows, read from the
+    /// `cache`, and commits that did not need to run the layer (its successor's
+    /// statistics and inputs were cached, or it was the last layer).
+    #[rhai_fn(get = "cache_counts", pure, return_raw)]
+    pub fn calib_cache_counts(c: &mut CalibHandle) -> R<Map> {
+        let k = c.with(|c| c.cache_counts())?;
+        let mut m = Map::new();
+        m.insert("computed".into(), Dynamic::from_int(k.computed as INT));
+        m.insert("reused".into(), Dynamic::from_int(k.reused as INT));
+        m.insert(
+            "forwards_skipped".into(),
+            Dynamic::from_int(k.forwards_skipped as INT),
+        );
+        Ok(m)
     }
     /// The calibration dataset.
     #[rhai_fn(get = "dataset", pure, return_raw)]
