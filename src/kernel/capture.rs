@@ -106,7 +106,7 @@ impl Capture {
         let _ = std::io::stderr().flush();
         let mut pipes = self.pipes.lock().unwrap_or_else(|e| e.into_inner());
         for p in pipes.iter_mut() {
-            self.read_available(p);
+            self.read_available(p, true);
         }
     }
 
@@ -128,19 +128,20 @@ impl Capture {
             if n <= 0 {
                 continue;
             }
-            {
-                let mut pipes = self.pipes.lock().unwrap_or_else(|e| e.into_inner());
-                for p in pipes.iter_mut() {
-                    self.read_available(p);
-                }
-            }
             // Lines written in quick succession go out as one message rather
             // than one each.
             std::thread::sleep(Duration::from_millis(20));
+            let mut pipes = self.pipes.lock().unwrap_or_else(|e| e.into_inner());
+            for p in pipes.iter_mut() {
+                self.read_available(p, false);
+            }
         }
     }
 
-    fn read_available(&self, p: &mut Pipe) {
+    /// Forwards what the pipe holds. While a cell runs (`all` false) only
+    /// whole lines go (a line printed in pieces, as `eprintln!` writes its
+    /// arguments, stays one message); a drain (`all`) sends the rest too.
+    fn read_available(&self, p: &mut Pipe, all: bool) {
         let mut buf = std::mem::take(&mut p.carry);
         let mut chunk = [0u8; 16384];
         loop {
@@ -153,11 +154,16 @@ impl Capture {
         if buf.is_empty() {
             return;
         }
-        // Keep an incomplete trailing UTF-8 sequence for the next read.
-        let valid = match std::str::from_utf8(&buf) {
-            Ok(_) => buf.len(),
-            Err(e) if e.error_len().is_none() => e.valid_up_to(),
-            Err(_) => buf.len(),
+        // Keep an incomplete trailing UTF-8 sequence for the next read (a
+        // newline never splits one).
+        let valid = if all {
+            match std::str::from_utf8(&buf) {
+                Ok(_) => buf.len(),
+                Err(e) if e.error_len().is_none() => e.valid_up_to(),
+                Err(_) => buf.len(),
+            }
+        } else {
+            buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1)
         };
         p.carry = buf.split_off(valid);
         if !buf.is_empty() {
