@@ -153,7 +153,7 @@ async fn kernel_serves_cells_completion_inspection_and_errors() {
         .as_str()
         .unwrap()
         .to_string();
-    assert!(text.contains("plot_layers(summary: Summary, field: &str"), "{text}");
+    assert!(text.contains("plot_layers(summary: Summary, field: string"), "{text}");
     assert!(text.contains("per decoder layer"), "{text}");
     let (reply, _) = c
         .request(InspectRequest {
@@ -194,7 +194,7 @@ async fn kernel_serves_cells_completion_inspection_and_errors() {
     assert_eq!(r.result().unwrap()["text/plain"], "40");
     // :help works as in the REPL.
     let r = c.execute(":help plot_xy").await;
-    assert!(r.stream("stdout").contains("plot_xy(xs: Array"), "{r:?}");
+    assert!(r.stream("stdout").contains("plot_xy(xs: array, ys: array, options: map) -> Plot"), "{r:?}");
 
     // Shutdown ends the process.
     let reply = c.control(ShutdownRequest { restart: false }).await;

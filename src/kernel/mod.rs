@@ -231,7 +231,17 @@ impl Worker {
         });
         // An interrupt that arrived between cells is not meant for this one.
         INTERRUPT.store(false, Ordering::SeqCst);
-        let result = self.run_cell(code);
+        // A panic in a primitive must not take the session thread down (the
+        // client would wait forever for the reply): it becomes the cell's error.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_cell(code)))
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "unknown panic".to_string());
+                Err(format!("error: internal error (panic): {what}\n"))
+            });
         INTERRUPT.store(false, Ordering::SeqCst);
         // Every line the cell wrote goes out before its result.
         self.out.drain();
