@@ -211,11 +211,18 @@ fn failing_cell_gives_a_located_error_and_the_kernel_keeps_serving() {
     let e = errors[0];
     let count = cells[1]["execution_count"].as_u64().unwrap();
     assert!(text(&e["evalue"]).contains("no_such_variable"));
-    let tb: Vec<String> = e["traceback"].as_array().unwrap().iter().map(text).collect();
+    let tb: Vec<String> = e["traceback"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(text)
+        .collect();
     let tb = tb.join("\n");
     assert!(tb.contains(&format!("cell[{count}]:2:13")), "{tb}");
     assert!(tb.contains("let z = y * no_such_variable;"), "{tb}");
-    let caret = tb.lines().find(|l| l.trim_start().starts_with('|') && l.contains('^'));
+    let caret = tb
+        .lines()
+        .find(|l| l.trim_start().starts_with('|') && l.contains('^'));
     assert!(caret.is_some(), "no caret line in:\n{tb}");
     // The next cell ran in the same session.
     let last = outputs(cells[2]);
@@ -250,7 +257,10 @@ fn thresholds_notebook_runs_and_plots() {
                 "calib_data",
                 quoted(&fx.join("data/wikitext2/wiki.valid.raw")),
             ),
-            ("eval_data", quoted(&fx.join("data/wikitext2/wiki.test.raw"))),
+            (
+                "eval_data",
+                quoted(&fx.join("data/wikitext2/wiki.test.raw")),
+            ),
             ("nsamples", "8".into()),
             ("seqlen", "64".into()),
             ("eval_windows", "8".into()),
@@ -276,7 +286,10 @@ fn thresholds_notebook_runs_and_plots() {
     // Five configurations; the statistics were computed once and reused after.
     assert_eq!(text.matches(": avg bits ").count(), 5, "{text}");
     assert!(text.contains("uniform 4 bits: avg bits 4.000"), "{text}");
-    assert!(text.contains("cache 0/"), "no configuration reused the cache:\n{text}");
+    assert!(
+        text.contains("cache 0/"),
+        "no configuration reused the cache:\n{text}"
+    );
 }
 
 #[test]
@@ -316,5 +329,7 @@ fn vicuna_mi_notebook_runs_on_the_fixture_model() {
         .map(|o| text(&o["data"]["text/html"]))
         .collect();
     assert!(html.iter().any(|h| h.contains("sparselab-summary")));
-    assert!(html.iter().any(|h| h.contains("sparselab-compare") && h.contains("dense")));
+    assert!(html
+        .iter()
+        .any(|h| h.contains("sparselab-compare") && h.contains("dense")));
 }

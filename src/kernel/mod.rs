@@ -71,14 +71,23 @@ impl Outputs {
     }
 
     fn drain(&self) {
-        let capture = self.capture.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let capture = self
+            .capture
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         if let Some(c) = capture {
             c.drain();
         }
     }
 
     fn log(&self, text: &str) {
-        match self.capture.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        match self
+            .capture
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
             Some(c) => c.log(text),
             None => eprintln!("sparselab kernel: {text}"),
         }
@@ -192,8 +201,8 @@ impl Worker {
                 }
                 Job::Inspect { code, cursor, done } => {
                     let pos = byte_offset(&code, cursor);
-                    let text = assist::word_at(&code, pos)
-                        .and_then(|(a, b)| self.inspect(&code[a..b]));
+                    let text =
+                        assist::word_at(&code, pos).and_then(|(a, b)| self.inspect(&code[a..b]));
                     let _ = done.send(InspectReply {
                         found: text.is_some(),
                         data: text
@@ -419,7 +428,9 @@ async fn serve(info: ConnectionInfo, opts: ScriptOptions) -> Result<()> {
         create_kernel_stdin_connection,
     };
     let session_id = uuid_like();
-    let err = |what: &'static str| move |e: jupyter_zmq_client::RuntimeError| anyhow::anyhow!("{what}: {e}");
+    let err = |what: &'static str| {
+        move |e: jupyter_zmq_client::RuntimeError| anyhow::anyhow!("{what}: {e}")
+    };
     let mut heartbeat = create_kernel_heartbeat_connection(&info)
         .await
         .map_err(err("binding the heartbeat socket"))?;
@@ -484,7 +495,9 @@ async fn serve(info: ConnectionInfo, opts: ScriptOptions) -> Result<()> {
                 }
             };
             let reply: Option<JupyterMessage> = match &msg.content {
-                JupyterMessageContent::KernelInfoRequest(_) => Some(kernel_info().as_child_of(&msg)),
+                JupyterMessageContent::KernelInfoRequest(_) => {
+                    Some(kernel_info().as_child_of(&msg))
+                }
                 JupyterMessageContent::InterruptRequest(_) => {
                     INTERRUPT.store(true, Ordering::SeqCst);
                     Some(InterruptReply::new().as_child_of(&msg))

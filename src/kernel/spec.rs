@@ -80,7 +80,10 @@ mod tests {
             .map(|a| a.as_str().unwrap())
             .collect();
         assert!(Path::new(argv[0]).is_absolute());
-        assert_eq!(&argv[1..], ["kernel", "--connection-file", "{connection_file}"]);
+        assert_eq!(
+            &argv[1..],
+            ["kernel", "--connection-file", "{connection_file}"]
+        );
         std::fs::remove_dir_all(&tmp).unwrap();
     }
 }

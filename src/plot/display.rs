@@ -105,10 +105,7 @@ impl Vector {
     /// `text/html` (a table of its length, kind and statistics, then its first
     /// values) and `text/plain` (what `print(v)` shows).
     pub fn mime_bundle(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("text/html", self.html()),
-            ("text/plain", self.to_string()),
-        ]
+        vec![("text/html", self.html()), ("text/plain", self.to_string())]
     }
 
     /// The vector as HTML: length, kind, and for a non-empty one min, mean,

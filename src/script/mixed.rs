@@ -28,7 +28,11 @@ fn grouping(name: &Option<String>, function: &str) -> R<GroupMethod> {
 /// A chart as the options ask: retitled by `title`, written to `path` (as
 /// `format`, else by the path's extension). `format` without `path` is an
 /// error rather than ignored.
-fn finish_plot(o: &crate::script::options::Opts, plot: crate::plot::Plot, function: &str) -> R<crate::plot::Plot> {
+fn finish_plot(
+    o: &crate::script::options::Opts,
+    plot: crate::plot::Plot,
+    function: &str,
+) -> R<crate::plot::Plot> {
     use crate::plot::PlotFormat;
     let plot = match o.string("title")? {
         Some(t) => plot.with_title(&t).map_err(script_err)?,
@@ -38,7 +42,9 @@ fn finish_plot(o: &crate::script::options::Opts, plot: crate::plot::Plot, functi
         .string("format")?
         .map(|f| PlotFormat::parse(&f))
         .transpose()
-        .map_err(|e| -> Box<EvalAltResult> { format!("{function}: option `format`: {e}").into() })?;
+        .map_err(|e| -> Box<EvalAltResult> {
+            format!("{function}: option `format`: {e}").into()
+        })?;
     match (o.string("path")?, format) {
         (Some(path), Some(f)) => plot.save_as(&path, f).map_err(script_err)?,
         (Some(path), None) => plot.save(&path).map_err(script_err)?,
@@ -83,10 +89,10 @@ pub mod mixed {
         bits_chart, compare_chart, histogram, layers_chart, xy_chart, CompareTable, HistOptions,
         Plot, XyOptions,
     };
-    use rhai::Array;
     use crate::script::handles::{CalibHandle, LayerHandle};
     use crate::script::options::{IntOrInts, Opts};
     use crate::script::vector::{err, Vector};
+    use rhai::Array;
 
     use super::R;
 
@@ -388,8 +394,7 @@ pub mod mixed {
                 if v.is_unit() {
                     Ok(f64::NAN)
                 } else {
-                    super::numbers(&vec![v.clone()], &format!("add_row: values[{i}]"))
-                        .map(|n| n[0])
+                    super::numbers(&vec![v.clone()], &format!("add_row: values[{i}]")).map(|n| n[0])
                 }
             })
             .collect::<R<_>>()?;

@@ -98,7 +98,9 @@ impl Executed {
         self.outputs
             .iter()
             .filter_map(|m| match m {
-                JupyterMessageContent::DisplayData(d) => Some(serde_json::to_value(&d.data).unwrap()),
+                JupyterMessageContent::DisplayData(d) => {
+                    Some(serde_json::to_value(&d.data).unwrap())
+                }
                 _ => None,
             })
             .collect()
