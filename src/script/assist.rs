@@ -330,7 +330,7 @@ mod tests {
     #[test]
     fn completes_option_keys_commands_and_names_in_a_cell() {
         let mut s = Session::new(ScriptOptions::default());
-        s.eval("<t>", "let threshold_low = 3;").unwrap();
+        assert!(s.eval("<t>", "let threshold_low = 3;").unwrap().is_unit());
         let n = Names::of(&s);
         // Option keys of the primitive the map is passed to, on a later line.
         let cell = "let x = 1;\nplot_histogram(v, #{ti";
