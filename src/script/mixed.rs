@@ -344,7 +344,8 @@ pub mod mixed {
     /// `ys` against `xs` (arrays of numbers of one length) as a line with
     /// markers, sorted by x: perplexity against average bits over a sweep. The
     /// y axis fits the values. Options `#{title, x_label, y_label, label, path,
-    /// format}`: `label` names the series in the legend.
+    /// format}`: `label` names the series in the legend (default: `y_label`),
+    /// the title defaults to "`y_label` against `x_label`".
     #[rhai_fn(return_raw)]
     pub fn plot_xy(xs: Array, ys: Array, options: Map) -> R<Plot> {
         let o = Opts::new("plot_xy", options)?;
@@ -358,11 +359,16 @@ pub mod mixed {
             ));
         }
         let d = XyOptions::default();
+        let x_label = o.string("x_label")?.unwrap_or(d.x_label);
+        let y_label = o.string("y_label")?.unwrap_or(d.y_label);
         let opts = XyOptions {
-            // The title is applied here, not by finish_plot, to render once.
-            title: o.string("title")?.unwrap_or(d.title),
-            x_label: o.string("x_label")?.unwrap_or(d.x_label),
-            y_label: o.string("y_label")?.unwrap_or(d.y_label),
+            // The title is applied here, not by finish_plot, to render once;
+            // by default it names the axes.
+            title: o
+                .string("title")?
+                .unwrap_or_else(|| format!("{y_label} against {x_label}")),
+            x_label,
+            y_label,
         };
         let label = o.string("label")?.unwrap_or_else(|| opts.y_label.clone());
         let plot = xy_chart(&[(label, x.into_iter().zip(y).collect())], &opts)
