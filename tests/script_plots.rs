@@ -64,6 +64,7 @@ t.add_row("dense", [27.65, 38.99]);
 t.add_row("50% + 3.5 bits", [29.1, ()]);
 plot_compare(t, #{{path: {compare_png:?}, title: "perplexity"}});
 let xy = plot_xy([4.0, 3.5, 3.0], [217.4, 218.6, 221.0], #{{x_label: "average bits", y_label: "perplexity", path: {xy_svg:?}}});
+plot_xy(#{{thresholds: #{{x: [3.9, 2.4], y: [218.6, 219.9]}}, groups: #{{x: [3.5, 3.5], y: [218.0, 218.3]}}}}, #{{path: {xy2_png:?}}});
 [bits.to_string(), t.to_string(), t.get("50% + 3.5 bits", "ptb"), t.get("dense", "ptb"), xy.to_string()]
 "#,
         model = fx.join("models/opt-tiny").to_string_lossy(),
@@ -74,6 +75,7 @@ let xy = plot_xy([4.0, 3.5, 3.0], [217.4, 218.6, 221.0], #{{x_label: "average bi
         layers_data = out("layers.data"),
         compare_png = out("compare.png"),
         xy_svg = out("xy.svg"),
+        xy2_png = out("xy2.png"),
     );
     let v = s
         .eval("charts.rhai", &text)
@@ -91,7 +93,7 @@ let xy = plot_xy([4.0, 3.5, 3.0], [217.4, 218.6, 221.0], #{{x_label: "average bi
     assert_eq!(v[3].as_float().unwrap(), 38.99);
     assert!(v[4].clone().into_string().unwrap().contains("perplexity"));
 
-    for png in ["bits.png", "layers.png", "compare.png"] {
+    for png in ["bits.png", "layers.png", "compare.png", "xy2.png"] {
         assert_eq!(png_size(&out(png)), (800, 500), "{png}");
     }
     assert!(svg_text(&out("bits.svg")).contains("my bits"));
@@ -130,11 +132,18 @@ fn chart_options_are_checked() {
         .unwrap_err();
     assert!(err.contains("unknown plot format `gif`"), "{err}");
     let err = s.eval("o.rhai", "plot_xy([1, 2], [3.0], #{})").unwrap_err();
-    assert!(err.contains("xs has 2 values and ys 1"), "{err}");
+    assert!(err.contains("has 2 x values and 1 y values"), "{err}");
     let err = s
         .eval("o.rhai", "plot_xy([1, \"a\"], [3.0, 4.0], #{})")
         .unwrap_err();
     assert!(err.contains("xs[1] must be a number"), "{err}");
+    let err = s
+        .eval("o.rhai", "plot_xy(#{a: #{x: [1.0], z: [2.0]}}, #{})")
+        .unwrap_err();
+    assert!(
+        err.contains("series `a` has key `z`; valid keys: x, y"),
+        "{err}"
+    );
     let err = s
         .eval(
             "o.rhai",
@@ -165,8 +174,10 @@ let s = summary(calib);
         fx.join("models/opt-tiny").to_string_lossy(),
         fx.join("data/wikitext2/wiki.valid.raw").to_string_lossy(),
     );
-    s.eval("setup.rhai", &text)
+    let setup = s
+        .eval("setup.rhai", &text)
         .unwrap_or_else(|e| panic!("{e}"));
+    assert!(setup.is_unit());
     let err = s.eval("f.rhai", "plot_layers(s, \"bitz\")").unwrap_err();
     assert!(
         err.contains("unknown layer field `bitz`") && err.contains("rel_error"),

@@ -358,7 +358,7 @@ fn error_of(text: &str) -> ReplyError {
 /// `display(value)`: shows a value in the cell's output while the cell runs.
 fn add_display(session: &mut Session, out: Arc<Outputs>) {
     rhai::FuncRegistration::new("display")
-        .with_comments(&[
+        .with_comments([
             "/// Shows `value` in the notebook now (a Plot as an image, a Summary,",
             "/// table or Vector as a table, anything else as text); a cell's last",
             "/// value is shown without it. Only in the Jupyter kernel.",

@@ -74,6 +74,44 @@ fn numbers(values: &rhai::Array, what: &str) -> R<Vec<f64>> {
         .collect()
 }
 
+/// `(x, y)` points of a series from two arrays of numbers of one length.
+fn pairs(xs: &rhai::Array, ys: &rhai::Array, series: &str) -> R<Vec<(f64, f64)>> {
+    let x = numbers(xs, &format!("plot_xy: `{series}` xs"))?;
+    let y = numbers(ys, &format!("plot_xy: `{series}` ys"))?;
+    if x.len() != y.len() {
+        return err(format!(
+            "plot_xy: `{series}` has {} x values and {} y values: they must pair up",
+            x.len(),
+            y.len()
+        ));
+    }
+    Ok(x.into_iter().zip(y).collect())
+}
+
+/// An x-y chart of `series` with the options of `plot_xy`.
+fn xy_plot(
+    o: crate::script::options::Opts,
+    series: Vec<(String, Vec<(f64, f64)>)>,
+) -> R<crate::plot::Plot> {
+    use crate::plot::XyOptions;
+    let d = XyOptions::default();
+    let x_label = o.string("x_label")?.unwrap_or(d.x_label);
+    let y_label = o.string("y_label")?.unwrap_or(d.y_label);
+    let opts = XyOptions {
+        // The title is applied here, not by finish_plot, to render once; by
+        // default it names the axes.
+        title: o
+            .string("title")?
+            .unwrap_or_else(|| format!("{y_label} against {x_label}")),
+        x_label,
+        y_label,
+    };
+    let plot = crate::plot::xy_chart(&series, &opts).map_err(script_err)?;
+    let mut rest = o;
+    rest.forget("title");
+    finish_plot(&rest, plot, "plot_xy")
+}
+
 /// Functions registered globally by [`super::new_engine`].
 #[export_module]
 pub mod mixed {
@@ -86,8 +124,8 @@ pub mod mixed {
     use crate::compress::importance::{importance_note, ImportanceOptions};
     use crate::compress::summary::{RunIntent, Summary};
     use crate::plot::{
-        bits_chart, compare_chart, histogram, layers_chart, xy_chart, CompareTable, HistOptions,
-        Plot, XyOptions,
+        bits_chart, compare_chart, histogram, layers_chart, CompareTable, HistOptions, Plot,
+        XyOptions,
     };
     use crate::script::handles::{CalibHandle, LayerHandle};
     use crate::script::options::{IntOrInts, Opts};
@@ -349,35 +387,48 @@ pub mod mixed {
     #[rhai_fn(return_raw)]
     pub fn plot_xy(xs: Array, ys: Array, options: Map) -> R<Plot> {
         let o = Opts::new("plot_xy", options)?;
-        let x = super::numbers(&xs, "plot_xy: xs")?;
-        let y = super::numbers(&ys, "plot_xy: ys")?;
-        if x.len() != y.len() {
-            return err(format!(
-                "plot_xy: xs has {} values and ys {}: they must pair up",
-                x.len(),
-                y.len()
-            ));
-        }
-        let d = XyOptions::default();
-        let x_label = o.string("x_label")?.unwrap_or(d.x_label);
-        let y_label = o.string("y_label")?.unwrap_or(d.y_label);
-        let opts = XyOptions {
-            // The title is applied here, not by finish_plot, to render once;
-            // by default it names the axes.
-            title: o
-                .string("title")?
-                .unwrap_or_else(|| format!("{y_label} against {x_label}")),
-            x_label,
-            y_label,
-        };
-        let label = o.string("label")?.unwrap_or_else(|| opts.y_label.clone());
-        let plot = xy_chart(&[(label, x.into_iter().zip(y).collect())], &opts)
-            .map_err(super::script_err)?;
-        let mut rest = o;
-        rest.forget("title");
-        super::finish_plot(&rest, plot, "plot_xy")
+        let label = o.string("label")?;
+        let y_label = o.string("y_label")?;
+        let label = label
+            .or(y_label)
+            .unwrap_or_else(|| XyOptions::default().y_label);
+        let points = super::pairs(&xs, &ys, &label)?;
+        super::xy_plot(o, vec![(label, points)])
     }
 
+    /// Several series on one x-y chart, one line each: `series` maps a legend
+    /// name to `#{x: [...], y: [...]}` (a family of configurations each). Options
+    /// as for `plot_xy(xs, ys, options)` but `label`.
+    #[rhai_fn(name = "plot_xy", return_raw)]
+    pub fn plot_xy_series(series: Map, options: Map) -> R<Plot> {
+        let o = Opts::new("plot_xy", options)?;
+        if o.has("label") {
+            return err("plot_xy: with several series their names are the legend; `label` applies to plot_xy(xs, ys, options)");
+        }
+        let mut all = Vec::new();
+        for (name, v) in series {
+            let m = v.try_cast::<Map>().ok_or_else(|| -> Box<EvalAltResult> {
+                format!("plot_xy: series `{name}` must be a map #{{x: [...], y: [...]}}").into()
+            })?;
+            if let Some(k) = m.keys().find(|k| k.as_str() != "x" && k.as_str() != "y") {
+                return err(format!(
+                    "plot_xy: series `{name}` has key `{k}`; valid keys: x, y"
+                ));
+            }
+            let get = |k: &str| -> R<Array> {
+                m.get(k)
+                    .and_then(|a| a.clone().try_cast::<Array>())
+                    .ok_or_else(|| {
+                        format!("plot_xy: series `{name}` needs `{k}`: an array of numbers").into()
+                    })
+            };
+            all.push((
+                name.to_string(),
+                super::pairs(&get("x")?, &get("y")?, &name)?,
+            ));
+        }
+        super::xy_plot(o, all)
+    }
     /// An empty table of perplexities, one column per dataset name, for
     /// `add_row` and `plot_compare`; it shows as an HTML table in a notebook.
     #[rhai_fn(return_raw)]
