@@ -195,6 +195,34 @@ async fn kernel_serves_cells_completion_inspection_and_errors() {
     // … and the kernel keeps serving, with its scope.
     let r = c.execute("x").await;
     assert_eq!(r.result().unwrap()["text/plain"], "40");
+    // "Run all": cells queued behind a failing one are aborted, not run.
+    let failing = jupyter_protocol::JupyterMessage::new(
+        jupyter_protocol::ExecuteRequest {
+            stop_on_error: true,
+            ..jupyter_protocol::ExecuteRequest::new("x = 1; throw \"stop here\";".to_string())
+        },
+        None,
+    );
+    let queued = jupyter_protocol::JupyterMessage::new(
+        jupyter_protocol::ExecuteRequest::new("x = 2;".to_string()),
+        None,
+    );
+    c.shell.send(failing).await.unwrap();
+    c.shell.send(queued).await.unwrap();
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        let reply = c.shell.read().await.unwrap();
+        let JupyterMessageContent::ExecuteReply(er) = reply.content else {
+            panic!("expected execute_reply");
+        };
+        statuses.push(er.status);
+    }
+    assert_eq!(statuses, vec![ReplyStatus::Error, ReplyStatus::Aborted]);
+    // Later requests run again (the queued `x = 2` did not).
+    let r = c.execute("x").await;
+    assert_eq!(r.result().unwrap()["text/plain"], "1");
+    let r = c.execute("x = 40; x").await;
+    assert_eq!(r.result().unwrap()["text/plain"], "40");
     // :help works as in the REPL.
     let r = c.execute(":help plot_xy").await;
     assert!(

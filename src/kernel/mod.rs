@@ -21,6 +21,8 @@
 //!   `:help` ([`crate::script::assist`]).
 //! - `interrupt_request` and SIGINT (Jupyter's default interrupt mode) set
 //!   [`crate::script::INTERRUPT`]: the cell stops at its next step.
+//! - After a failed cell (with `stop_on_error`, the default), execute
+//!   requests the client had already queued behind it are answered `aborted`.
 //! - `shutdown_request` ends the process, with or without `restart` (Jupyter
 //!   restarts a kernel by starting a new process).
 //!
@@ -523,10 +525,26 @@ async fn serve(info: ConnectionInfo, opts: ScriptOptions) -> Result<()> {
         }
     });
 
+    // After a failed cell whose request says stop_on_error, the execute
+    // requests queued behind it (a notebook's "run all") are answered
+    // `aborted` instead of run, as ipykernel does: they would run on a state
+    // the failed cell never made. "Queued" means made by the client before it
+    // could have seen the failure: dated before the failed cell's reply.
+    let mut abort_before = None;
     loop {
-        let msg = tokio::select! {
-            m = shell.read() => m,
-            _ = shutdown_rx.recv() => break,
+        let msg = if abort_before.is_some() {
+            match tokio::time::timeout(Duration::from_millis(20), shell.read()).await {
+                Ok(m) => m,
+                Err(_) => {
+                    abort_before = None;
+                    continue;
+                }
+            }
+        } else {
+            tokio::select! {
+                m = shell.read() => m,
+                _ = shutdown_rx.recv() => break,
+            }
         };
         let msg = match msg {
             Ok(m) => m,
@@ -535,8 +553,26 @@ async fn serve(info: ConnectionInfo, opts: ScriptOptions) -> Result<()> {
                 continue;
             }
         };
+        let queued = abort_before.is_some_and(|t| msg.header.date < t);
+        abort_before = None;
         *out.parent.lock().unwrap() = Some(msg.clone());
         out.send(Status::busy());
+        if queued && matches!(msg.content, JupyterMessageContent::ExecuteRequest(_)) {
+            // Later requests of the same batch are aborted too.
+            abort_before = Some(msg.header.date);
+            let reply = ExecuteReply {
+                status: ReplyStatus::Aborted,
+                execution_count: ExecutionCount::new(0),
+                payload: vec![],
+                user_expressions: None,
+                error: None,
+            };
+            if let Err(e) = shell.send(reply.as_child_of(&msg)).await {
+                out.log(&format!("shell send failed: {e}"));
+            }
+            out.send(Status::idle());
+            continue;
+        }
         let reply: Option<JupyterMessage> = match &msg.content {
             JupyterMessageContent::KernelInfoRequest(_) => Some(kernel_info().as_child_of(&msg)),
             JupyterMessageContent::ExecuteRequest(req) => {
@@ -547,10 +583,16 @@ async fn serve(info: ConnectionInfo, opts: ScriptOptions) -> Result<()> {
                     done,
                 });
                 // A shutdown while a cell runs ends the kernel without waiting.
-                tokio::select! {
-                    r = wait => r.ok().map(|r| r.as_child_of(&msg)),
+                let r = tokio::select! {
+                    r = wait => r.ok(),
                     _ = shutdown_rx.recv() => break,
+                };
+                let failed = r.as_ref().is_some_and(|r| r.status == ReplyStatus::Error);
+                let reply = r.map(|r| r.as_child_of(&msg));
+                if req.stop_on_error && failed {
+                    abort_before = reply.as_ref().map(|r| r.header.date);
                 }
+                reply
             }
             JupyterMessageContent::CompleteRequest(req) => {
                 let (done, wait) = oneshot::channel();
