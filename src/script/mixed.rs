@@ -315,7 +315,8 @@ pub mod mixed {
     }
 
     /// A histogram chart of `values` with options `#{title, bins, log_y, x_label,
-    /// path}`; with `path` it is also written there (PNG or SVG by extension).
+    /// path, format}`; with `path` it is also written there (PNG or SVG by the
+    /// extension, or by `format`).
     #[rhai_fn(return_raw)]
     pub fn plot_histogram(values: Vector, options: Map) -> R<Plot> {
         let o = Opts::new("plot_histogram", options)?;
