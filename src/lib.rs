@@ -15,6 +15,7 @@ pub mod device;
 pub mod eval;
 pub mod hub;
 pub mod interrupt;
+pub mod kernel;
 pub mod memory;
 pub mod model;
 pub mod plot;

@@ -40,6 +40,46 @@ enum Command {
     Check(RunArgs),
     /// The interactive Rhai REPL (also what a bare `sparselab` starts).
     Repl(ReplArgs),
+    /// The Jupyter kernel for Rhai: `kernel install` writes its kernelspec,
+    /// `kernel --connection-file F` is what Jupyter starts.
+    Kernel(KernelArgs),
+}
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct KernelArgs {
+    #[command(subcommand)]
+    action: Option<KernelAction>,
+    /// The connection file Jupyter writes (ports, key); required to serve.
+    #[arg(long, value_name = "FILE")]
+    connection_file: Option<std::path::PathBuf>,
+    /// `name=value` variables defined at the start (as for `run`).
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    set: Vec<String>,
+    /// A directory searched for `import "name"` modules (repeatable).
+    #[arg(long = "path", value_name = "DIR")]
+    path: Vec<std::path::PathBuf>,
+    /// No progress output from the primitives.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Subcommand)]
+enum KernelAction {
+    /// Write the kernelspec "sparselab (Rhai)" (name sparselab-rhai) for this
+    /// executable; Jupyter then lists the kernel.
+    Install(InstallArgs),
+}
+
+#[derive(Args)]
+struct InstallArgs {
+    /// Into the user's Jupyter data directory (the default).
+    #[arg(long, conflicts_with = "prefix")]
+    user: bool,
+    /// Into PREFIX/share/jupyter/kernels (a virtual environment, or a
+    /// directory JUPYTER_PATH names).
+    #[arg(long, value_name = "PREFIX")]
+    prefix: Option<std::path::PathBuf>,
 }
 
 #[derive(Args)]
@@ -511,6 +551,44 @@ fn repl(args: ReplArgs) -> Result<()> {
     })
 }
 
+fn kernel(args: KernelArgs) -> Result<()> {
+    use sparselab::kernel::spec::{install, InstallTarget};
+    if let Some(KernelAction::Install(i)) = args.action {
+        let target = match i.prefix {
+            Some(p) => InstallTarget::Prefix(p),
+            None => InstallTarget::User,
+        };
+        let dir = install(&target)?;
+        println!(
+            "installed kernelspec `{}` (\"{}\") in {}",
+            sparselab::kernel::spec::KERNEL_NAME,
+            sparselab::kernel::spec::DISPLAY_NAME,
+            dir.display()
+        );
+        return Ok(());
+    }
+    let Some(file) = args.connection_file else {
+        anyhow::bail!(
+            "sparselab kernel needs --connection-file FILE (Jupyter passes it); \
+             `sparselab kernel install` registers the kernel with Jupyter"
+        );
+    };
+    let params = args
+        .set
+        .iter()
+        .map(|s| parse_set(s))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!(e))?;
+    sparselab::kernel::run(
+        &file,
+        ScriptOptions {
+            search_path: args.path,
+            quiet: args.quiet,
+            params,
+        },
+    )
+}
+
 fn main() -> ExitCode {
     sparselab::alloc::return_freed_memory();
     let cli = Cli::parse();
@@ -520,6 +598,7 @@ fn main() -> ExitCode {
         Some(Command::Run(args)) => run_script(args),
         Some(Command::Check(args)) => check_script(args),
         Some(Command::Repl(args)) => repl(args),
+        Some(Command::Kernel(args)) => kernel(args),
         None => repl(ReplArgs::default()),
     };
     match result {

@@ -15,24 +15,10 @@ use rustyline::error::ReadlineError;
 use rustyline::validate::{ValidationContext, ValidationResult, Validator};
 use rustyline::{Context, Editor, Helper, Highlighter, Hinter};
 
+pub use crate::script::assist::is_incomplete;
+use crate::script::assist::{help_text, vars_text, Names, COMMANDS};
 use crate::script::session::Session;
 use crate::script::ScriptOptions;
-
-/// What completion offers; refreshed after every input.
-#[derive(Default, Clone)]
-struct Names {
-    functions: Vec<String>,
-    variables: Vec<String>,
-    properties: Vec<String>,
-    option_keys: Vec<(String, Vec<String>)>,
-    all_keys: Vec<String>,
-}
-
-const COMMANDS: &[&str] = &[":help", ":load", ":vars", ":reset", ":quit"];
-const KEYWORDS: &[&str] = &[
-    "let", "const", "fn", "for", "in", "if", "else", "while", "loop", "break", "continue",
-    "return", "import", "as", "param", "true", "false", "throw", "try", "catch", "switch",
-];
 
 #[derive(Helper, Highlighter, Hinter)]
 struct ReplHelper {
@@ -41,74 +27,8 @@ struct ReplHelper {
 
 impl ReplHelper {
     fn refresh(&self, session: &Session) {
-        let mut n = self.names.lock().unwrap();
-        n.functions = session.function_names();
-        n.variables = session.variable_names();
-        n.properties = session.property_names();
-        n.option_keys = crate::script::options::OPTION_KEYS
-            .iter()
-            .map(|(f, k)| (f.to_string(), k.iter().map(|s| s.to_string()).collect()))
-            .collect();
-        n.all_keys = session
-            .option_keys(None)
-            .into_iter()
-            .map(str::to_string)
-            .collect();
+        *self.names.lock().unwrap() = Names::of(session);
     }
-}
-
-/// Where inside an option map the cursor is: the function the map is passed to.
-fn enclosing_map_function(before: &str) -> Option<Option<String>> {
-    let bytes: Vec<char> = before.chars().collect();
-    let mut depth = 0i32;
-    let mut i = bytes.len();
-    while i > 0 {
-        i -= 1;
-        match bytes[i] {
-            '}' | ')' | ']' => depth += 1,
-            '(' | '[' => {
-                if depth == 0 {
-                    return None;
-                }
-                depth -= 1;
-            }
-            '{' => {
-                if depth > 0 {
-                    depth -= 1;
-                    continue;
-                }
-                if i == 0 || bytes[i - 1] != '#' {
-                    return None;
-                }
-                // The call this map is an argument of.
-                let mut j = i - 1;
-                let mut d = 0i32;
-                while j > 0 {
-                    j -= 1;
-                    match bytes[j] {
-                        ')' | ']' | '}' => d += 1,
-                        '[' | '{' if d > 0 => d -= 1,
-                        '(' if d > 0 => d -= 1,
-                        '(' => {
-                            let name: String = bytes[..j]
-                                .iter()
-                                .rev()
-                                .take_while(|c| c.is_alphanumeric() || **c == '_')
-                                .collect::<Vec<_>>()
-                                .into_iter()
-                                .rev()
-                                .collect();
-                            return Some(Some(name));
-                        }
-                        _ => {}
-                    }
-                }
-                return Some(None);
-            }
-            _ => {}
-        }
-    }
-    None
 }
 
 impl Completer for ReplHelper {
@@ -120,43 +40,7 @@ impl Completer for ReplHelper {
         pos: usize,
         _ctx: &Context<'_>,
     ) -> rustyline::Result<(usize, Vec<Pair>)> {
-        let before = &line[..pos];
-        let start = before
-            .char_indices()
-            .rev()
-            .take_while(|(_, c)| c.is_alphanumeric() || *c == '_' || *c == ':')
-            .last()
-            .map(|(i, _)| i)
-            .unwrap_or(pos);
-        let word = &before[start..];
-        let n = self.names.lock().unwrap();
-        let mut cands: Vec<String> = Vec::new();
-        if start == 0 && word.starts_with(':') {
-            cands.extend(COMMANDS.iter().map(|s| s.to_string()));
-        } else if before[..start].ends_with('.') {
-            cands.extend(n.properties.iter().cloned());
-            cands.extend(n.functions.iter().filter(|f| !f.contains("::")).cloned());
-        } else if let Some(func) = enclosing_map_function(&before[..start]) {
-            let prev = before[..start].trim_end().chars().last();
-            if matches!(prev, Some('{') | Some(',')) {
-                match func.and_then(|f| n.option_keys.iter().find(|(g, _)| *g == f).cloned()) {
-                    Some((_, keys)) => cands.extend(keys),
-                    None => cands.extend(n.all_keys.iter().cloned()),
-                }
-            } else {
-                cands.extend(n.variables.iter().cloned());
-                cands.extend(n.functions.iter().cloned());
-            }
-        } else if line.trim_start().starts_with(":help") {
-            cands.extend(n.functions.iter().cloned());
-        } else {
-            cands.extend(n.functions.iter().cloned());
-            cands.extend(n.variables.iter().cloned());
-            cands.extend(KEYWORDS.iter().map(|s| s.to_string()));
-        }
-        cands.retain(|c| c.starts_with(word));
-        cands.sort();
-        cands.dedup();
+        let (start, cands) = self.names.lock().unwrap().complete(line, pos);
         Ok((
             start,
             cands
@@ -168,53 +52,6 @@ impl Completer for ReplHelper {
                 .collect(),
         ))
     }
-}
-
-/// Whether `text` leaves a bracket, string or block comment open.
-pub fn is_incomplete(text: &str) -> bool {
-    let mut depth = 0i32;
-    let mut chars = text.chars().peekable();
-    let mut in_str: Option<char> = None;
-    while let Some(c) = chars.next() {
-        match in_str {
-            Some(q) => {
-                if c == '\\' && q != '`' {
-                    chars.next();
-                } else if c == q {
-                    in_str = None;
-                }
-            }
-            None => match c {
-                '"' | '`' | '\'' => in_str = Some(c),
-                '/' if chars.peek() == Some(&'/') => {
-                    for c in chars.by_ref() {
-                        if c == '\n' {
-                            break;
-                        }
-                    }
-                }
-                '/' if chars.peek() == Some(&'*') => {
-                    chars.next();
-                    let mut closed = false;
-                    let mut prev = ' ';
-                    for c in chars.by_ref() {
-                        if prev == '*' && c == '/' {
-                            closed = true;
-                            break;
-                        }
-                        prev = c;
-                    }
-                    if !closed {
-                        return true;
-                    }
-                }
-                '(' | '[' | '{' => depth += 1,
-                ')' | ']' | '}' => depth -= 1,
-                _ => {}
-            },
-        }
-    }
-    depth > 0 || matches!(in_str, Some('`'))
 }
 
 impl Validator for ReplHelper {
@@ -243,52 +80,6 @@ fn print_value(session: &Session, v: &rhai::Dynamic) {
         println!("{}", session.display(v));
     }
 }
-
-fn general_help(session: &Session) -> String {
-    let index = session.help_index();
-    let primitives = crate::script::primitives::PRIMITIVES;
-    let mut out = String::from(
-        "sparselab REPL: Rhai with the sparselab primitives. Input spanning several lines\n\
-         continues while a bracket is open. Tab completes names.\n\n\
-         commands: :help [name], :load FILE, :vars, :reset, :quit\n\nprimitives:\n",
-    );
-    for p in primitives {
-        if let Some(e) = index.get(*p) {
-            for s in &e.signatures {
-                out += &format!("  {s}\n");
-            }
-        }
-    }
-    out += "\nhandles: Model (arch, num_layers, hidden_size, linears, device, dtype),\n\
-            Calibration (layers(), next_layer(), commit(), reports(), seqlen, nsamples),\n\
-            Layer (index, linears, weight_stats(l), hessian_stats(l), hessian_diag(l),\n\
-            act_norms(l), column_norms(l), weight(l), shape(l), reports()),\n\
-            Vector (native f32/int/mask vectors: :help Vector).\n\nscript library:\n";
-    let mut modules: Vec<&str> = index
-        .keys()
-        .filter_map(|k| k.split_once("::").map(|(m, _)| m))
-        .collect();
-    modules.dedup();
-    for m in modules {
-        let fns: Vec<&str> = index
-            .keys()
-            .filter_map(|k| k.strip_prefix(m).and_then(|r| r.strip_prefix("::")))
-            .collect();
-        out += &format!("  {m}: {}\n", fns.join(", "));
-    }
-    out += "\n:help NAME shows a function's signatures and documentation.\n";
-    out
-}
-
-const VECTOR_HELP: &str = "Vector: a native vector of f32 values tagged f32, int or mask.
-  make:     from_array(arr), vector(arr), zeros(n), ones(n), full(n, x), arange(n)
-  read:     v.len, v.dtype, v[i], v[a..b], v.slice(a, b), v[mask], v[indices], v.to_array()
-  reduce:   sum, mean, std, min, max, argmin, argmax, quantile(q), count, any, all, dot(w)
-  reshape:  argsort([desc]), sorted, reversed, cumsum, concat(w), filter(mask), gather(idx)
-  map:      normalize([method]), clamp(lo, hi), abs, sqrt, ln, exp, round, to_int, to_float
-  arith:    + - * / ** with numbers or Vectors of the same length
-  compare:  < <= > >= == != into masks; masks combine with & | !; select(mask, a, b)
-  count:    histogram(bins[, lo, hi]) -> #{counts, edges}, value_counts() -> #{values, counts}";
 
 /// Whether a Ctrl-C arrived while a script ran and has not been seen yet.
 static PENDING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -372,42 +163,13 @@ pub fn run(opts: ScriptOptions) -> anyhow::Result<()> {
             let arg = arg.trim();
             match cmd {
                 "quit" | "q" | "exit" => break,
-                "help" | "h" if arg.is_empty() => print!("{}", general_help(&session)),
-                "help" | "h" if arg == "Vector" => println!("{VECTOR_HELP}"),
-                "help" | "h" => match session.help(arg) {
-                    Some(text) => print!("{text}"),
-                    None => {
-                        let names = session.function_names();
-                        let near = crate::script::suggest::nearest(
-                            arg,
-                            names.iter().map(String::as_str),
-                            3,
-                        );
-                        if near.is_empty() {
-                            println!("no function `{arg}`");
-                        } else {
-                            println!("no function `{arg}`; did you mean {}?", near.join(", "));
-                        }
-                    }
-                },
+                "help" | "h" => print!("{}", help_text(&session, arg, "REPL")),
                 "load" if arg.is_empty() => println!("usage: :load FILE"),
                 "load" => match interruptible(|| session.load_file(Path::new(arg))) {
                     Ok(v) => print_value(&session, &v),
                     Err(e) => eprint!("{e}"),
                 },
-                "vars" => {
-                    for (name, constant, value) in session.scope.iter_raw() {
-                        let mut text = session.display(value);
-                        if text.len() > 70 {
-                            text = format!("{}…", text.chars().take(69).collect::<String>());
-                        }
-                        println!(
-                            "{}{name}: {} = {text}",
-                            if constant { "const " } else { "" },
-                            session.engine.map_type_name(value.type_name())
-                        );
-                    }
-                }
+                "vars" => print!("{}", vars_text(&session)),
                 "reset" => {
                     session.reset();
                     println!("session reset: no variables, functions or imports");

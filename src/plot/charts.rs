@@ -294,6 +294,7 @@ pub fn layers_chart(summary: &Summary, field: &str) -> Result<Plot> {
             series,
             mean_series,
             log_y,
+            y_from_zero: true,
             notes: Vec::new(),
         })),
         DEFAULT_SIZE,
@@ -363,6 +364,71 @@ pub fn compare_chart(table: &CompareTable) -> Result<Plot> {
             value_labels: true,
             value_decimals: None,
             value_suffix: String::new(),
+            notes: Vec::new(),
+        })),
+        DEFAULT_SIZE,
+    )
+}
+
+/// Labels of an [`xy_chart`].
+#[derive(Debug, Clone)]
+pub struct XyOptions {
+    /// Chart title. Default `y against x`.
+    pub title: String,
+    /// x axis label. Default `x`.
+    pub x_label: String,
+    /// y axis label. Default `y`.
+    pub y_label: String,
+}
+
+impl Default for XyOptions {
+    fn default() -> Self {
+        XyOptions {
+            title: "y against x".to_string(),
+            x_label: "x".to_string(),
+            y_label: "y".to_string(),
+        }
+    }
+}
+
+/// One or more series of `(x, y)` points as lines with markers, each sorted by
+/// x (perplexity against average bits over a sweep). The y axis fits the
+/// values rather than starting at 0, so that close perplexities stay apart.
+///
+/// Errors: no series, a series with no point, or a non-finite coordinate.
+pub fn xy_chart(series: &[(String, Vec<(f64, f64)>)], opts: &XyOptions) -> Result<Plot> {
+    if series.is_empty() || series.iter().any(|(_, p)| p.is_empty()) {
+        bail!("an x-y chart needs at least one point in every series");
+    }
+    let mut series: Vec<(String, Vec<(f64, f64)>)> = series.to_vec();
+    for (name, pts) in &mut series {
+        if let Some(p) = pts.iter().find(|(x, y)| !x.is_finite() || !y.is_finite()) {
+            bail!("series `{name}` has a non-finite point ({}, {})", p.0, p.1);
+        }
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    let (lo, hi) = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|&(x, _)| x))
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
+            (a.min(x), b.max(x))
+        });
+    let pad = if hi > lo { 0.05 * (hi - lo) } else { 0.5 };
+    let (lo, hi) = (lo - pad, hi + pad);
+    Plot::render(
+        Arc::new(Spec::Lines(LinesSpec {
+            title: opts.title.clone(),
+            x_label: opts.x_label.clone(),
+            y_label: opts.y_label.clone(),
+            x_ticks: super::render::linear_ticks(lo, hi, 8)
+                .into_iter()
+                .filter(|(x, _)| *x >= lo && *x <= hi)
+                .collect(),
+            x_range: (lo, hi),
+            series,
+            mean_series: false,
+            log_y: false,
+            y_from_zero: false,
             notes: Vec::new(),
         })),
         DEFAULT_SIZE,

@@ -30,7 +30,10 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 
-pub use charts::{bits_chart, compare_chart, histogram, layers_chart, HistOptions, LAYER_FIELDS};
+pub use charts::{
+    bits_chart, compare_chart, histogram, layers_chart, xy_chart, HistOptions, XyOptions,
+    LAYER_FIELDS,
+};
 pub use display::RichDisplay;
 pub use render::ensure_fonts;
 pub use table::CompareTable;
@@ -120,6 +123,13 @@ impl Plot {
     /// The same chart rendered at another size (fonts scale with the height).
     pub fn with_size(&self, width: u32, height: u32) -> Result<Plot> {
         Plot::render(self.spec.clone(), (width, height))
+    }
+
+    /// The same chart under another title.
+    pub fn with_title(&self, title: &str) -> Result<Plot> {
+        let mut spec = Spec::clone(&self.spec);
+        spec.set_title(title.to_string());
+        Plot::render(Arc::new(spec), (self.width, self.height))
     }
 
     /// The chart's title.

@@ -53,6 +53,7 @@ const GRID: RGBColor = RGBColor(0xdd, 0xdd, 0xdd);
 const NOTE: RGBColor = RGBColor(0x55, 0x55, 0x55);
 
 /// What a chart draws.
+#[derive(Clone)]
 pub(crate) enum Spec {
     Hist(HistSpec),
     Bars(BarsSpec),
@@ -67,9 +68,24 @@ impl Spec {
             Spec::Lines(s) => &s.title,
         }
     }
+
+    /// Replaces the title (a script's `#{title}`).
+    pub(crate) fn set_title(&mut self, title: String) {
+        match self {
+            Spec::Hist(s) => s.title = title,
+            Spec::Bars(s) => s.title = title,
+            Spec::Lines(s) => s.title = title,
+        }
+    }
+}
+
+/// Round ticks over `[lo, hi]`, at most about `max_ticks` of them.
+pub(crate) fn linear_ticks(lo: f64, hi: f64, max_ticks: usize) -> Vec<(f64, String)> {
+    Axis::linear(lo, hi, max_ticks).ticks
 }
 
 /// Counts per bin.
+#[derive(Clone)]
 pub(crate) struct HistSpec {
     pub title: String,
     pub x_label: String,
@@ -82,6 +98,7 @@ pub(crate) struct HistSpec {
 }
 
 /// Grouped bars: one group per category, one bar per series.
+#[derive(Clone)]
 pub(crate) struct BarsSpec {
     pub title: String,
     pub x_label: String,
@@ -103,6 +120,7 @@ pub(crate) struct BarsSpec {
 }
 
 /// Lines with markers over numbered x positions.
+#[derive(Clone)]
 pub(crate) struct LinesSpec {
     pub title: String,
     pub x_label: String,
@@ -115,6 +133,9 @@ pub(crate) struct LinesSpec {
     pub series: Vec<(String, Vec<(f64, f64)>)>,
     pub mean_series: bool,
     pub log_y: bool,
+    /// The linear y axis starts at 0 (per-layer quantities); otherwise it fits
+    /// the values (perplexities that differ in the third digit).
+    pub y_from_zero: bool,
     pub notes: Vec<String>,
 }
 
@@ -739,9 +760,12 @@ fn draw_lines<DB: DrawingBackend>(
         let (a, b) = (lo.log10(), hi.log10());
         let pad = 0.05 * (b - a).max(0.5);
         value_axis(a - pad, b, true, 0.05)
+    } else if spec.y_from_zero {
+        value_axis(lo.min(0.0), hi, false, 0.08)
     } else {
-        let lo = lo.min(0.0);
-        value_axis(lo, hi, false, 0.08)
+        let pad = 0.08 * (hi - lo).max(hi.abs() * 1e-3).max(1e-9);
+        let step = nice_step(hi - lo + 2.0 * pad, 6);
+        value_axis(((lo - pad) / step).floor() * step, hi, false, 0.08)
     };
     let x = Axis {
         lo: spec.x_range.0,

@@ -27,14 +27,108 @@ fn grouping(name: &Option<String>, function: &str) -> R<GroupMethod> {
 
 /// Writes a chart, creating the directory it goes into (recipes take an output
 /// directory with `--set out=…` that need not exist yet).
-fn save_plot(plot: &crate::plot::Plot, path: &str) -> R<()> {
+/// `format` overrides the path's extension.
+fn save_plot(
+    plot: &crate::plot::Plot,
+    path: &str,
+    format: Option<crate::plot::PlotFormat>,
+) -> R<()> {
     let parent = std::path::Path::new(path).parent();
     if let Some(dir) = parent.filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| -> Box<EvalAltResult> {
             format!("cannot create {}: {e}", dir.display()).into()
         })?;
     }
-    plot.save(path).map_err(script_err)
+    match format {
+        Some(f) => plot.save_as(path, f).map_err(script_err),
+        None => plot.save(path).map_err(script_err),
+    }
+}
+
+/// A chart as the options ask: retitled by `title`, written to `path` (as
+/// `format`, else by the path's extension). `format` without `path` is an
+/// error rather than ignored.
+fn finish_plot(
+    o: &crate::script::options::Opts,
+    plot: crate::plot::Plot,
+    function: &str,
+) -> R<crate::plot::Plot> {
+    use crate::plot::PlotFormat;
+    let plot = match o.string("title")? {
+        Some(t) => plot.with_title(&t).map_err(script_err)?,
+        None => plot,
+    };
+    let format = o
+        .string("format")?
+        .map(|f| PlotFormat::parse(&f))
+        .transpose()
+        .map_err(|e| -> Box<EvalAltResult> {
+            format!("{function}: option `format`: {e}").into()
+        })?;
+    match (o.string("path")?, format) {
+        (Some(path), format) => save_plot(&plot, &path, format)?,
+        (None, Some(_)) => {
+            return err(format!(
+                "{function}: option `format` needs `path` (the chart is kept in memory either way)"
+            ))
+        }
+        (None, None) => {}
+    }
+    Ok(plot)
+}
+
+/// Numbers of a script array (integers accepted), for chart coordinates.
+fn numbers(values: &rhai::Array, what: &str) -> R<Vec<f64>> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| match (v.as_float(), v.as_int()) {
+            (Ok(f), _) => Ok(f),
+            (_, Ok(n)) => Ok(n as f64),
+            _ => err(format!(
+                "{what}[{i}] must be a number, got {} `{v}`",
+                crate::script::options::type_label(v)
+            )),
+        })
+        .collect()
+}
+
+/// `(x, y)` points of a series from two arrays of numbers of one length.
+fn pairs(xs: &rhai::Array, ys: &rhai::Array, series: &str) -> R<Vec<(f64, f64)>> {
+    let x = numbers(xs, &format!("plot_xy: `{series}` xs"))?;
+    let y = numbers(ys, &format!("plot_xy: `{series}` ys"))?;
+    if x.len() != y.len() {
+        return err(format!(
+            "plot_xy: `{series}` has {} x values and {} y values: they must pair up",
+            x.len(),
+            y.len()
+        ));
+    }
+    Ok(x.into_iter().zip(y).collect())
+}
+
+/// An x-y chart of `series` with the options of `plot_xy`.
+fn xy_plot(
+    o: crate::script::options::Opts,
+    series: Vec<(String, Vec<(f64, f64)>)>,
+) -> R<crate::plot::Plot> {
+    use crate::plot::XyOptions;
+    let d = XyOptions::default();
+    let x_label = o.string("x_label")?.unwrap_or(d.x_label);
+    let y_label = o.string("y_label")?.unwrap_or(d.y_label);
+    let opts = XyOptions {
+        // The title is applied here, not by finish_plot, to render once; by
+        // default it names the axes.
+        title: o
+            .string("title")?
+            .unwrap_or_else(|| format!("{y_label} against {x_label}")),
+        x_label,
+        y_label,
+    };
+    let plot = crate::plot::xy_chart(&series, &opts).map_err(script_err)?;
+    let mut rest = o;
+    rest.forget("title");
+    finish_plot(&rest, plot, "plot_xy")
 }
 
 /// Functions registered globally by [`super::new_engine`].
@@ -48,10 +142,14 @@ pub mod mixed {
     };
     use crate::compress::importance::{importance_note, ImportanceOptions};
     use crate::compress::summary::{RunIntent, Summary};
-    use crate::plot::{histogram, HistOptions, Plot};
+    use crate::plot::{
+        bits_chart, compare_chart, histogram, layers_chart, CompareTable, HistOptions, Plot,
+        XyOptions,
+    };
     use crate::script::handles::{CalibHandle, LayerHandle};
     use crate::script::options::{IntOrInts, Opts};
     use crate::script::vector::{err, Vector};
+    use rhai::Array;
 
     use super::R;
 
@@ -236,7 +334,8 @@ pub mod mixed {
     }
 
     /// A histogram chart of `values` with options `#{title, bins, log_y, x_label,
-    /// path}`; with `path` it is also written there (PNG or SVG by extension).
+    /// path, format}`; with `path` it is also written there (PNG or SVG by the
+    /// extension, or by `format`).
     #[rhai_fn(return_raw)]
     pub fn plot_histogram(values: Vector, options: Map) -> R<Plot> {
         let o = Opts::new("plot_histogram", options)?;
@@ -248,17 +347,158 @@ pub mod mixed {
             x_label: o.string("x_label")?.unwrap_or(d.x_label),
         };
         let plot = histogram(values.as_slice(), &opts).map_err(super::script_err)?;
-        if let Some(path) = o.string("path")? {
-            save_plot(&plot, &path)?;
+        super::finish_plot(&o, plot, "plot_histogram")
+    }
+
+    /// Channels per bit tier as bars, overall and per linear type, from a run's
+    /// `summary(calib)`. An error when nothing was quantized.
+    #[rhai_fn(return_raw)]
+    pub fn plot_bits(summary: Summary) -> R<Plot> {
+        plot_bits_with(summary, Map::new())
+    }
+
+    /// The bits chart with options `#{title, path, format}`: `path` also writes
+    /// it (PNG or SVG by the extension, or by `format`: "png" or "svg").
+    #[rhai_fn(name = "plot_bits", return_raw)]
+    pub fn plot_bits_with(summary: Summary, options: Map) -> R<Plot> {
+        let o = Opts::new("plot_bits", options)?;
+        let plot = bits_chart(&summary).map_err(super::script_err)?;
+        super::finish_plot(&o, plot, "plot_bits")
+    }
+
+    /// One field of a run's summary per decoder layer, a line per linear type
+    /// (and their mean): `field` is "avg_bits", "sparsity" (percent), "loss"
+    /// (OBS loss) or "rel_error" (relative output error).
+    #[rhai_fn(return_raw)]
+    pub fn plot_layers(summary: Summary, field: &str) -> R<Plot> {
+        plot_layers_with(summary, field, Map::new())
+    }
+
+    /// The per-layer chart with options `#{title, path, format}` (as for
+    /// `plot_bits`).
+    #[rhai_fn(name = "plot_layers", return_raw)]
+    pub fn plot_layers_with(summary: Summary, field: &str, options: Map) -> R<Plot> {
+        let o = Opts::new("plot_layers", options)?;
+        let plot = layers_chart(&summary, field).map_err(super::script_err)?;
+        super::finish_plot(&o, plot, "plot_layers")
+    }
+
+    /// A comparison table (`compare_table(datasets)` filled with `add_row`) as
+    /// grouped bars: one group per dataset, one bar per configuration.
+    #[rhai_fn(return_raw)]
+    pub fn plot_compare(table: CompareTable) -> R<Plot> {
+        plot_compare_with(table, Map::new())
+    }
+
+    /// The comparison chart with options `#{title, path, format}` (as for
+    /// `plot_bits`).
+    #[rhai_fn(name = "plot_compare", return_raw)]
+    pub fn plot_compare_with(table: CompareTable, options: Map) -> R<Plot> {
+        let o = Opts::new("plot_compare", options)?;
+        let plot = compare_chart(&table).map_err(super::script_err)?;
+        super::finish_plot(&o, plot, "plot_compare")
+    }
+
+    /// `ys` against `xs` (arrays of numbers of one length) as a line with
+    /// markers, sorted by x: perplexity against average bits over a sweep. The
+    /// y axis fits the values. Options `#{title, x_label, y_label, label, path,
+    /// format}`: `label` names the series in the legend (default: `y_label`),
+    /// the title defaults to "`y_label` against `x_label`".
+    #[rhai_fn(return_raw)]
+    pub fn plot_xy(xs: Array, ys: Array, options: Map) -> R<Plot> {
+        let o = Opts::new("plot_xy", options)?;
+        let label = o.string("label")?;
+        let y_label = o.string("y_label")?;
+        let label = label
+            .or(y_label)
+            .unwrap_or_else(|| XyOptions::default().y_label);
+        let points = super::pairs(&xs, &ys, &label)?;
+        super::xy_plot(o, vec![(label, points)])
+    }
+
+    /// Several series on one x-y chart, one line each: `series` maps a legend
+    /// name to `#{x: [...], y: [...]}` (a family of configurations each). Options
+    /// as for `plot_xy(xs, ys, options)` but `label`.
+    #[rhai_fn(name = "plot_xy", return_raw)]
+    pub fn plot_xy_series(series: Map, options: Map) -> R<Plot> {
+        let o = Opts::new("plot_xy", options)?;
+        if o.has("label") {
+            return err("plot_xy: with several series their names are the legend; `label` applies to plot_xy(xs, ys, options)");
         }
-        Ok(plot)
+        let mut all = Vec::new();
+        for (name, v) in series {
+            let m = v.try_cast::<Map>().ok_or_else(|| -> Box<EvalAltResult> {
+                format!("plot_xy: series `{name}` must be a map #{{x: [...], y: [...]}}").into()
+            })?;
+            if let Some(k) = m.keys().find(|k| k.as_str() != "x" && k.as_str() != "y") {
+                return err(format!(
+                    "plot_xy: series `{name}` has key `{k}`; valid keys: x, y"
+                ));
+            }
+            let get = |k: &str| -> R<Array> {
+                m.get(k)
+                    .and_then(|a| a.clone().try_cast::<Array>())
+                    .ok_or_else(|| {
+                        format!("plot_xy: series `{name}` needs `{k}`: an array of numbers").into()
+                    })
+            };
+            all.push((
+                name.to_string(),
+                super::pairs(&get("x")?, &get("y")?, &name)?,
+            ));
+        }
+        super::xy_plot(o, all)
+    }
+    /// An empty table of perplexities, one column per dataset name, for
+    /// `add_row` and `plot_compare`; it shows as an HTML table in a notebook.
+    #[rhai_fn(return_raw)]
+    pub fn compare_table(datasets: Array) -> R<CompareTable> {
+        let names: Vec<String> = datasets.iter().map(|d| d.to_string()).collect();
+        if names.is_empty() {
+            return err("compare_table: give at least one dataset name");
+        }
+        Ok(CompareTable::perplexity(names))
+    }
+
+    /// Appends a configuration `name` with one value per dataset (numbers;
+    /// `()` for a missing one).
+    #[rhai_fn(global, return_raw)]
+    pub fn add_row(table: &mut CompareTable, name: &str, values: Array) -> R<()> {
+        let vals: Vec<f64> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                if v.is_unit() {
+                    Ok(f64::NAN)
+                } else {
+                    super::numbers(&vec![v.clone()], &format!("add_row: values[{i}]")).map(|n| n[0])
+                }
+            })
+            .collect::<R<_>>()?;
+        table.add_row(name, vals).map_err(super::script_err)
+    }
+
+    /// The value of configuration `row` on dataset `column`, or `()`.
+    #[rhai_fn(global, name = "get")]
+    pub fn table_get(table: &mut CompareTable, row: &str, column: &str) -> Dynamic {
+        table
+            .get(row, column)
+            .filter(|v| v.is_finite())
+            .map(Dynamic::from_float)
+            .unwrap_or(Dynamic::UNIT)
+    }
+
+    /// The table as aligned text (what `print(table)` shows).
+    #[rhai_fn(global, name = "to_string", name = "to_debug")]
+    pub fn table_text(t: &mut CompareTable) -> String {
+        t.to_string().trim_end().to_string()
     }
 
     /// Writes the chart to `path` (PNG or SVG by extension), creating its
     /// directory if needed.
     #[rhai_fn(global, name = "save", return_raw)]
     pub fn plot_save(p: &mut Plot, path: &str) -> R<()> {
-        save_plot(p, path)
+        save_plot(p, path, None)
     }
 
     /// A one-line description of the chart.

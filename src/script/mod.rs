@@ -24,6 +24,7 @@
 //! the text as is). A `--set` name that the script neither declares with
 //! `param` nor reads is an error, so a typo never goes unnoticed.
 
+pub mod assist;
 pub mod check;
 pub mod errors;
 pub mod handles;
@@ -76,6 +77,7 @@ pub fn register_types(engine: &mut Engine) {
         .register_type_with_name::<LayerIter>("Layers")
         .register_type_with_name::<crate::compress::summary::Summary>("Summary")
         .register_type_with_name::<crate::plot::Plot>("Plot")
+        .register_type_with_name::<crate::plot::CompareTable>("CompareTable")
         .register_iterator::<Vector>()
         .register_iterator_result::<LayerIter, LayerHandle>();
 }

@@ -35,7 +35,14 @@ pub const OPTION_KEYS: &[(&str, &[&str])] = &[
     ("summary", &["target_avg", "strict", "bits_requested"]),
     (
         "plot_histogram",
-        &["title", "bins", "log_y", "x_label", "path"],
+        &["title", "bins", "log_y", "x_label", "path", "format"],
+    ),
+    ("plot_bits", &["title", "path", "format"]),
+    ("plot_layers", &["title", "path", "format"]),
+    ("plot_compare", &["title", "path", "format"]),
+    (
+        "plot_xy",
+        &["title", "x_label", "y_label", "label", "path", "format"],
     ),
     (
         "calibrate",
@@ -113,6 +120,11 @@ impl Opts {
             self.function,
             type_label(got)
         ))
+    }
+
+    /// Drops `key` (a caller that has used it already).
+    pub fn forget(&mut self, key: &str) {
+        self.map.remove(key);
     }
 
     /// Whether `key` was given (and is not `()`).

@@ -40,6 +40,11 @@ pub const PRIMITIVES: &[&str] = &[
     "summary",
     "plot_histogram",
     "write_text",
+    "plot_bits",
+    "plot_layers",
+    "plot_compare",
+    "plot_xy",
+    "compare_table",
 ];
 
 /// Whether the engine runs quietly (no progress output): its tag's `quiet`.

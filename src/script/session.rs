@@ -58,11 +58,7 @@ impl Session {
     /// A value as the REPL shows it: through the script's own `to_debug`, so
     /// native types print as they do in scripts (`Vector<f32>[n] […]`).
     pub fn display(&self, v: &Dynamic) -> String {
-        let mut scope = Scope::new();
-        scope.push_dynamic("__value", v.clone());
-        self.engine
-            .eval_with_scope::<String>(&mut scope, "to_debug(__value)")
-            .unwrap_or_else(|_| v.to_string())
+        display_text(&self.engine, v)
     }
 
     /// Forgets every variable, function and import.
@@ -233,6 +229,16 @@ impl Session {
         }
         Some(out)
     }
+}
+
+/// A value as `engine`'s scripts show it, through their own `to_debug` (the
+/// REPL's output and the kernel's `text/plain`).
+pub fn display_text(engine: &Engine, v: &Dynamic) -> String {
+    let mut scope = Scope::new();
+    scope.push_dynamic("__value", v.clone());
+    engine
+        .eval_with_scope::<String>(&mut scope, "to_debug(__value)")
+        .unwrap_or_else(|_| v.to_string())
 }
 
 /// Doc comment lines with their `///` or `/** */` leaders removed.
