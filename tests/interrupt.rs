@@ -160,3 +160,53 @@ fn ctrl_c_from_another_thread_stops_a_running_primitive_and_the_session_goes_on(
     assert!(p.as_float().unwrap().is_finite());
     eprintln!("interrupted after {seconds:.2} s");
 }
+
+#[test]
+fn a_catch_around_a_function_does_not_swallow_the_interruption() {
+    let Some(fx) = common::fixtures() else { return };
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut session = Session::new(ScriptOptions {
+        quiet: true,
+        ..ScriptOptions::default()
+    });
+    let model = fx.join("models/opt-tiny");
+    let test = fx.join("data/wikitext2/wiki.test.raw");
+    let _ = session
+        .eval(
+            "setup",
+            &format!(
+                "let m = load_model({:?}); let n = 1;\n\
+                 fn long(m) {{ eval_ppl(m, {:?}, #{{seqlen: 64, batch: 4}}) }}",
+                model.display(),
+                test.display()
+            ),
+        )
+        .unwrap();
+    let setter = std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_millis(400));
+        INTERRUPT.store(true, Ordering::SeqCst);
+    });
+    // Rhai lets a catch around a script function see the primitive's error;
+    // the still-set flag stops the script at its next step all the same.
+    let err = session
+        .eval(
+            "catch.rhai",
+            "try { long(m); } catch (e) { n = 5; }\nn = 3;\nn = 4;",
+        )
+        .unwrap_err();
+    setter.join().unwrap();
+    assert!(err.contains("interrupted (Ctrl-C)"), "{err}");
+    assert!(
+        !INTERRUPT.load(Ordering::SeqCst),
+        "the front end cleared it"
+    );
+    let n = session.eval("after", "n").unwrap().as_int().unwrap();
+    assert!(
+        n == 1 || n == 5,
+        "the script went on after the catch: n = {n}"
+    );
+    assert_eq!(
+        session.eval("after", "40 + 2").unwrap().as_int().unwrap(),
+        42
+    );
+}

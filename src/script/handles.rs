@@ -27,11 +27,13 @@ type R<T> = Result<T, Box<EvalAltResult>>;
 
 /// An anyhow error as a script error (with its whole context chain). An
 /// interruption ([`crate::interrupt`]) ends the script as the engine's own
-/// Ctrl-C check does: `ErrorTerminated`, which `try`/`catch` cannot swallow,
-/// and the flag is cleared since the script has now seen it.
+/// Ctrl-C check does: `ErrorTerminated`, which `try`/`catch` cannot swallow.
+/// The flag stays set, so that even a `catch` around a script function that
+/// called the primitive (Rhai lets that one catch it) stops at its next step,
+/// where the engine clears it; a front end clears it when the input ends
+/// ([`super::session::Session::eval`], the REPL).
 pub(crate) fn script_err(e: anyhow::Error) -> Box<EvalAltResult> {
     if crate::interrupt::is_interrupted(&e) {
-        crate::interrupt::INTERRUPT.store(false, std::sync::atomic::Ordering::SeqCst);
         return Box::new(EvalAltResult::ErrorTerminated(
             crate::interrupt::Interrupted.to_string().into(),
             Position::NONE,

@@ -96,6 +96,12 @@ impl Session {
             Some(&self.inputs),
         );
         self.inputs.push((name.to_string(), text.to_string()));
+        if value.is_err() {
+            // An interruption that ended this input is used up: a flag still
+            // set (a primitive saw it and the error went straight out) must not
+            // stop the next input at its first step.
+            super::INTERRUPT.store(false, std::sync::atomic::Ordering::SeqCst);
+        }
         let value = value?;
         for (alias, path) in imports {
             let module = rhai::module_resolvers::ModuleResolver::resolve(
