@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use candle_core::Tensor;
 use sparselab::calibrate::{CalibOptions, Calibration, LayerWork, Method};
 use sparselab::compress::{BitWidths, QuantOptions, SparseGptOptions, SparsityPattern};
-use sparselab::eval::{perplexity, PplOptions};
 use sparselab::model::{LoadOptions, Model};
 
 fn load(fx: &Path, name: &str) -> Model {
@@ -38,15 +37,7 @@ fn opts(fx: &Path, cache: Option<&Path>, sequential: bool) -> CalibOptions {
 }
 
 fn ppl(fx: &Path, model: &Model) -> f64 {
-    let text = std::fs::read_to_string(fx.join("data/wikitext2/wiki.test.raw")).unwrap();
-    let tokens = model.tokenizer().unwrap().encode(&text).unwrap();
-    let o = PplOptions {
-        seqlen: Some(64),
-        max_windows: Some(8),
-        quiet: true,
-        ..PplOptions::default()
-    };
-    perplexity(model, &tokens, &o).unwrap().ppl
+    common::wiki_test_ppl(fx, model, 64, 8)
 }
 
 /// 50% SparseGPT everywhere; from layer `quant_from` on also 4-bit.

@@ -10,7 +10,6 @@ use sparselab::compress::{
     fasterprune, magnitude_prune, relative_output_error, wanda_prune, BitWidths, QuantOptions,
     SparseGptOptions, SparsityPattern,
 };
-use sparselab::eval::{perplexity, PplOptions};
 use sparselab::model::{LoadOptions, Model};
 
 const HALF: SparsityPattern = SparsityPattern::Unstructured { sparsity: 0.5 };
@@ -22,29 +21,12 @@ fn load(fx: &Path, name: &str) -> Model {
 
 /// 16 windows of 128 tokens from wiki.valid.raw (as a local file: no BOS).
 fn calib_opts(fx: &Path) -> CalibOptions {
-    CalibOptions {
-        dataset: fx
-            .join("data/wikitext2/wiki.valid.raw")
-            .to_string_lossy()
-            .into_owned(),
-        nsamples: 16,
-        seqlen: Some(128),
-        quiet: true,
-        ..CalibOptions::default()
-    }
+    common::wiki_calib(fx, 16, 128)
 }
 
 /// WikiText-2 test perplexity over the first 64 windows of 128 tokens.
 fn test_ppl(fx: &Path, model: &Model) -> f64 {
-    let text = std::fs::read_to_string(fx.join("data/wikitext2/wiki.test.raw")).unwrap();
-    let tokens = model.tokenizer().unwrap().encode(&text).unwrap();
-    let opts = PplOptions {
-        seqlen: Some(128),
-        max_windows: Some(64),
-        quiet: true,
-        ..PplOptions::default()
-    };
-    perplexity(model, &tokens, &opts).unwrap().ppl
+    common::wiki_test_ppl(fx, model, 128, 64)
 }
 
 fn sparsegpt(pattern: SparsityPattern, bits: Option<u32>) -> Method {

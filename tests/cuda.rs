@@ -8,9 +8,8 @@ mod common;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use sparselab::calibrate::{uniform_policy, CalibOptions, Calibration, LayerFilter, Method};
+use sparselab::calibrate::{uniform_policy, Calibration, LayerFilter, Method};
 use sparselab::compress::{BitWidths, QuantOptions, SparseGptOptions, SparsityPattern};
-use sparselab::eval::{perplexity, PplOptions};
 use sparselab::model::{LoadOptions, Model};
 
 fn cuda() -> Device {
@@ -52,15 +51,7 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 
 /// WikiText-2 test perplexity over the first 32 windows of 128 tokens.
 fn test_ppl(fx: &Path, model: &Model) -> f64 {
-    let text = std::fs::read_to_string(fx.join("data/wikitext2/wiki.test.raw")).unwrap();
-    let tokens = model.tokenizer().unwrap().encode(&text).unwrap();
-    let opts = PplOptions {
-        seqlen: Some(128),
-        max_windows: Some(32),
-        quiet: true,
-        ..PplOptions::default()
-    };
-    perplexity(model, &tokens, &opts).unwrap().ppl
+    common::wiki_test_ppl(fx, model, 128, 32)
 }
 
 fn check_reference_logits(name: &str) {
@@ -115,16 +106,7 @@ fn perplexity_on_cuda_matches_cpu_in_f32_and_bf16() {
 
 fn prune(fx: &Path, name: &str, device: Device, bits: Option<u32>) -> (Model, Calibration) {
     let mut model = load(fx, name, device, Some(DType::F32));
-    let opts = CalibOptions {
-        dataset: fx
-            .join("data/wikitext2/wiki.valid.raw")
-            .to_string_lossy()
-            .into_owned(),
-        nsamples: 16,
-        seqlen: Some(128),
-        quiet: true,
-        ..CalibOptions::default()
-    };
+    let opts = common::wiki_calib(fx, 16, 128);
     let method = Method::SparseGpt(SparseGptOptions {
         pattern: SparsityPattern::Unstructured { sparsity: 0.5 },
         quant: bits.map(|b| QuantOptions {
@@ -207,16 +189,7 @@ fn running_out_of_device_memory_names_the_device_and_layer() {
     let Some(fx) = common::fixtures() else { return };
     let dev = cuda();
     let mut model = load(&fx, "opt-tiny", dev.clone(), Some(DType::F32));
-    let opts = CalibOptions {
-        dataset: fx
-            .join("data/wikitext2/wiki.valid.raw")
-            .to_string_lossy()
-            .into_owned(),
-        nsamples: 16,
-        seqlen: Some(128),
-        quiet: true,
-        ..CalibOptions::default()
-    };
+    let opts = common::wiki_calib(&fx, 16, 128);
     let mut calib = Calibration::new(&model, opts).unwrap();
     // Take what is free, bar 1 MiB, so that the layer's own buffers cannot fit.
     let ctx = dev

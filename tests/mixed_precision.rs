@@ -21,16 +21,7 @@ fn load(fx: &Path) -> Model {
 }
 
 fn calib_opts(fx: &Path) -> CalibOptions {
-    CalibOptions {
-        dataset: fx
-            .join("data/wikitext2/wiki.valid.raw")
-            .to_string_lossy()
-            .into_owned(),
-        nsamples: 16,
-        seqlen: Some(128),
-        quiet: true,
-        ..CalibOptions::default()
-    }
+    common::wiki_calib(fx, 16, 128)
 }
 
 /// Compresses at 50% with the given per-linear widths; returns (ppl, summary).

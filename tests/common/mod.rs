@@ -57,3 +57,43 @@ pub fn python(modules: &[&str]) -> Option<String> {
     eprintln!("skipped: {why}; {hint}");
     None
 }
+
+/// Calibration on `data/wikitext2/wiki.valid.raw` of the fixtures (read as a
+/// local file: no BOS): `nsamples` windows of `seqlen` tokens, quiet.
+pub fn wiki_calib(
+    fx: &std::path::Path,
+    nsamples: usize,
+    seqlen: usize,
+) -> sparselab::calibrate::CalibOptions {
+    sparselab::calibrate::CalibOptions {
+        dataset: fx
+            .join("data/wikitext2/wiki.valid.raw")
+            .to_string_lossy()
+            .into_owned(),
+        nsamples,
+        seqlen: Some(seqlen),
+        quiet: true,
+        ..Default::default()
+    }
+}
+
+/// WikiText-2 test perplexity of `model` over the first `windows` windows of
+/// `seqlen` tokens of the fixtures' `wiki.test.raw`.
+pub fn wiki_test_ppl(
+    fx: &std::path::Path,
+    model: &sparselab::model::Model,
+    seqlen: usize,
+    windows: usize,
+) -> f64 {
+    let text = std::fs::read_to_string(fx.join("data/wikitext2/wiki.test.raw")).unwrap();
+    let tokens = model.tokenizer().unwrap().encode(&text).unwrap();
+    let opts = sparselab::eval::PplOptions {
+        seqlen: Some(seqlen),
+        max_windows: Some(windows),
+        quiet: true,
+        ..Default::default()
+    };
+    sparselab::eval::perplexity(model, &tokens, &opts)
+        .unwrap()
+        .ppl
+}
