@@ -213,6 +213,10 @@ struct PruneArgs {
     /// that would pass it is an out-of-memory error naming the layer and linear.
     #[arg(long, value_parser = sparselab::memory::parse_size)]
     memory_limit: Option<u64>,
+    /// Keep compressed layers in a temporary directory created here instead of
+    /// memory (for models larger than the host's memory); removed at exit.
+    #[arg(long)]
+    spill_dir: Option<std::path::PathBuf>,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -309,6 +313,9 @@ fn prune(args: PruneArgs) -> Result<()> {
         ..LoadOptions::default()
     };
     let mut model = Model::load(&args.model, &opts)?;
+    if let Some(dir) = &args.spill_dir {
+        model.weights_mut().spill_to_disk(Some(dir))?;
+    }
     let start = std::time::Instant::now();
     let fingerprint = serde_json::json!({
         "command": "prune",

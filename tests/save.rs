@@ -2027,3 +2027,43 @@ print(`saved ${s.tensors} tensors`);
     assert!(out.join("packed.json").is_file());
     assert_eq!(all_tensors(&load(&out)), dense);
 }
+
+/// `prune --spill-dir` keeps compressed layers on disk during the run: the saved
+/// model is byte for byte the one an in-memory run saves, and the temporary
+/// directory is gone afterwards.
+#[test]
+fn prune_with_spill_dir_saves_the_same_model_and_cleans_up() {
+    let Some(fx) = common::fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let spill = tmp.path().join("spill");
+    std::fs::create_dir(&spill).unwrap();
+    let model = fx.join("models/opt-tiny");
+    let settings = ["--sparsity", "0.5", "--bits", "4"];
+    for (out, extra) in [
+        ("in-memory", vec![]),
+        (
+            "spilled",
+            vec!["--spill-dir".into(), spill.clone().into_os_string()],
+        ),
+    ] {
+        let mut args = prune_args(&fx, &model, &settings);
+        args.extend(extra);
+        let o = Command::new(env!("CARGO_BIN_EXE_sparselab"))
+            .args(&args)
+            .arg("--save")
+            .arg(tmp.path().join(out))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let weights = |d: &str| std::fs::read(tmp.path().join(d).join("model.safetensors")).unwrap();
+    assert!(
+        weights("in-memory") == weights("spilled"),
+        "saved weights differ"
+    );
+    assert_eq!(
+        entries(&spill),
+        Vec::<String>::new(),
+        "spill directory left behind"
+    );
+}
