@@ -206,7 +206,8 @@ pub fn nll_sum(logits: &Tensor, targets: &[u32]) -> Result<f64> {
     }
     let logits = logits.to_dtype(DType::F32)?;
     with_cpu_f32(&logits, |l| {
-        l.par_chunks(vocab)
+        let per_row: Vec<f64> = l
+            .par_chunks(vocab)
             .zip(targets.par_iter())
             .map(|(row, &t)| {
                 let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
@@ -214,7 +215,10 @@ pub fn nll_sum(logits: &Tensor, targets: &[u32]) -> Result<f64> {
                 let sum: f64 = row.iter().map(|&v| (v - max).exp() as f64).sum();
                 (max as f64 + sum.ln()) - row[t as usize] as f64
             })
-            .sum()
+            .collect();
+        // Summed in row order: a parallel reduction's order follows the
+        // scheduler, and the same weights must give the same perplexity bits.
+        per_row.iter().sum()
     })
 }
 
