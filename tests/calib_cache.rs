@@ -93,16 +93,7 @@ fn weights(model: &Model) -> Vec<Tensor> {
 
 fn assert_same_weights(a: &Model, b: &Model) {
     for (x, y) in weights(a).iter().zip(weights(b)) {
-        let d = (x - &y)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = common::max_abs_diff(x, &y);
         assert_eq!(d, 0.0, "weights differ by {d}");
     }
 }

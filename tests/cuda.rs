@@ -26,29 +26,6 @@ fn load(fx: &Path, name: &str, device: Device, dtype: Option<DType>) -> Model {
     Model::load(dir.to_str().unwrap(), &opts).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    let a = a
-        .to_device(&Device::Cpu)
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap();
-    let b = b
-        .to_device(&Device::Cpu)
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap();
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
 /// WikiText-2 test perplexity over the first 32 windows of 128 tokens.
 fn test_ppl(fx: &Path, model: &Model) -> f64 {
     common::wiki_test_ppl(fx, model, 128, 32)
@@ -71,7 +48,7 @@ fn check_reference_logits(name: &str) {
         "logits computed on {:?}",
         got.device()
     );
-    let diff = max_abs_diff(&got, &refs["logits"]);
+    let diff = common::max_abs_diff(&got, &refs["logits"]);
     println!("{name} on cuda f32: max |Δlogit| vs transformers = {diff:e}");
     // TF32 is off in candle by default; plain f32 GEMMs differ from the CPU only
     // in summation order.

@@ -21,19 +21,6 @@ fn reference(dir: &std::path::Path) -> (Tensor, Tensor) {
     (ids, t["logits"].clone())
 }
 
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
 fn check_reference(name: &str) {
     let Some(fx) = common::fixtures() else { return };
     let dir = fx.join("models").join(name);
@@ -41,7 +28,7 @@ fn check_reference(name: &str) {
     let (ids, want) = reference(&dir);
     let got = model.forward(&ids).unwrap();
     assert_eq!(got.dims(), want.dims());
-    let diff = max_abs_diff(&got, &want);
+    let diff = common::max_abs_diff(&got, &want);
     println!("{name}: max |Δlogit| = {diff:e}");
     assert!(diff <= 1e-4, "{name}: max abs difference {diff} > 1e-4");
 }
@@ -65,7 +52,7 @@ fn check_legacy(name: &str, legacy: &str) {
         sparselab::model::CheckpointFormat::PyTorch
     );
     let (ids, _) = reference(&fx.join("models").join(name));
-    let diff = max_abs_diff(&a.forward(&ids).unwrap(), &b.forward(&ids).unwrap());
+    let diff = common::max_abs_diff(&a.forward(&ids).unwrap(), &b.forward(&ids).unwrap());
     assert_eq!(diff, 0.0, "{legacy} differs from {name} by {diff}");
     // The tokenizers must agree too (vocab.json + merges.txt against tokenizer.json).
     let text = std::fs::read_to_string(fx.join("data/ptb/ptb.test.txt")).unwrap();

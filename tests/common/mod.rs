@@ -97,3 +97,24 @@ pub fn wiki_test_ppl(
         .unwrap()
         .ppl
 }
+
+/// Largest absolute elementwise difference of two tensors of one shape, compared
+/// on the host in f32 (either may live on a device or be half precision).
+pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    let host = |t: &candle_core::Tensor| {
+        t.to_device(&candle_core::Device::Cpu)
+            .unwrap()
+            .to_dtype(candle_core::DType::F32)
+            .unwrap()
+    };
+    (host(a) - host(b))
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
