@@ -39,7 +39,7 @@ enum Command {
     /// Parse and check a Rhai script without running it.
     Check(RunArgs),
     /// The interactive Rhai REPL (also what a bare `sparselab` starts).
-    Repl(ReplArgs),
+    Repl(SessionArgs),
     /// The Jupyter kernel for Rhai: `kernel install` writes its kernelspec,
     /// `kernel --connection-file F` is what Jupyter starts.
     Kernel(KernelArgs),
@@ -53,15 +53,8 @@ struct KernelArgs {
     /// The connection file Jupyter writes (ports, key); required to serve.
     #[arg(long, value_name = "FILE")]
     connection_file: Option<std::path::PathBuf>,
-    /// `name=value` variables defined at the start (as for `run`).
-    #[arg(long = "set", value_name = "NAME=VALUE")]
-    set: Vec<String>,
-    /// A directory searched for `import "name"` modules (repeatable).
-    #[arg(long = "path", value_name = "DIR")]
-    path: Vec<std::path::PathBuf>,
-    /// No progress output from the primitives.
-    #[arg(long, short)]
-    quiet: bool,
+    #[command(flatten)]
+    session: SessionArgs,
 }
 
 #[derive(Subcommand)]
@@ -86,21 +79,12 @@ struct InstallArgs {
 struct RunArgs {
     /// The script file.
     script: std::path::PathBuf,
-    /// `name=value`: a variable visible to the script (and the value of its
-    /// `param name = default;`). Values are read as an integer, else a float,
-    /// else true/false, else a string. Repeatable.
-    #[arg(long = "set", value_name = "NAME=VALUE")]
-    set: Vec<String>,
-    /// A directory searched for `import "name"` modules (repeatable; searched
-    /// before SPARSELAB_SCRIPT_PATH).
-    #[arg(long = "path", value_name = "DIR")]
-    path: Vec<std::path::PathBuf>,
-    /// No progress output from the primitives.
-    #[arg(long, short)]
-    quiet: bool,
+    #[command(flatten)]
+    session: SessionArgs,
 }
 
-impl RunArgs {
+impl SessionArgs {
+    /// The script engine's options from these flags.
     fn options(&self) -> Result<ScriptOptions> {
         let params = self
             .set
@@ -116,12 +100,16 @@ impl RunArgs {
     }
 }
 
+/// What every script front end takes: `run`, `check`, the REPL and the kernel.
 #[derive(Args, Default)]
-struct ReplArgs {
-    /// `name=value` variables defined at the start (as for `run`).
+struct SessionArgs {
+    /// `name=value`: a variable visible to the script (and the value of its
+    /// `param name = default;`). Values are read as an integer, else a float,
+    /// else true/false, else a string. Repeatable.
     #[arg(long = "set", value_name = "NAME=VALUE")]
     set: Vec<String>,
-    /// A directory searched for `import "name"` modules (repeatable).
+    /// A directory searched for `import "name"` modules (repeatable; searched
+    /// before SPARSELAB_SCRIPT_PATH).
     #[arg(long = "path", value_name = "DIR")]
     path: Vec<std::path::PathBuf>,
     /// No progress output from the primitives.
@@ -533,29 +521,19 @@ impl std::fmt::Display for Formatted {
 impl std::error::Error for Formatted {}
 
 fn run_script(args: RunArgs) -> Result<()> {
-    let opts = args.options()?;
+    let opts = args.session.options()?;
     run_file(&args.script, &opts).map_err(|e| Formatted(e).into())
 }
 
 fn check_script(args: RunArgs) -> Result<()> {
-    let opts = args.options()?;
+    let opts = args.session.options()?;
     check_file(&args.script, &opts).map_err(Formatted)?;
     println!("{}: ok", args.script.display());
     Ok(())
 }
 
-fn repl(args: ReplArgs) -> Result<()> {
-    let params = args
-        .set
-        .iter()
-        .map(|s| parse_set(s))
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| anyhow::anyhow!(e))?;
-    sparselab::repl::run(ScriptOptions {
-        search_path: args.path,
-        quiet: args.quiet,
-        params,
-    })
+fn repl(args: SessionArgs) -> Result<()> {
+    sparselab::repl::run(args.options()?)
 }
 
 fn kernel(args: KernelArgs) -> Result<()> {
@@ -580,20 +558,7 @@ fn kernel(args: KernelArgs) -> Result<()> {
              `sparselab kernel install` registers the kernel with Jupyter"
         );
     };
-    let params = args
-        .set
-        .iter()
-        .map(|s| parse_set(s))
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| anyhow::anyhow!(e))?;
-    sparselab::kernel::run(
-        &file,
-        ScriptOptions {
-            search_path: args.path,
-            quiet: args.quiet,
-            params,
-        },
-    )
+    sparselab::kernel::run(&file, args.session.options()?)
 }
 
 fn main() -> ExitCode {
@@ -606,7 +571,7 @@ fn main() -> ExitCode {
         Some(Command::Check(args)) => check_script(args),
         Some(Command::Repl(args)) => repl(args),
         Some(Command::Kernel(args)) => kernel(args),
-        None => repl(ReplArgs::default()),
+        None => repl(SessionArgs::default()),
     };
     match result {
         Err(e) if e.downcast_ref::<Formatted>().is_some() => {
