@@ -118,6 +118,8 @@ fn measure(dir: &Path) -> Result<()> {
     model.weights_mut().spill_to_disk(None)?;
     let opts = CalibOptions {
         nsamples: windows,
+        // As `sparselab prune` does: no activation sample for importance metrics.
+        reservoir: 0,
         quiet: true,
         ..CalibOptions::default()
     };
@@ -131,10 +133,32 @@ fn measure(dir: &Path) -> Result<()> {
         }),
         ..SparseGptOptions::default()
     });
-    calib.run(&mut model, uniform_policy(method, LayerFilter::default()))?;
+    // The layers driven by hand (as `Calibration::run` does), so that the peak of
+    // each stage can be read: the kernel's high-water mark is reset before each.
+    let mut policy = uniform_policy(method, LayerFilter::default());
+    let mut stage_peak = [0f64; 3];
+    let mut staged = |i: usize, f: &mut dyn FnMut() -> Result<()>| -> Result<()> {
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
+        f()?;
+        stage_peak[i] = stage_peak[i].max(peak_rss_mib());
+        Ok(())
+    };
+    loop {
+        let mut work = None;
+        staged(0, &mut || {
+            work = calib.next_layer(&model)?;
+            Ok(())
+        })?;
+        let Some(mut work) = work else { break };
+        staged(1, &mut || policy(&mut work))?;
+        let mut work = Some(work);
+        staged(2, &mut || {
+            calib.commit(&mut model, work.take().expect("committed once"))
+        })?;
+    }
     device.synchronize()?;
     let total = start.elapsed().as_secs_f64();
-    let peak = peak_rss_mib();
+    let peak = stage_peak.iter().fold(setup_peak, |a, &b| a.max(b));
     let (anon, file) = rss_split_mib();
 
     // FLOPs actually asked of the machine (approximate for OBS, exact for GEMMs).
@@ -182,6 +206,10 @@ fn measure(dir: &Path) -> Result<()> {
         100.0 * flops / total / 1e9 / gemm
     );
     println!("  RSS before loading {baseline:.0} MiB; peak while loading and embedding {setup_peak:.0} MiB");
+    println!(
+        "  peak RSS per stage: Hessians {:.0} MiB, compressing {:.0} MiB, forward of the compressed layer {:.0} MiB",
+        stage_peak[0], stage_peak[1], stage_peak[2]
+    );
     println!(
         "  peak RSS {peak:.0} MiB; at the end {anon:.0} MiB anonymous + {file:.0} MiB mapped checkpoint pages \
          (one layer's weights {layer_mib:.0} MiB, activations {acts_mib:.0} MiB, embedding {:.0} MiB)",

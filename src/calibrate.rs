@@ -53,7 +53,10 @@ pub struct CalibOptions {
     pub seqlen: Option<usize>,
     /// Seed of the reference sampler. Default 0.
     pub seed: u64,
-    /// Windows per forward pass. Default 8.
+    /// Windows per forward pass; 0 (the default) takes as many as fill
+    /// [`AUTO_BATCH_TOKENS`] tokens, at least one. A pass's temporaries (the
+    /// fc1/MLP activations above all) grow with it: at 2048 tokens an OPT-125M
+    /// layer's are about 100 MiB, at 8 windows of 2048 tokens 0.8 GiB.
     pub batch: usize,
     /// GPTQ's order: each group of linears that read one input gets its Hessian
     /// only after the groups before it are compressed. Default false.
@@ -88,6 +91,22 @@ pub struct CalibOptions {
     pub memory_limit: Option<u64>,
 }
 
+/// Tokens per forward pass when [`CalibOptions::batch`] is 0: enough rows for
+/// the GEMMs to run at full rate, few enough that the pass's temporaries stay
+/// small next to the calibration activations.
+pub const AUTO_BATCH_TOKENS: usize = 2048;
+
+impl CalibOptions {
+    /// Windows per forward pass for windows of `seqlen` tokens: `batch`, or
+    /// with `batch` 0 as many as fill [`AUTO_BATCH_TOKENS`] (at least one).
+    pub fn windows_per_pass(&self, seqlen: usize) -> usize {
+        match self.batch {
+            0 => (AUTO_BATCH_TOKENS / seqlen.max(1)).max(1),
+            b => b,
+        }
+    }
+}
+
 impl Default for CalibOptions {
     fn default() -> Self {
         Self {
@@ -95,7 +114,7 @@ impl Default for CalibOptions {
             nsamples: 128,
             seqlen: None,
             seed: 0,
-            batch: 8,
+            batch: 0,
             true_sequential: false,
             reservoir: DEFAULT_RESERVOIR_CAPACITY,
             quiet: false,
@@ -350,7 +369,7 @@ impl Calibration {
             }
             return Ok(me);
         }
-        let batch = me.opts.batch.max(1);
+        let batch = me.opts.windows_per_pass(seqlen);
         let limit = MemoryLimit(me.opts.memory_limit);
         let embed = |me: &mut Self| -> Result<()> {
             let bytes = (windows.len() * seqlen * model.hidden_size()) as u64
@@ -359,7 +378,7 @@ impl Calibration {
             for chunk in windows.chunks(batch) {
                 let flat: Vec<u32> = chunk.iter().flatten().copied().collect();
                 let ids = Tensor::from_vec(flat, (chunk.len(), seqlen), &Device::Cpu)?;
-                me.inputs.push(model.embed(&ids)?);
+                me.inputs.push(model.embed_rows(&ids)?);
             }
             Ok(())
         };
@@ -523,6 +542,10 @@ impl Calibration {
             bail!("call Calibration::restore(&mut model) before committing layers");
         }
         interrupt::check()?;
+        // The statistics are spent (a cache entry already holds them): free them
+        // before the forward pass allocates the next layer's inputs.
+        work.accs = Vec::new();
+        work.reservoirs = Vec::new();
         let k = work.index;
         let last = k + 1 == model.num_layers();
         let start = Instant::now();

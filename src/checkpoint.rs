@@ -140,7 +140,7 @@ impl Manifest {
             nsamples: windows.len(),
             seqlen: windows.first().map_or(0, Vec::len),
             seed: opts.seed,
-            batch: opts.batch.max(1),
+            batch: opts.windows_per_pass(windows.first().map_or(0, Vec::len)),
             true_sequential: opts.true_sequential,
             sequential: opts.sequential,
             reservoir: opts.reservoir,

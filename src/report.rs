@@ -169,7 +169,7 @@ pub fn compression_report(model: &Model, calib: &Calibration, run: &RunInfo) -> 
             "nsamples": calib.windows(),
             "seqlen": calib.seqlen(),
             "seed": calib.opts.seed,
-            "batch": calib.opts.batch,
+            "batch": calib.opts.windows_per_pass(calib.seqlen()),
             "true_sequential": calib.opts.true_sequential,
             "reservoir": calib.opts.reservoir,
             "checkpoint": calib.opts.checkpoint.as_ref().map(|p| p.display().to_string()),

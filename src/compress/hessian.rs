@@ -1,7 +1,11 @@
 //! The layer-input Hessian `H = 2/n · Σ XᵀX`, accumulated as the reference does.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
+
+use crate::model::kernels;
 
 /// Running accumulation of one linear's input statistics over calibration batches.
 ///
@@ -16,13 +20,34 @@ use candle_core::{DType, Device, Tensor};
 /// sequences of each input column's squared norm.
 ///
 /// Both live on the device of the accumulator in f32, and the update is a GEMM
-/// there, so this runs on CPU or CUDA alike.
-#[derive(Debug, Clone)]
+/// there, so this runs on CPU or CUDA alike. On the CPU the update is applied in
+/// place to one triangle of `H` (half the FLOPs, no `columns²` temporaries);
+/// the other triangle is filled in when [`hessian`](Self::hessian) reads it.
+#[derive(Debug)]
 pub struct HessianAccumulator {
     h: Tensor,
     scaler_row: Tensor,
     nsamples: usize,
     columns: usize,
+    /// The upper triangle of `h` lags behind its lower one (CPU updates).
+    upper_stale: AtomicBool,
+    /// `h`'s storage may be shared with a tensor handed out (a clone, or
+    /// [`hessian`](Self::hessian)): the next in-place update copies it first.
+    shared: AtomicBool,
+}
+
+impl Clone for HessianAccumulator {
+    fn clone(&self) -> Self {
+        self.shared.store(true, Ordering::Relaxed);
+        Self {
+            h: self.h.clone(),
+            scaler_row: self.scaler_row.clone(),
+            nsamples: self.nsamples,
+            columns: self.columns,
+            upper_stale: AtomicBool::new(self.upper_stale.load(Ordering::Relaxed)),
+            shared: AtomicBool::new(true),
+        }
+    }
 }
 
 impl HessianAccumulator {
@@ -36,6 +61,8 @@ impl HessianAccumulator {
             scaler_row: Tensor::zeros(columns, DType::F32, device)?,
             nsamples: 0,
             columns,
+            upper_stale: AtomicBool::new(false),
+            shared: AtomicBool::new(false),
         })
     }
 
@@ -68,27 +95,39 @@ impl HessianAccumulator {
         self.nsamples += t;
         let n = self.nsamples as f64;
 
-        if crate::model::kernels::is_cpu_f32(&x) {
-            // One triangle of XᵀX through faer: half the FLOPs of the full product.
-            // X is scaled before the product, as the reference does, so that
-            // rounding (and hence tie-breaking in the masks) follows it.
-            let xs = x.affine((2.0 / n).sqrt(), 0.0)?;
-            self.h = crate::model::kernels::gram_update(&self.h, keep as f32, 1.0, &xs)?;
+        // X is scaled before the product, as the reference does, so that
+        // rounding (and hence tie-breaking in the masks) follows it.
+        let xs = x.affine((2.0 / n).sqrt(), 0.0)?;
+        if kernels::is_cpu_f32(&xs) && kernels::is_cpu_f32(&self.h) {
+            if self.shared.swap(false, Ordering::Relaxed) {
+                self.h = self.h.copy()?;
+            }
+            kernels::gram_lower_add(&self.h, keep as f32, &xs)?;
+            self.upper_stale.store(true, Ordering::Relaxed);
         } else {
-            let xs = x.affine((2.0 / n).sqrt(), 0.0)?;
             let gram = xs.t()?.matmul(&xs)?;
             self.h = (self.h.affine(keep, 0.0)? + gram)?;
         }
 
         // ‖X_j‖² as a sum of squares; the reference squares torch.norm, which is
         // the same up to one rounding.
-        let sq = x.sqr()?.sum(0)?;
+        let sq = if kernels::is_cpu_f32(&x) {
+            let sums = kernels::column_sq_sums(&x)?;
+            Tensor::from_vec(sums, d, &Device::Cpu)?
+        } else {
+            x.sqr()?.sum(0)?
+        };
         self.scaler_row = (self.scaler_row.affine(keep, 0.0)? + sq.affine(1.0 / n, 0.0)?)?;
         Ok(())
     }
 
     /// The accumulated Hessian, f32 `[columns, columns]` (zeros before any batch).
     pub fn hessian(&self) -> &Tensor {
+        if self.upper_stale.swap(false, Ordering::Relaxed) {
+            // Cannot fail: h is the contiguous square f32 CPU tensor the updates wrote.
+            kernels::mirror_lower(&self.h).expect("mirroring the Hessian's lower triangle");
+        }
+        self.shared.store(true, Ordering::Relaxed);
         &self.h
     }
 
@@ -124,11 +163,14 @@ impl HessianAccumulator {
             scaler_row: scaler_row.to_dtype(DType::F32)?,
             nsamples,
             columns,
+            upper_stale: AtomicBool::new(false),
+            shared: AtomicBool::new(true),
         })
     }
 
     /// The Hessian and the Wanda scale, consuming the accumulator.
     pub fn into_parts(self) -> (Tensor, Tensor) {
+        self.hessian();
         (self.h, self.scaler_row)
     }
 }
@@ -166,6 +208,37 @@ mod tests {
             .max_all()?
             .to_scalar::<f32>()?;
         assert!(diff < 1e-4, "diff {diff}");
+        Ok(())
+    }
+
+    /// The in-place triangle update and the mirroring on a width that is no
+    /// multiple of the mirror's tile; a Hessian read between two batches keeps
+    /// its value (the update copies shared storage first).
+    #[test]
+    fn in_place_updates_leave_handed_out_hessians_alone() -> Result<()> {
+        let dev = Device::Cpu;
+        let a = Tensor::randn(0f32, 1.0, (2, 50, 130), &dev)?;
+        let b = Tensor::randn(0f32, 1.0, (1, 70, 130), &dev)?;
+        let mut acc = HessianAccumulator::new(130, &dev)?;
+        acc.add_batch(&a)?;
+        let first = acc.hessian().clone();
+        let snapshot = first.copy()?;
+        let copy = acc.clone();
+        acc.add_batch(&b)?;
+        let max_diff = |x: &Tensor, y: &Tensor| -> Result<f32> {
+            Ok((x - y)?.abs()?.max_all()?.to_scalar::<f32>()?)
+        };
+        assert_eq!(max_diff(&first, &snapshot)?, 0.0);
+        assert_eq!(max_diff(copy.hessian(), &snapshot)?, 0.0);
+
+        let xa = a.reshape((100, 130))?;
+        let want_a = xa.t()?.matmul(&xa)?.affine(2.0 / 2.0, 0.0)?;
+        assert!(max_diff(&snapshot, &want_a)? < 1e-3);
+        let all = Tensor::cat(&[xa, b.reshape((70, 130))?], 0)?;
+        let want = all.t()?.matmul(&all)?.affine(2.0 / 3.0, 0.0)?;
+        let h = acc.hessian();
+        assert!(max_diff(h, &want)? < 1e-3, "{}", max_diff(h, &want)?);
+        assert_eq!(max_diff(h, &h.t()?)?, 0.0, "exactly symmetric");
         Ok(())
     }
 

@@ -159,7 +159,6 @@ impl Model {
             }
         }
         let device = opts.device.clone();
-        let outer = load_outer(&config, &weights, dtype, &device)?;
         Ok(Self {
             spec: spec.to_string(),
             dir: dir.to_path_buf(),
@@ -168,7 +167,9 @@ impl Model {
             weights,
             device,
             dtype,
-            outer: std::sync::Mutex::new(Some(std::sync::Arc::new(outer))),
+            // Loaded on first use: a calibration reads only the embedding rows of
+            // its tokens (embed_rows) and may never need the whole matrix.
+            outer: std::sync::Mutex::new(None),
         })
     }
 
@@ -247,6 +248,51 @@ impl Model {
         Ok(match &*self.outer()? {
             Outer::Opt(o) => o.embed(&ids)?,
             Outer::Llama(o) => o.embed(&ids)?,
+        })
+    }
+
+    /// Token ids `[b, t]` → hidden states `[b, t, hidden]`, as [`embed`](Self::embed),
+    /// but unless the embeddings are resident already only the rows of the
+    /// tokens in `ids` are read from the checkpoint
+    /// ([`WeightStore::gather_rows`]): a calibration's windows use a few thousand
+    /// of the vocabulary's rows, and the full matrix (147 MiB for OPT-125M in
+    /// f32, 500 MiB for a 7B model in f16) need not be resident at any point.
+    pub fn embed_rows(&self, ids: &Tensor) -> Result<Tensor> {
+        let resident = self
+            .outer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some();
+        if resident {
+            return self.embed(ids);
+        }
+        let flat: Vec<u32> = ids.flatten_all()?.to_vec1()?;
+        let mut rows = flat.clone();
+        rows.sort_unstable();
+        rows.dedup();
+        let local: Vec<u32> = flat
+            .iter()
+            .map(|t| rows.binary_search(t).unwrap_or(0) as u32)
+            .collect();
+        let local = Tensor::from_vec(local, ids.dims(), &self.device)?;
+        let get = |name: &str, dt: DType| self.weights.get(name, dt, &self.device);
+        Ok(match &self.config {
+            ModelConfig::Opt(c) => {
+                let table = self.weights.gather_rows(
+                    "model.decoder.embed_tokens.weight",
+                    &rows,
+                    self.dtype,
+                    &self.device,
+                )?;
+                opt::OptOuter::embed_rows(c, self.dtype, &get, &table, &local)?
+            }
+            ModelConfig::Llama(_) => {
+                let (b, t) = ids.dims2()?;
+                self.weights
+                    .gather_rows("model.embed_tokens.weight", &rows, self.dtype, &self.device)?
+                    .index_select(&local.flatten_all()?, 0)?
+                    .reshape((b, t, ()))?
+            }
         })
     }
 

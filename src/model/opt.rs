@@ -182,16 +182,52 @@ impl OptOuter {
 
     /// Token ids `[b, t]` → hidden states `[b, t, hidden]` (positions 0…t−1).
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
-        let (b, t) = ids.dims2()?;
-        let mut x = self.embed_tokens.index_select(&ids.flatten_all()?, 0)?;
-        if let Some(w) = &self.project_in {
-            x = super::kernels::xwt(&x, w)?;
-        }
-        let x = x.reshape((b, t, ()))?;
-        let pos = self.embed_positions.narrow(0, POSITION_OFFSET, t)?;
-        x.broadcast_add(&pos)
+        embed(
+            &self.embed_tokens,
+            &self.embed_positions,
+            self.project_in.as_ref(),
+            ids,
+        )
     }
 
+    /// [`embed`](Self::embed) from the token rows `table` alone (`ids` index
+    /// into it), loading only the small position table and projection through
+    /// `get`: what a calibration needs, without the `[vocab, hidden]` matrix.
+    pub fn embed_rows(
+        cfg: &OptConfig,
+        dtype: DType,
+        get: &dyn Fn(&str, DType) -> anyhow::Result<Tensor>,
+        table: &Tensor,
+        ids: &Tensor,
+    ) -> anyhow::Result<Tensor> {
+        let p = "model.decoder";
+        let project_in = if cfg.has_projections() {
+            Some(get(&format!("{p}.project_in.weight"), dtype)?)
+        } else {
+            None
+        };
+        let positions = get(&format!("{p}.embed_positions.weight"), dtype)?;
+        Ok(embed(table, &positions, project_in.as_ref(), ids)?)
+    }
+}
+
+fn embed(
+    tokens: &Tensor,
+    positions: &Tensor,
+    project_in: Option<&Tensor>,
+    ids: &Tensor,
+) -> Result<Tensor> {
+    let (b, t) = ids.dims2()?;
+    let mut x = tokens.index_select(&ids.flatten_all()?, 0)?;
+    if let Some(w) = project_in {
+        x = super::kernels::xwt(&x, w)?;
+    }
+    let x = x.reshape((b, t, ()))?;
+    let pos = positions.narrow(0, POSITION_OFFSET, t)?;
+    x.broadcast_add(&pos)
+}
+
+impl OptOuter {
     /// Hidden states `[b, t, hidden]` → logits `[b, t, vocab]` in f32.
     pub fn head(&self, x: &Tensor) -> Result<Tensor> {
         let mut x = x.clone();

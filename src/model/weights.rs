@@ -333,6 +333,61 @@ impl WeightStore {
         Ok(t.to_dtype(dtype)?)
     }
 
+    /// Rows `rows` of the 2-D tensor `name` (e.g. the embedding rows of the
+    /// tokens a calibration uses), as `[rows.len(), columns]` in `dtype` on
+    /// `device`. From a safetensors checkpoint only those rows are read (and
+    /// their mapped pages handed back), so an embedding matrix of hundreds of
+    /// MiB never needs to be resident; other formats load the whole tensor.
+    pub fn gather_rows(
+        &self,
+        name: &str,
+        rows: &[u32],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let meta = self
+            .meta
+            .get(name)
+            .with_context(|| format!("no tensor named {name} in the checkpoint"))?;
+        let &[nrows, cols] = meta.shape.as_slice() else {
+            bail!("{name} is not a matrix: shape {:?}", meta.shape);
+        };
+        if let Some(&bad) = rows.iter().find(|&&r| r as usize >= nrows) {
+            bail!("row {bad} of {name} does not exist: it has {nrows} rows");
+        }
+        let direct = match (&self.backend, self.is_replaced(name)) {
+            (Backend::Safetensors(st), false) => Some(st.get(&meta.stored_name)?),
+            _ => None,
+        };
+        let Some(view) = direct else {
+            let ids = Tensor::from_slice(rows, rows.len(), device)?;
+            return Ok(self.get(name, dtype, device)?.index_select(&ids, 0)?);
+        };
+        let st_dtype = view.dtype();
+        let stored = DType::try_from(st_dtype).map_err(|e| anyhow!("cannot read {name}: {e}"))?;
+        let row_bytes = cols * stored.size_in_bytes();
+        let data = view.data();
+        let mut bytes = vec![0u8; rows.len() * row_bytes];
+        // In file order, handing back the mapped pages behind every few MiB: the
+        // kernel maps neighbouring pages on each fault, so scattered rows would
+        // otherwise leave most of the matrix resident until the end.
+        let mut order: Vec<usize> = (0..rows.len()).collect();
+        order.sort_unstable_by_key(|&i| rows[i]);
+        let mut released = 0;
+        for i in order {
+            let at = rows[i] as usize * row_bytes;
+            bytes[i * row_bytes..(i + 1) * row_bytes].copy_from_slice(&data[at..at + row_bytes]);
+            if at - released >= 8 << 20 {
+                release_mapped_pages(&data[released..at]);
+                released = at;
+            }
+        }
+        release_mapped_pages(data);
+        let t = Tensor::from_raw_buffer(&bytes, stored, &[rows.len(), cols], &Device::Cpu)?;
+        check_finite(name, &t, &self.files)?;
+        Ok(t.to_dtype(dtype)?.to_device(device)?)
+    }
+
     /// Loads a stored tensor (by its name in the checkpoint) as stored.
     pub fn load_stored(&self, stored_name: &str, device: &Device) -> Result<Tensor> {
         let t = match &self.backend {
