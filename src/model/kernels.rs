@@ -25,6 +25,78 @@ pub fn xwt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// `x · wᵀ + b` for `x` `[n, k]`, `w` `[m, k]` and `b` `[m]` (f32, CPU): the
+/// bias is written first and the product added onto it, which spares the
+/// separate broadcast pass (and its `[n, m]` temporary) of `y + b`.
+pub fn matmul_xwt_bias(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (n, k) = x.dims2()?;
+    let (m, k2) = w.dims2()?;
+    if k != k2 || b.dims() != [m] {
+        candle_core::bail!(
+            "matmul_xwt_bias: x is [{n}, {k}], w [{m}, {k2}], b {:?}",
+            b.dims()
+        );
+    }
+    let mut out = vec![0f32; n * m];
+    with_cpu_f32(b, |bs| {
+        out.par_chunks_mut(m).for_each(|row| row.copy_from_slice(bs));
+    })?;
+    with_cpu_f32(x, |xs| {
+        with_cpu_f32(w, |ws| {
+            let xr = MatRef::from_row_major_slice(xs, n, k);
+            let wr = MatRef::from_row_major_slice(ws, m, k);
+            let dst = MatMut::from_column_major_slice_mut(&mut out, m, n);
+            faer::linalg::matmul::matmul(
+                dst,
+                Accum::Add,
+                wr,
+                xr.transpose(),
+                1.0f32,
+                Par::rayon(0),
+            );
+        })
+    })??;
+    Tensor::from_vec(out, (n, m), &Device::Cpu)
+}
+
+/// LayerNorm over the last dimension of an f32 CPU tensor in one parallel
+/// pass per row (mean, variance, normalise, scale, shift), where the generic
+/// version makes nine passes, each with a full-size temporary. Same formula:
+/// `(x − mean) / sqrt(var + eps) · w + b`, variance about the mean, in f32.
+pub fn layer_norm_f32(
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f64,
+) -> Result<Tensor> {
+    let d = x.dim(candle_core::D::Minus1)?;
+    let dims = x.dims().to_vec();
+    let w = weight.map(|w| w.to_vec1::<f32>()).transpose()?;
+    let b = bias.map(|b| b.to_vec1::<f32>()).transpose()?;
+    let out = with_cpu_f32(x, |xs| {
+        let mut out = vec![0f32; xs.len()];
+        out.par_chunks_mut(d)
+            .zip(xs.par_chunks(d))
+            .for_each(|(o, row)| {
+                let mean = row.iter().sum::<f32>() / d as f32;
+                let var = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+                let inv = 1.0 / (var + eps as f32).sqrt();
+                for (j, (o, &v)) in o.iter_mut().zip(row).enumerate() {
+                    let mut y = (v - mean) * inv;
+                    if let Some(w) = &w {
+                        y *= w[j];
+                    }
+                    if let Some(b) = &b {
+                        y += b[j];
+                    }
+                    *o = y;
+                }
+            });
+        out
+    })?;
+    Tensor::from_vec(out, dims, &Device::Cpu)
+}
+
 /// `x · wᵀ` for `x` `[n, k]` and `w` `[m, k]` (f32, CPU): `[n, m]`.
 pub fn matmul_xwt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (n, k) = x.dims2()?;

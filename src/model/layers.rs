@@ -72,14 +72,17 @@ impl Linear {
             let dims = x.dims().to_vec();
             let k = dims[dims.len() - 1];
             let rows = x.elem_count() / k;
-            let y = super::kernels::matmul_xwt(&x.reshape((rows, k))?, w)?;
+            let x2 = x.reshape((rows, k))?;
+            let y = match self.bias() {
+                Some(b) if super::kernels::is_cpu_f32(b) => {
+                    super::kernels::matmul_xwt_bias(&x2, w, b)?
+                }
+                Some(b) => super::kernels::matmul_xwt(&x2, w)?.broadcast_add(b)?,
+                None => super::kernels::matmul_xwt(&x2, w)?,
+            };
             let mut out_dims = dims;
             *out_dims.last_mut().expect("rank ≥ 1") = w.dim(0)?;
-            let y = y.reshape(out_dims)?;
-            return Ok(match self.bias() {
-                Some(b) => y.broadcast_add(b)?,
-                None => y,
-            });
+            return Ok(y.reshape(out_dims)?);
         }
         Ok(self.inner.forward(x)?)
     }
@@ -94,6 +97,10 @@ pub fn layer_norm(
     eps: f64,
 ) -> Result<Tensor> {
     let dtype = x.dtype();
+    let affine_f32 = |t: Option<&Tensor>| t.is_none_or(super::kernels::is_cpu_f32);
+    if super::kernels::is_cpu_f32(x) && affine_f32(weight) && affine_f32(bias) {
+        return super::kernels::layer_norm_f32(x, weight, bias, eps);
+    }
     let x = x.to_dtype(DType::F32)?;
     let mean = x.mean_keepdim(D::Minus1)?;
     let centered = x.broadcast_sub(&mean)?;
