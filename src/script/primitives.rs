@@ -317,7 +317,7 @@ pub mod primitives {
     /// sampled with `seed` (default 0) as the reference does; `true_sequential`
     /// (default false) takes each group of linears' Hessian after the earlier
     /// groups are compressed; `batch` windows per forward pass (default: as many as
-    /// fill 2048 tokens, at least one);
+    /// fill 1024 tokens, at least one);
     /// `quiet` hides progress; `reservoir` token rows of each linear's input kept
     /// for the activation-based importance metrics (default 4096, 0 = none);
     /// `checkpoint` a directory where every committed layer is written and from
