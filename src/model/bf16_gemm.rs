@@ -803,6 +803,8 @@ mod tests {
         check(37, 130, 53, false, false, 1.0, 0.0, false);
         check(5, 1, 7, false, false, 1.0, 0.0, false);
         check(1, 3, 1, false, false, 1.0, 0.0, false);
+        // k = 0: C ← beta·C.
+        check(5, 0, 7, false, false, 1.0, 0.5, false);
         // Several tiles and several k blocks.
         check(250, 517, 300, false, false, 1.0, 0.0, false);
     }
@@ -871,6 +873,18 @@ mod tests {
             }
             assert_eq!(c[m..m + 3], [7.0; 3][..], "padding touched");
         }
+        // beta = 0 does not read C: NaN there does not propagate.
+        let mut c = vec![f32::NAN; m * n];
+        gemm_bf16(
+            StridedMut::row_major(&mut c, m, n).unwrap(),
+            0.0,
+            1.0,
+            a,
+            b,
+            false,
+        )
+        .unwrap();
+        assert!(c.iter().all(|v| v.is_finite()));
         // Overlapping output views are refused.
         assert!(StridedMut::new(&mut c, 4, 4, 2, 1).is_err());
     }
