@@ -635,10 +635,11 @@ mod imp {
         // per thread, counting half of them for a lower triangle).
         let mt = m.div_ceil(MC);
         let want = 8 * rayon::current_num_threads() * if lower_only { 2 } else { 1 };
-        let mut nc = NC;
-        while nc > NR && mt * n.div_ceil(nc) < want {
-            nc /= 2;
+        let mut strips = NC / NR;
+        while strips > 1 && mt * n.div_ceil(strips * NR) < want {
+            strips /= 2;
         }
+        let nc = strips * NR;
         let nt = n.div_ceil(nc);
         let tiles: Vec<(usize, usize)> = (0..mt)
             .flat_map(|ti| (0..nt).map(move |tj| (ti, tj)))
