@@ -5,6 +5,7 @@
 //! compute device; [`Model::layer`] brings one decoder layer onto the device for as
 //! long as the caller holds it.
 
+pub mod bf16_gemm;
 pub mod config;
 pub mod kernels;
 pub mod layers;
