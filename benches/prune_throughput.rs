@@ -2,7 +2,9 @@
 //! layers, 768 wide): 16 windows × 512 tokens at 50% sparsity + 4 bits on CPU.
 //! Prints seconds per decoder layer, the shares of forward passes, Hessians and
 //! OBS, the FLOPs done and the GFLOP/s reached against this machine's measured
-//! GEMM rate, and peak memory; then the same job in PyTorch
+//! f32 GEMM rate, the relative output error of the linears, and peak memory
+//! (overall and per stage); on a CPU with AVX512-BF16 the same job again with
+//! bf16 GEMMs (`gemm: bf16`); then the same job in PyTorch
 //! (`benches/torch_sparsegpt.py`, a straightforward port of the reference) when
 //! a Python with torch and transformers is available (`SPARSELAB_PYTHON`).
 //!
@@ -22,6 +24,7 @@ use candle_core::{DType, Device, Tensor};
 use common::{peak_rss_mib, rss_split_mib};
 use sparselab::calibrate::{uniform_policy, CalibOptions, Calibration, LayerFilter, Method};
 use sparselab::compress::{BitWidths, QuantOptions, SparseGptOptions, SparsityPattern};
+use sparselab::model::kernels::CpuGemm;
 use sparselab::model::random::{opt_config, write_random_model};
 use sparselab::model::{LoadOptions, Model};
 
@@ -87,10 +90,18 @@ fn main() -> Result<()> {
         })
         .collect();
     std::fs::write(dir.join("windows.json"), serde_json::to_string(&ids)?)?;
-    let status = Command::new(std::env::current_exe()?)
-        .env("SPARSELAB_BENCH_CHILD", &dir)
-        .status()?;
-    anyhow::ensure!(status.success(), "the measured run failed");
+    let mut gemms = vec!["f32"];
+    // The bf16 option where it can run: the same job, with its numerics.
+    if device()?.is_cpu() && sparselab::model::bf16_gemm::available() {
+        gemms.push("bf16");
+    }
+    for gemm in gemms {
+        let status = Command::new(std::env::current_exe()?)
+            .env("SPARSELAB_BENCH_CHILD", &dir)
+            .env("SPARSELAB_BENCH_GEMM", gemm)
+            .status()?;
+        anyhow::ensure!(status.success(), "the measured run ({gemm} GEMMs) failed");
+    }
     torch_baseline(&dir)
 }
 
@@ -116,8 +127,11 @@ fn measure(dir: &Path) -> Result<()> {
     // Compressed layers go to disk as they are produced, as a run on a model
     // larger than memory would keep them.
     model.weights_mut().spill_to_disk(None)?;
+    let precision =
+        CpuGemm::parse(&std::env::var("SPARSELAB_BENCH_GEMM").unwrap_or_else(|_| "f32".into()))?;
     let opts = CalibOptions {
         nsamples: windows,
+        gemm: precision,
         // As `sparselab prune` does: no activation sample for importance metrics.
         reservoir: 0,
         quiet: true,
@@ -177,7 +191,8 @@ fn measure(dir: &Path) -> Result<()> {
     let layer_mib = (4.0 * d * d + 2.0 * d * f) * 4.0 / 1048576.0;
     let acts_mib = n * d * 4.0 / 1048576.0;
     println!(
-        "sparselab  OPT-125M-shaped ({layers} layers), {windows} x {seqlen} tokens, 50% + 4 bits, f32, {} ({} threads)",
+        "sparselab  OPT-125M-shaped ({layers} layers), {windows} x {seqlen} tokens, 50% + 4 bits, f32 weights, {} GEMMs, {} ({} threads)",
+        precision.name(),
         sparselab::device::device_name(&device),
         rayon::current_num_threads()
     );
@@ -204,6 +219,13 @@ fn measure(dir: &Path) -> Result<()> {
         flops / 1e9,
         flops / total / 1e9,
         100.0 * flops / total / 1e9 / gemm
+    );
+    let rel: Vec<f64> = calib.reports.iter().map(|r| r.rel_error).collect();
+    println!(
+        "  relative output error ‖WX − ŴX‖²/‖WX‖² over the {} linears: mean {:.6}, max {:.6}",
+        rel.len(),
+        rel.iter().sum::<f64>() / rel.len().max(1) as f64,
+        rel.iter().fold(0f64, |a, &b| a.max(b))
     );
     println!("  RSS before loading {baseline:.0} MiB; peak while loading and embedding {setup_peak:.0} MiB");
     println!(

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::calib_cache::{chain_next, layer_weights_hash, StatCache};
 use crate::checkpoint::{Checkpoint, Manifest};
 use crate::interrupt;
+use crate::model::kernels::CpuGemm;
 use crate::model::packed::BitMask;
 use crate::model::CompressedInfo;
 
@@ -89,6 +90,9 @@ pub struct CalibOptions {
     /// instead of the process being killed. Model weights (memory-mapped) are
     /// not counted. Default `None`: no limit.
     pub memory_limit: Option<u64>,
+    /// Precision of the CPU GEMMs in the forward passes and Hessians
+    /// ([`CpuGemm`]): f32 (default) or bf16 on CPUs with AVX512-BF16.
+    pub gemm: CpuGemm,
 }
 
 /// Tokens per forward pass when [`CalibOptions::batch`] is 0: enough rows for
@@ -124,6 +128,7 @@ impl Default for CalibOptions {
             cache: None,
             sequential: true,
             memory_limit: None,
+            gemm: CpuGemm::F32,
         }
     }
 }
@@ -302,6 +307,7 @@ impl Calibration {
         if windows.is_empty() || seqlen == 0 || windows.iter().any(|w| w.len() != seqlen) {
             bail!("calibration windows must be non-empty and of one length");
         }
+        opts.gemm.check(model.device(), model.dtype())?;
         let vocab = model.config.vocab_size() as u32;
         if let Some(bad) = windows.iter().flatten().find(|&&t| t >= vocab) {
             bail!("token id {bad} is outside the model's vocabulary of {vocab}");
@@ -451,7 +457,8 @@ impl Calibration {
         }
         let index = self.next;
         interrupt::check()?;
-        let layer = model.layer(index)?;
+        let mut layer = model.layer(index)?;
+        layer.set_cpu_gemm(self.opts.gemm);
         let mut cached = None;
         let mut cache_key = None;
         let mut dense_hash = None;
@@ -494,6 +501,7 @@ impl Calibration {
             started: Instant::now(),
             limit: MemoryLimit(self.opts.memory_limit),
             device: model.device().clone(),
+            gemm: self.opts.gemm,
         };
         work.accumulated = vec![false; work.groups.len()];
         if let Some(c) = cached {
@@ -725,6 +733,8 @@ pub struct LayerWork {
     limit: MemoryLimit,
     /// Where the layer computes (named in out-of-memory errors).
     device: Device,
+    /// Precision of the CPU's Hessian GEMMs.
+    gemm: CpuGemm,
     /// Reports of the linears compressed in this layer.
     pub reports: Vec<LinearReport>,
 }
@@ -803,6 +813,7 @@ impl LayerWork {
         let reservoirs = &mut self.reservoirs;
         let (capacity, seed, layer) = (self.reservoir_capacity, self.seed, self.index as u64);
         let owner = &mut self.owner;
+        let gemm = self.gemm;
         let start = Instant::now();
         let mut hessian_seconds = 0f64;
         // Under `sequential: false` the same pass runs to the end: its outputs
@@ -849,7 +860,9 @@ impl LayerWork {
                             bytes,
                         )?;
                         accs_bytes += bytes;
-                        accs.push(HessianAccumulator::new(columns, &device)?);
+                        let mut acc = HessianAccumulator::new(columns, &device)?;
+                        acc.set_cpu_gemm(gemm);
+                        accs.push(acc);
                         if capacity > 0 {
                             // Seeded per layer and input, so runs are repeatable.
                             let s = seed ^ (layer << 32) ^ accs.len() as u64;

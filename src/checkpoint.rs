@@ -58,6 +58,10 @@ pub(crate) fn hash_words(bytes: &[u8], seed: u64) -> u64 {
     (h ^ bytes.len() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
+fn default_gemm() -> String {
+    "f32".to_string()
+}
+
 fn default_true() -> bool {
     true
 }
@@ -96,6 +100,10 @@ pub struct Manifest {
     pub sequential: bool,
     /// Activation reservoir capacity.
     pub reservoir: usize,
+    /// Precision of the CPU GEMMs (`f32`, `bf16`); manifests written before
+    /// this field was added were all f32.
+    #[serde(default = "default_gemm")]
+    pub gemm: String,
     /// The caller's description of its policy (method, targets, script hash, …).
     pub policy: String,
     /// FNV-1a of the calibration windows' token ids.
@@ -144,6 +152,7 @@ impl Manifest {
             true_sequential: opts.true_sequential,
             sequential: opts.sequential,
             reservoir: opts.reservoir,
+            gemm: opts.gemm.name().to_string(),
             policy: opts.fingerprint.clone(),
             windows_hash: format!("{:016x}", windows_hash),
             completed: 0,

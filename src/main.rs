@@ -10,6 +10,7 @@ use sparselab::compress::{
 };
 use sparselab::device::{dtype_name, parse_device, parse_dtype};
 use sparselab::eval::{eval_dataset, PplOptions};
+use sparselab::model::kernels::CpuGemm;
 use sparselab::model::save::check_target;
 use sparselab::model::{LoadOptions, Model, SaveFormat, SaveOptions};
 use sparselab::report::{compression_report, method_settings, RunInfo};
@@ -201,6 +202,10 @@ struct PruneArgs {
     /// that would pass it is an out-of-memory error naming the layer and linear.
     #[arg(long, value_parser = sparselab::memory::parse_size)]
     memory_limit: Option<u64>,
+    /// Precision of the CPU GEMMs in the forward passes and Hessians: f32, or
+    /// bf16 (bf16 inputs, f32 accumulation) on CPUs with AVX512-BF16.
+    #[arg(long, default_value = "f32", value_parser = parse_gemm)]
+    gemm: CpuGemm,
     /// Keep compressed layers in a temporary directory created here instead of
     /// memory (for models larger than the host's memory); removed at exit.
     #[arg(long)]
@@ -324,6 +329,7 @@ fn prune(args: PruneArgs) -> Result<()> {
         checkpoint: args.checkpoint.clone(),
         fingerprint,
         memory_limit: args.memory_limit,
+        gemm: args.gemm,
         // A uniform policy scores no channels: input samples would only take memory.
         reservoir: 0,
         ..CalibOptions::default()
@@ -584,4 +590,8 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn parse_gemm(s: &str) -> std::result::Result<CpuGemm, String> {
+    CpuGemm::parse(s).map_err(|e| e.to_string())
 }

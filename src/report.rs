@@ -172,6 +172,7 @@ pub fn compression_report(model: &Model, calib: &Calibration, run: &RunInfo) -> 
             "batch": calib.opts.windows_per_pass(calib.seqlen()),
             "true_sequential": calib.opts.true_sequential,
             "reservoir": calib.opts.reservoir,
+            "gemm": calib.opts.gemm.name(),
             "checkpoint": calib.opts.checkpoint.as_ref().map(|p| p.display().to_string()),
             "policy_fingerprint": (!calib.opts.fingerprint.is_empty()).then(|| calib.opts.fingerprint.clone()),
             "resumed_after_layers": calib.resumed_layers,

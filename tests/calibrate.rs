@@ -261,3 +261,73 @@ fn spilled_compressed_weights_give_the_same_model() {
     drop(spilled);
     assert!(!dir.exists(), "{} outlived the model", dir.display());
 }
+
+/// `gemm: bf16` (bf16 inputs, f32 accumulation in the forward passes and
+/// Hessians) against the f32 run of the same 50% + 4-bit job: the numerics it
+/// costs, printed and bounded. Where the CPU lacks AVX512-BF16 the option must
+/// be refused with a message that says so.
+#[test]
+fn bf16_gemms_stay_close_to_f32() {
+    let Some(fx) = common::fixtures() else { return };
+    let method = sparsegpt(HALF, Some(4));
+    let run = |gemm: sparselab::model::kernels::CpuGemm| -> anyhow::Result<(Model, f64, Vec<f64>)> {
+        let mut model = load(&fx, "opt-tiny");
+        let opts = CalibOptions {
+            gemm,
+            ..calib_opts(&fx)
+        };
+        let mut calib = Calibration::new(&model, opts)?;
+        calib.run(
+            &mut model,
+            uniform_policy(method.clone(), LayerFilter::default()),
+        )?;
+        let errors = calib.reports.iter().map(|r| r.rel_error).collect();
+        let ppl = test_ppl(&fx, &model);
+        Ok((model, ppl, errors))
+    };
+    use sparselab::model::kernels::CpuGemm;
+    if !sparselab::model::bf16_gemm::available() {
+        let e = run(CpuGemm::Bf16).err().expect("bf16 must be refused");
+        assert!(e.to_string().contains("AVX512-BF16"), "{e}");
+        eprintln!("this CPU has no AVX512-BF16: only the refusal was checked");
+        return;
+    }
+    let (m32, ppl32, err32) = run(CpuGemm::F32).unwrap();
+    let (m16, ppl16, err16) = run(CpuGemm::Bf16).unwrap();
+    let (mut same, mut total) = (0usize, 0usize);
+    let linear = |n: &&&str| {
+        [".fc1.weight", ".fc2.weight", "proj.weight"]
+            .iter()
+            .any(|s| n.ends_with(s))
+    };
+    for name in m32.weights().names().iter().filter(linear) {
+        let za: Vec<bool> = flat(&m32, name).iter().map(|&v| v == 0.0).collect();
+        let zb: Vec<bool> = flat(&m16, name).iter().map(|&v| v == 0.0).collect();
+        total += za.len();
+        same += za.iter().zip(&zb).filter(|(x, y)| x == y).count();
+    }
+    let agreement = same as f64 / total as f64;
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    eprintln!(
+        "opt-tiny 50% + 4 bit: ppl f32 {ppl32:.4} bf16 {ppl16:.4} ({:+.3}%); mask agreement {agreement:.4}; \
+         mean relative output error f32 {:.5} bf16 {:.5}",
+        100.0 * (ppl16 / ppl32 - 1.0),
+        mean(&err32),
+        mean(&err16)
+    );
+    assert!(total > 0);
+    assert!(agreement > 0.95, "mask agreement {agreement}");
+    assert!((ppl16 / ppl32 - 1.0).abs() < 0.01, "ppl {ppl32} vs {ppl16}");
+    assert!(mean(&err16) < 1.05 * mean(&err32) + 1e-4);
+}
+
+fn flat(model: &Model, name: &str) -> Vec<f32> {
+    model
+        .weights()
+        .get(name, candle_core::DType::F32, &candle_core::Device::Cpu)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}

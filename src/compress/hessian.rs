@@ -34,6 +34,8 @@ pub struct HessianAccumulator {
     /// `h`'s storage may be shared with a tensor handed out (a clone, or
     /// [`hessian`](Self::hessian)): the next in-place update copies it first.
     shared: AtomicBool,
+    /// Precision of the CPU's `XᵀX`.
+    gemm: kernels::CpuGemm,
 }
 
 impl Clone for HessianAccumulator {
@@ -46,6 +48,7 @@ impl Clone for HessianAccumulator {
             columns: self.columns,
             upper_stale: AtomicBool::new(self.upper_stale.load(Ordering::Relaxed)),
             shared: AtomicBool::new(true),
+            gemm: self.gemm,
         }
     }
 }
@@ -63,7 +66,14 @@ impl HessianAccumulator {
             columns,
             upper_stale: AtomicBool::new(false),
             shared: AtomicBool::new(false),
+            gemm: kernels::CpuGemm::F32,
         })
+    }
+
+    /// Sets the precision of the CPU's `XᵀX` for later batches (see
+    /// [`kernels::CpuGemm`]); default f32.
+    pub fn set_cpu_gemm(&mut self, gemm: kernels::CpuGemm) {
+        self.gemm = gemm;
     }
 
     /// Adds a batch of inputs: `[batch, seq, columns]` counts `batch` sequences;
@@ -102,7 +112,7 @@ impl HessianAccumulator {
             if self.shared.swap(false, Ordering::Relaxed) {
                 self.h = self.h.copy()?;
             }
-            kernels::gram_lower_add(&self.h, keep as f32, &xs)?;
+            kernels::gram_lower_add(&self.h, keep as f32, &xs, self.gemm)?;
             self.upper_stale.store(true, Ordering::Relaxed);
         } else {
             let gram = xs.t()?.matmul(&xs)?;
@@ -165,6 +175,7 @@ impl HessianAccumulator {
             columns,
             upper_stale: AtomicBool::new(false),
             shared: AtomicBool::new(true),
+            gemm: kernels::CpuGemm::F32,
         })
     }
 

@@ -55,7 +55,7 @@ impl SparsityPattern {
                 }
                 // A trailing partial group has no defined n:m meaning (the reference's
                 // topk fails on it once it is narrower than n).
-                if columns % m != 0 {
+                if !columns.is_multiple_of(m) {
                     bail!("n:m pattern {n}:{m}: the weight's {columns} input columns are not a multiple of m = {m}");
                 }
                 Ok(())

@@ -71,7 +71,7 @@ impl ActivationReservoir {
         rng: u64,
     ) -> Result<Self> {
         let mut me = Self::new(capacity, columns, rng)?;
-        if rows.len() % columns != 0 || rows.len() / columns > capacity {
+        if !rows.len().is_multiple_of(columns) || rows.len() / columns > capacity {
             bail!(
                 "a reservoir sample of {} values is not at most {capacity} rows of {columns}",
                 rows.len()

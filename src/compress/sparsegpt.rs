@@ -132,7 +132,7 @@ impl SparseGptOptions {
             );
         }
         if let Some((n, m)) = self.pattern.nm() {
-            if self.blocksize % m != 0 {
+            if !self.blocksize.is_multiple_of(m) {
                 bail!(
                     "n:m pattern {n}:{m}: blocksize {} is not a multiple of m",
                     self.blocksize
@@ -832,7 +832,7 @@ impl Sweep<'_> {
                         // Each group keeps its own slot, so that the grid survives the sweep.
                         let nl2 = 2 * qs.levels.maxq.len();
                         let p = &mut prow[(c / gs) * nl2..(c / gs + 1) * nl2];
-                        if c % gs == 0 {
+                        if c.is_multiple_of(gs) {
                             // From the weight as it stood at the block's start (the
                             // reference reads its outer W, not the in-block copy).
                             let part = outer.row(r, c, (c + gs).min(cols));

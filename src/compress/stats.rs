@@ -163,9 +163,9 @@ mod tests {
         let quad = |m: &dyn Fn(usize, usize) -> f64| -> f64 {
             let mut t = 0.0;
             for r in 0..rows {
-                for i in 0..cols {
-                    for j in 0..cols {
-                        t += m(r, i) * h64[i][j] * m(r, j);
+                for (i, hrow) in h64.iter().enumerate() {
+                    for (j, &hij) in hrow.iter().enumerate() {
+                        t += m(r, i) * hij * m(r, j);
                     }
                 }
             }

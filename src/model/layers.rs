@@ -19,6 +19,8 @@ pub struct Linear {
     /// Name within the decoder layer (`self_attn.q_proj`, `fc1`, …).
     pub name: &'static str,
     inner: candle_nn::Linear,
+    /// Precision of its GEMM when it runs on the CPU in f32.
+    gemm: super::kernels::CpuGemm,
 }
 
 impl Linear {
@@ -27,7 +29,13 @@ impl Linear {
         Self {
             name,
             inner: candle_nn::Linear::new(weight, bias),
+            gemm: super::kernels::CpuGemm::F32,
         }
+    }
+
+    /// Sets the precision of its CPU GEMM (see [`super::kernels::CpuGemm`]).
+    pub fn set_cpu_gemm(&mut self, gemm: super::kernels::CpuGemm) {
+        self.gemm = gemm;
     }
 
     /// The weight `[out, in]`.
@@ -74,11 +82,10 @@ impl Linear {
             let rows = x.elem_count() / k;
             let x2 = x.reshape((rows, k))?;
             let y = match self.bias() {
-                Some(b) if super::kernels::is_cpu_f32(b) => {
-                    super::kernels::matmul_xwt_bias(&x2, w, b)?
+                Some(b) if !super::kernels::is_cpu_f32(b) => {
+                    super::kernels::linear_cpu(&x2, w, None, self.gemm)?.broadcast_add(b)?
                 }
-                Some(b) => super::kernels::matmul_xwt(&x2, w)?.broadcast_add(b)?,
-                None => super::kernels::matmul_xwt(&x2, w)?,
+                b => super::kernels::linear_cpu(&x2, w, b, self.gemm)?,
             };
             let mut out_dims = dims;
             *out_dims.last_mut().expect("rank ≥ 1") = w.dim(0)?;

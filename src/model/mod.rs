@@ -96,6 +96,16 @@ impl DecoderLayer {
         }
     }
 
+    /// Sets the precision of every linear's CPU GEMM (see
+    /// [`kernels::CpuGemm`]).
+    pub fn set_cpu_gemm(&mut self, gemm: kernels::CpuGemm) {
+        let linears = match self {
+            DecoderLayer::Opt(l) => &mut l.linears,
+            DecoderLayer::Llama(l) => &mut l.linears,
+        };
+        linears.iter_mut().for_each(|l| l.set_cpu_gemm(gemm));
+    }
+
     /// The linear named `name` (`self_attn.q_proj`, `fc1`, …), mutably.
     pub fn linear_mut(&mut self, name: &str) -> Result<&mut layers::Linear> {
         let linears = match self {

@@ -59,6 +59,7 @@ pub const OPTION_KEYS: &[(&str, &[&str])] = &[
             "cache",
             "sequential",
             "memory_limit",
+            "gemm",
         ],
     ),
     (

@@ -22,6 +22,7 @@ use crate::compress::{
 };
 use crate::device::{device_name, dtype_name, parse_device, parse_dtype};
 use crate::eval::{eval_dataset, PplOptions};
+use crate::model::kernels::CpuGemm;
 use crate::model::{LoadOptions, Model, SaveFormat, SaveOptions};
 use crate::report::{compression_report, RunInfo};
 
@@ -312,7 +313,7 @@ pub mod primitives {
         calibrate_with(ctx, model, dataset, Map::new())
     }
     /// Starts a calibration with options `#{nsamples, seqlen, seed, true_sequential,
-    /// batch, quiet, reservoir, checkpoint, fingerprint, cache, sequential}`: `nsamples` windows (default 128) of
+    /// batch, quiet, reservoir, checkpoint, fingerprint, cache, sequential, memory_limit, gemm}`: `nsamples` windows (default 128) of
     /// `seqlen` tokens (default: the model's max_position_embeddings, at most 2048)
     /// sampled with `seed` (default 0) as the reference does; `true_sequential`
     /// (default false) takes each group of linears' Hessian after the earlier
@@ -325,7 +326,9 @@ pub mod primitives {
     /// it (default: the script's file name), so that a resume under a different
     /// policy is refused — change it when you change the policy; `memory_limit`
     /// (bytes, or a size such as "8G") makes a buffer that would pass it an
-    /// out-of-memory error naming the layer and linear, before it is allocated.
+    /// out-of-memory error naming the layer and linear, before it is allocated;
+    /// `gemm` `"bf16"` runs the forward passes' and Hessians' GEMMs with bf16
+    /// inputs and f32 accumulation on CPUs with AVX512-BF16 (default `"f32"`).
     ///
     /// Sweeps: `cache` a directory where each layer's statistics (Hessians,
     /// activation reservoirs) and inputs are stored, keyed by the model, the
@@ -366,6 +369,10 @@ pub mod primitives {
             cache: o.string("cache")?.map(std::path::PathBuf::from),
             sequential: o.bool("sequential")?.unwrap_or(d.sequential),
             memory_limit: o.size("memory_limit")?,
+            gemm: match o.string("gemm")? {
+                Some(g) => CpuGemm::parse(&g).map_err(script_err)?,
+                None => d.gemm,
+            },
         };
         let calib = {
             let m = model.settled()?;
