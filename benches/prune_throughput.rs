@@ -184,7 +184,9 @@ fn measure(dir: &Path) -> Result<()> {
     let forward = (linear_fwd - 2.0 * n * d * f) + 2.0 * attn_fwd + linear_fwd;
     // One Hessian per distinct input (q/k/v share one), one triangle each.
     let hessian = n * (3.0 * d * d + f * f);
-    let obs_linear = |rows: f64, cols: f64| 1.34 * cols.powi(3) + 3.0 * rows * cols * cols;
+    // Per linear: one Cholesky and one triangular inverse (n³/3 each), the lazy
+    // updates (rows·n²) and the relative error's two triangular products (2·rows·n²).
+    let obs_linear = |rows: f64, cols: f64| 0.67 * cols.powi(3) + 3.0 * rows * cols * cols;
     let obs = 4.0 * obs_linear(d, d) + obs_linear(f, d) + obs_linear(d, f);
     let flops = layers as f64 * (forward + hessian + obs);
     let tm = &calib.timings;

@@ -37,7 +37,6 @@ use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::cholesky::llt::factor::{cholesky_in_place, cholesky_in_place_scratch};
-use faer::linalg::matmul::triangular::BlockStructure;
 use faer::linalg::triangular_inverse::invert_lower_triangular;
 use faer::prelude::{Reborrow, ReborrowMut};
 use faer::{Accum, Mat, MatMut, MatRef, Par};
@@ -421,28 +420,23 @@ fn permute_rows<T: Copy + Default>(m: &mut [T], cols: usize, perm: &[usize]) {
     }
 }
 
-/// The upper Cholesky factor `U` of `H⁻¹` (`H⁻¹ = UᵀU`), row-major: the
-/// reference's `cholesky` → `cholesky_inverse` → `cholesky(upper=True)`, in f32.
+/// The upper Cholesky factor `U` of `H⁻¹` (`H⁻¹ = UᵀU`), row-major: the matrix
+/// the reference gets from `cholesky` → `cholesky_inverse` → `cholesky(upper=True)`,
+/// in f32, with half its work.
 ///
-/// Takes the damped Hessian's row-major buffer and returns that buffer holding
-/// `U`. The steps are those of faer's `Llt` → `Llt::inverse` → `Llt` (the same
-/// routines, so the same numbers), but in place: the buffer, seen as a
-/// column-major matrix `A`, goes `H` → `L` → `H⁻¹ = L⁻ᵀL⁻¹` → `L₂`
-/// (lower triangles), and `L₂ᵀ = U` is `A`'s storage read row-major. Host n×n
-/// f32 buffers alive at the peak: two (`A` and `L⁻¹`), where `Mat::llt` and
-/// `inverse` held five (a copy of `H`, `L`, `L⁻¹`, `H⁻¹`, next to the caller's
-/// `H`) and the copy-out of `U` four.
+/// With `J` the order-reversing permutation and `JHJ = L'L'ᵀ`, `U = J·L'⁻¹·J`:
+/// it is upper triangular with a positive diagonal, and
+/// `UᵀU = J L'⁻ᵀ L'⁻¹ J = J (JHJ)⁻¹ J = H⁻¹`, so it is that unique factor. One
+/// Cholesky and one triangular inverse (`2n³/3` flops) replace the reference's
+/// Cholesky, inverse and second Cholesky (`4n³/3`), and `H⁻¹` is never formed.
+///
+/// Takes the damped Hessian's row-major buffer (its lower triangle is read, as
+/// `torch.linalg.cholesky` does) and returns that buffer holding `U`. Host n×n
+/// f32 buffers alive at the peak: two (the buffer and `L'⁻¹`).
 fn upper_cholesky_of_inverse(mut a: Vec<f32>, n: usize) -> Result<Vec<f32>> {
-    let not_pd = |what: &str| {
-        anyhow::Error::new(NotPositiveDefinite {
-            what: what.to_string(),
-        })
-    };
     assert_eq!(a.len(), n * n);
-    // The column-major view of a row-major buffer is its transpose: mirror H's
-    // lower triangle into the upper half of the buffer, so that the view's lower
-    // triangle (all that the factorization reads) is H's, as `llt(Side::Lower)`
-    // reads it. In tiles, to stay in cache.
+    // Fill the upper triangle from the lower one (tiles, to stay in cache); then
+    // reversing the row-major buffer is J·H·J, symmetric, in either layout.
     const T: usize = 64;
     for bi in (0..n).step_by(T) {
         for bj in (0..=bi).step_by(T) {
@@ -453,6 +447,7 @@ fn upper_cholesky_of_inverse(mut a: Vec<f32>, n: usize) -> Result<Vec<f32>> {
             }
         }
     }
+    a.reverse();
     let par = faer::get_global_parallelism();
     let mut mem = MemBuffer::new(cholesky_in_place_scratch::<f32>(n, par, Default::default()));
     let stack = MemStack::new(&mut mem);
@@ -464,36 +459,22 @@ fn upper_cholesky_of_inverse(mut a: Vec<f32>, n: usize) -> Result<Vec<f32>> {
         stack,
         Default::default(),
     )
-    .map_err(|_| not_pd("H"))?;
-    {
-        // faer's `llt::inverse::inverse`, with `H` as the output.
-        let mut linv = Mat::<f32>::zeros(n, n);
-        invert_lower_triangular(linv.as_mut(), m.rb(), par);
-        faer::linalg::matmul::triangular::matmul(
-            m.rb_mut(),
-            BlockStructure::TriangularLower,
-            Accum::Replace,
-            linv.adjoint(),
-            BlockStructure::TriangularUpper,
-            linv.as_ref(),
-            BlockStructure::TriangularLower,
-            1.0,
-            par,
-        );
-    }
-    cholesky_in_place(
-        m.rb_mut(),
-        Default::default(),
-        par,
-        stack,
-        Default::default(),
-    )
-    .map_err(|_| not_pd("H⁻¹"))?;
-    // Row-major, row i of the storage is column i of L₂, i.e. row i of U from the
-    // diagonal on; what lies before the diagonal is left over from H: clear it.
-    a.par_chunks_mut(n)
-        .enumerate()
-        .for_each(|(i, row)| row[..i].fill(0.0));
+    .map_err(|_| {
+        anyhow::Error::new(NotPositiveDefinite {
+            what: "H".to_string(),
+        })
+    })?;
+    let mut linv = Mat::<f32>::zeros(n, n);
+    invert_lower_triangular(linv.as_mut(), m.rb(), par);
+    // U[i][j] = L'⁻¹[n−1−i][n−1−j] on and above the diagonal, 0 below.
+    let linv = linv.as_ref();
+    a.par_chunks_mut(n).enumerate().for_each(|(i, row)| {
+        row[..i].fill(0.0);
+        let src = linv.row(n - 1 - i);
+        for (j, x) in row.iter_mut().enumerate().skip(i) {
+            *x = src[n - 1 - j];
+        }
+    });
     Ok(a)
 }
 
@@ -860,8 +841,6 @@ impl Sweep<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use faer::linalg::solvers::DenseSolveCore;
-    use faer::Side;
 
     /// A small deterministic generator (xorshift) of uniform values in [-1, 1).
     struct Rng(u64);
@@ -900,37 +879,74 @@ mod tests {
         (w, h)
     }
 
-    /// What `upper_cholesky_of_inverse` computed before it worked in place:
-    /// faer's `llt` → `inverse` → `llt` on copies.
-    fn upper_cholesky_of_inverse_with_copies(h: &[f32], n: usize) -> Vec<f32> {
-        let hm = Mat::<f32>::from_fn(n, n, |i, j| h[i * n + j]);
-        let inv = hm.llt(Side::Lower).unwrap().inverse();
-        let llt = inv.llt(Side::Lower).unwrap();
-        let l = llt.L();
-        let mut u = vec![0f32; n * n];
+    /// `U` with `UᵀU = H⁻¹` along the reference's own route (Cholesky, inverse,
+    /// Cholesky of the inverse), in f64.
+    fn upper_cholesky_of_inverse_f64(h: &[f32], n: usize) -> Vec<f64> {
+        let chol = |m: &[f64]| -> Vec<f64> {
+            let mut l = vec![0f64; n * n];
+            for j in 0..n {
+                let d = m[j * n + j] - (0..j).map(|k| l[j * n + k] * l[j * n + k]).sum::<f64>();
+                l[j * n + j] = d.sqrt();
+                for i in j + 1..n {
+                    let s = m[i * n + j] - (0..j).map(|k| l[i * n + k] * l[j * n + k]).sum::<f64>();
+                    l[i * n + j] = s / l[j * n + j];
+                }
+            }
+            l
+        };
+        let hd: Vec<f64> = h.iter().map(|&x| x as f64).collect();
+        let l = chol(&hd);
+        // H⁻¹ column by column: solve L y = e_c, then Lᵀ x = y.
+        let mut inv = vec![0f64; n * n];
+        for c in 0..n {
+            let mut y = vec![0f64; n];
+            for i in 0..n {
+                let e = if i == c { 1.0 } else { 0.0 };
+                y[i] = (e - (0..i).map(|k| l[i * n + k] * y[k]).sum::<f64>()) / l[i * n + i];
+            }
+            let mut x = vec![0f64; n];
+            for i in (0..n).rev() {
+                x[i] = (y[i] - (i + 1..n).map(|k| l[k * n + i] * x[k]).sum::<f64>()) / l[i * n + i];
+            }
+            for i in 0..n {
+                inv[i * n + c] = x[i];
+            }
+        }
+        let l2 = chol(&inv);
+        let mut u = vec![0f64; n * n];
         for i in 0..n {
             for j in i..n {
-                u[i * n + j] = l[(j, i)];
+                u[i * n + j] = l2[j * n + i];
             }
         }
         u
     }
 
     #[test]
-    fn in_place_factor_matches_faer_llt_bit_for_bit() {
+    fn reversed_factor_matches_the_references_route_in_f64() {
         for n in [1, 3, 17, 64, 100, 130, 257] {
             let (_, mut h) = problem(1, n, n as u64);
             for j in 0..n {
                 h[j * n + j] += 0.01;
             }
-            let want = upper_cholesky_of_inverse_with_copies(&h, n);
+            let want = upper_cholesky_of_inverse_f64(&h, n);
             let got = upper_cholesky_of_inverse(h, n).unwrap();
-            let diff = got
+            let scale = want.iter().fold(0f64, |m, &x| m.max(x.abs()));
+            let worst = got
                 .iter()
                 .zip(&want)
-                .filter(|(a, b)| a.to_bits() != b.to_bits())
-                .count();
-            assert_eq!(diff, 0, "n = {n}: {diff} entries differ");
+                .map(|(&g, &w)| (g as f64 - w).abs())
+                .fold(0f64, f64::max);
+            assert!(
+                worst <= 1e-4 * scale,
+                "n = {n}: max |Δ| {worst:e} of {scale:e}"
+            );
+            for i in 0..n {
+                assert!(
+                    got[i * n..i * n + i].iter().all(|&x| x == 0.0),
+                    "upper triangular"
+                );
+            }
         }
     }
 
