@@ -1,20 +1,39 @@
 //! Allocator settings for long compression runs.
 
-/// Makes freed large buffers go back to the operating system.
+/// Large buffers larger than this get their own mapping, returned on free.
+const MMAP_THRESHOLD: i32 = 64 << 20;
+
+/// Fixes glibc's mmap threshold at 64 MiB, so that freed memory goes back to
+/// the operating system with [`trim`] once per layer instead of staying in the
+/// heaps.
 ///
-/// glibc serves allocations below a threshold from its heaps and raises that
-/// threshold (up to 32 MiB) each time a large block is freed; a layer-by-layer
-/// run frees tens of megabytes per linear from several threads, so the heaps
-/// grow until the process holds hundreds of MiB it no longer uses (measured on
-/// the OPT-125M-shaped prune benchmark: 281 MiB resident after the run against
-/// 41 MiB with this setting, peak 513 → 450 MiB). Fixing the threshold at 1 MiB
-/// keeps every buffer that size or larger in its own mapping, returned on free;
-/// the page faults that costs are small next to the arithmetic done on such
-/// buffers. Call it once, early in `main`. A no-op on other C libraries.
+/// By default glibc raises the threshold (up to 32 MiB) each time a large
+/// block is freed; a layer-by-layer run frees tens of megabytes per linear
+/// from several threads, so the heaps grew until the process held hundreds of
+/// MiB it no longer used (OPT-125M-shaped prune benchmark: 281 MiB resident
+/// after the run against 41 MiB with a fixed threshold). A 1 MiB threshold
+/// returned every buffer at once but made every forward pass fault its
+/// temporaries in afresh: 30% of the run's time on the 2-core dev box (7.51 →
+/// 5.29 s for four layers), for a peak of 200 against 282 MiB. At 64 MiB the
+/// per-pass temporaries are reused from the heaps, buffers that size or larger
+/// (a 13B model's activations and Hessians) still map and unmap on their own,
+/// and [`trim`] after each committed layer hands the heaps' free pages back.
+/// Call it once, early in `main`. A no-op on other C libraries.
 pub fn return_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes the allocator's tuning parameters.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+    }
+}
+
+/// Returns the free pages of the allocator's heaps to the operating system
+/// (glibc's `malloc_trim`); the calibration calls it after each committed
+/// layer. A no-op on other C libraries.
+pub fn trim() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

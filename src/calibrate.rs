@@ -669,6 +669,8 @@ impl Calibration {
         self.timings.per_layer.push(seconds);
         self.reports.extend(work.reports);
         self.next += 1;
+        // The layer's temporaries are free now: give the pages back.
+        crate::alloc::trim();
         Ok(())
     }
 
