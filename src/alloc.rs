@@ -28,8 +28,8 @@ pub fn return_freed_memory() {
 }
 
 /// Returns the free pages of the allocator's heaps to the operating system
-/// (glibc's `malloc_trim`); the calibration calls it after each committed
-/// layer. A no-op on other C libraries.
+/// (glibc's `malloc_trim`); the calibration calls it after each compressed
+/// linear (the OBS sweep's `n × n` matrices) and each committed layer. A no-op on other C libraries.
 pub fn trim() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim has no preconditions.

@@ -1050,6 +1050,8 @@ impl LayerWork {
         };
         self.timings.compress += report.seconds;
         self.reports.push(report.clone());
+        // The sweep's n×n work matrices are free now: give their pages back.
+        crate::alloc::trim();
         Ok(report)
     }
 }
