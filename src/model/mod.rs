@@ -169,6 +169,13 @@ impl Model {
                 }
             }
         }
+        // The embeddings and head load on first use, but a bad value in them is
+        // an error now, when the model is opened, as it is for everything else.
+        for (name, _) in config.tensor_shapes() {
+            if !name.contains(".layers.") {
+                weights.check_finite_streaming(&name)?;
+            }
+        }
         let device = opts.device.clone();
         Ok(Self {
             spec: spec.to_string(),

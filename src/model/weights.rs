@@ -388,6 +388,42 @@ impl WeightStore {
         Ok(t.to_dtype(dtype)?.to_device(device)?)
     }
 
+    /// Refuses tensor `name` if it holds NaN or ±Inf, as [`get`](Self::get) would,
+    /// without keeping it: a safetensors tensor is scanned through the memory
+    /// map a few MiB at a time, handing the pages back behind the scan, so that
+    /// opening a model checks its embeddings without making them resident.
+    pub fn check_finite_streaming(&self, name: &str) -> Result<()> {
+        let meta = self
+            .meta
+            .get(name)
+            .with_context(|| format!("no tensor named {name} in the checkpoint"))?;
+        let view = match (&self.backend, self.is_replaced(name)) {
+            (Backend::Safetensors(st), false) => st.get(&meta.stored_name)?,
+            _ => {
+                self.get(name, meta.dtype, &Device::Cpu)?;
+                return Ok(());
+            }
+        };
+        let dtype =
+            DType::try_from(view.dtype()).map_err(|e| anyhow!("cannot read {name}: {e}"))?;
+        if !dtype.is_float() {
+            return Ok(());
+        }
+        let size = dtype.size_in_bytes();
+        let data = view.data();
+        for part in data.chunks((4 << 20) / size * size) {
+            let t = Tensor::from_raw_buffer(part, dtype, &[part.len() / size], &Device::Cpu)?;
+            let finite = surely_finite(&t)?;
+            release_mapped_pages(part);
+            if !finite {
+                // Rare: the whole tensor's check names the first bad element.
+                self.get(name, dtype, &Device::Cpu)?;
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Loads a stored tensor (by its name in the checkpoint) as stored.
     pub fn load_stored(&self, stored_name: &str, device: &Device) -> Result<Tensor> {
         let t = match &self.backend {
@@ -479,15 +515,11 @@ fn release_mapped_pages(bytes: &[u8]) {
     }
 }
 
-/// Refuses a tensor holding NaN or ±Inf, naming it and the first bad element.
-/// Cheap when all is well: one elementwise `x − x` and a sum on the tensor's device.
-fn check_finite(name: &str, t: &Tensor, files: &[PathBuf]) -> Result<()> {
-    if !t.dtype().is_float() {
-        return Ok(());
-    }
-    // An f32 sum is finite unless an element is not (or the sum overflows, which
-    // the scan below tells apart) and needs no tensor-sized temporary; half
-    // precision sums overflow too easily, so there `x − x` (0 or NaN) is summed.
+/// True when every element of a float tensor is finite, decided cheaply; false
+/// means "maybe not" (an f32 sum can overflow), for a full scan to settle. An
+/// f32 sum needs no tensor-sized temporary; half precision sums overflow too
+/// easily, so there `x − x` (0 or NaN) is summed.
+fn surely_finite(t: &Tensor) -> Result<bool> {
     let probe = if t.dtype() == DType::F32 {
         t.sum_all()?.to_scalar::<f32>()?
     } else {
@@ -496,7 +528,13 @@ fn check_finite(name: &str, t: &Tensor, files: &[PathBuf]) -> Result<()> {
             .to_dtype(DType::F32)?
             .to_scalar::<f32>()?
     };
-    if probe.is_finite() {
+    Ok(probe.is_finite())
+}
+
+/// Refuses a tensor holding NaN or ±Inf, naming it and the first bad element.
+/// Cheap when all is well: one elementwise `x − x` and a sum on the tensor's device.
+fn check_finite(name: &str, t: &Tensor, files: &[PathBuf]) -> Result<()> {
+    if !t.dtype().is_float() || surely_finite(t)? {
         return Ok(());
     }
     let flat = t
