@@ -76,13 +76,7 @@ pub fn linear_cpu(x: &Tensor, w: &Tensor, b: Option<&Tensor>, gemm: CpuGemm) -> 
         (CpuGemm::Bf16, b) => {
             let (n, k) = x.dims2()?;
             let m = w.dim(0)?;
-            let mut out = vec![0f32; n * m];
-            if let Some(b) = b {
-                with_cpu_f32(b, |bs| {
-                    out.par_chunks_mut(m)
-                        .for_each(|row| row.copy_from_slice(bs));
-                })?;
-            }
+            let mut out = output_rows(n, m, b)?;
             use super::bf16_gemm::{gemm_bf16, StridedMut, StridedRef};
             with_cpu_f32(x, |xs| {
                 with_cpu_f32(w, |ws| {
@@ -120,32 +114,45 @@ pub fn xwt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 /// bias is written first and the product added onto it, which spares the
 /// separate broadcast pass (and its `[n, m]` temporary) of `y + b`.
 pub fn matmul_xwt_bias(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    xwt_f32(x, w, Some(b))
+}
+
+/// The `[n, m]` output of a linear before its product is added: `b` in every
+/// row, or zeros.
+fn output_rows(n: usize, m: usize, b: Option<&Tensor>) -> Result<Vec<f32>> {
+    let mut out = vec![0f32; n * m];
+    if let Some(b) = b {
+        if b.dims() != [m] {
+            candle_core::bail!("bias of shape {:?} for {m} outputs", b.dims());
+        }
+        with_cpu_f32(b, |bs| {
+            out.par_chunks_mut(m)
+                .for_each(|row| row.copy_from_slice(bs));
+        })?;
+    }
+    Ok(out)
+}
+
+/// `x · wᵀ (+ b)` through faer: the product is added onto the bias rows.
+fn xwt_f32(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let (n, k) = x.dims2()?;
     let (m, k2) = w.dims2()?;
-    if k != k2 || b.dims() != [m] {
-        candle_core::bail!(
-            "matmul_xwt_bias: x is [{n}, {k}], w [{m}, {k2}], b {:?}",
-            b.dims()
-        );
+    if k != k2 {
+        candle_core::bail!("matmul_xwt: x is [{n}, {k}] but w is [{m}, {k2}]");
     }
-    let mut out = vec![0f32; n * m];
-    with_cpu_f32(b, |bs| {
-        out.par_chunks_mut(m)
-            .for_each(|row| row.copy_from_slice(bs));
-    })?;
+    let mut out = output_rows(n, m, b)?;
+    let accum = if b.is_some() {
+        Accum::Add
+    } else {
+        Accum::Replace
+    };
     with_cpu_f32(x, |xs| {
         with_cpu_f32(w, |ws| {
             let xr = MatRef::from_row_major_slice(xs, n, k);
             let wr = MatRef::from_row_major_slice(ws, m, k);
+            // The row-major [n, m] result is the column-major [m, n] matrix W·Xᵀ.
             let dst = MatMut::from_column_major_slice_mut(&mut out, m, n);
-            faer::linalg::matmul::matmul(
-                dst,
-                Accum::Add,
-                wr,
-                xr.transpose(),
-                1.0f32,
-                Par::rayon(0),
-            );
+            faer::linalg::matmul::matmul(dst, accum, wr, xr.transpose(), 1.0f32, Par::rayon(0));
         })
     })??;
     Tensor::from_vec(out, (n, m), &Device::Cpu)
@@ -191,29 +198,7 @@ pub fn layer_norm_f32(
 
 /// `x · wᵀ` for `x` `[n, k]` and `w` `[m, k]` (f32, CPU): `[n, m]`.
 pub fn matmul_xwt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let (n, k) = x.dims2()?;
-    let (m, k2) = w.dims2()?;
-    if k != k2 {
-        candle_core::bail!("matmul_xwt: x is [{n}, {k}] but w is [{m}, {k2}]");
-    }
-    let mut out = vec![0f32; n * m];
-    with_cpu_f32(x, |xs| {
-        with_cpu_f32(w, |ws| {
-            let xr = MatRef::from_row_major_slice(xs, n, k);
-            let wr = MatRef::from_row_major_slice(ws, m, k);
-            // The row-major [n, m] result is the column-major [m, n] matrix W·Xᵀ.
-            let dst = MatMut::from_column_major_slice_mut(&mut out, m, n);
-            faer::linalg::matmul::matmul(
-                dst,
-                Accum::Replace,
-                wr,
-                xr.transpose(),
-                1.0f32,
-                Par::rayon(0),
-            );
-        })
-    })??;
-    Tensor::from_vec(out, (n, m), &Device::Cpu)
+    xwt_f32(x, w, None)
 }
 
 /// `h ← keep · h + xᵀx` on the lower triangle (diagonal included) of a square
