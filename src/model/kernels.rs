@@ -223,6 +223,20 @@ pub fn gram_lower_add(h: &Tensor, keep: f32, x: &Tensor, gemm: CpuGemm) -> Resul
     })?
 }
 
+/// The contiguous `d × d` f32 matrix an in-place op was handed.
+fn square_f32<'a>(
+    storage: &'a mut candle_core::CpuStorage,
+    layout: &candle_core::Layout,
+    d: usize,
+    op: &str,
+) -> Result<&'a mut [f32]> {
+    let candle_core::CpuStorage::F32(v) = storage else {
+        candle_core::bail!("{op}: not f32")
+    };
+    let start = layout.start_offset();
+    Ok(&mut v[start..start + d * d])
+}
+
 struct GramLowerAdd<'a> {
     x: &'a [f32],
     n: usize,
@@ -240,12 +254,8 @@ impl candle_core::InplaceOp1 for GramLowerAdd<'_> {
         storage: &mut candle_core::CpuStorage,
         layout: &candle_core::Layout,
     ) -> Result<()> {
-        let candle_core::CpuStorage::F32(v) = storage else {
-            candle_core::bail!("gram_lower_add: not f32")
-        };
         let d = self.d;
-        let start = layout.start_offset();
-        let h = &mut v[start..start + d * d];
+        let h = square_f32(storage, layout, d, "gram_lower_add")?;
         if self.keep != 1.0 {
             let keep = self.keep;
             h.par_chunks_mut(d).enumerate().for_each(|(i, row)| {
@@ -296,12 +306,8 @@ impl candle_core::InplaceOp1 for MirrorLower {
         storage: &mut candle_core::CpuStorage,
         layout: &candle_core::Layout,
     ) -> Result<()> {
-        let candle_core::CpuStorage::F32(v) = storage else {
-            candle_core::bail!("mirror_lower: not f32")
-        };
         let d = self.d;
-        let start = layout.start_offset();
-        let h = &mut v[start..start + d * d];
+        let h = square_f32(storage, layout, d, "mirror_lower")?;
         // Tiles of the upper triangle, each filled from its transposed lower tile,
         // so that both the reads and the writes stay in cache.
         const T: usize = 64;
