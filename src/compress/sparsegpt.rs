@@ -39,7 +39,7 @@ use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::cholesky::llt::factor::{cholesky_in_place, cholesky_in_place_scratch};
 use faer::linalg::triangular_inverse::invert_lower_triangular;
 use faer::prelude::{Reborrow, ReborrowMut};
-use faer::{Accum, Mat, MatMut, MatRef, Par};
+use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
 use super::matrix::{from_host, mask_tensor, to_host};
@@ -435,18 +435,9 @@ fn permute_rows<T: Copy + Default>(m: &mut [T], cols: usize, perm: &[usize]) {
 /// f32 buffers alive at the peak: two (the buffer and `L'⁻¹`).
 fn upper_cholesky_of_inverse(mut a: Vec<f32>, n: usize) -> Result<Vec<f32>> {
     assert_eq!(a.len(), n * n);
-    // Fill the upper triangle from the lower one (tiles, to stay in cache); then
-    // reversing the row-major buffer is J·H·J, symmetric, in either layout.
-    const T: usize = 64;
-    for bi in (0..n).step_by(T) {
-        for bj in (0..=bi).step_by(T) {
-            for i in bi..(bi + T).min(n) {
-                for j in bj..(bj + T).min(i) {
-                    a[j * n + i] = a[i * n + j];
-                }
-            }
-        }
-    }
+    // Reversed, the row-major buffer is J·H·J; seen column-major, its lower
+    // triangle (all that the factorization reads) holds exactly H's row-major
+    // lower triangle, so H's upper one is never read.
     a.reverse();
     let par = faer::get_global_parallelism();
     let mut mem = MemBuffer::new(cholesky_in_place_scratch::<f32>(n, par, Default::default()));
@@ -464,18 +455,15 @@ fn upper_cholesky_of_inverse(mut a: Vec<f32>, n: usize) -> Result<Vec<f32>> {
             what: "H".to_string(),
         })
     })?;
-    let mut linv = Mat::<f32>::zeros(n, n);
-    invert_lower_triangular(linv.as_mut(), m.rb(), par);
-    // U[i][j] = L'⁻¹[n−1−i][n−1−j] on and above the diagonal, 0 below.
-    let linv = linv.as_ref();
-    a.par_chunks_mut(n).enumerate().for_each(|(i, row)| {
-        row[..i].fill(0.0);
-        let src = linv.row(n - 1 - i);
-        for (j, x) in row.iter_mut().enumerate().skip(i) {
-            *x = src[n - 1 - j];
-        }
-    });
-    Ok(a)
+    // L'⁻¹ written row-major: reversing that buffer is J·L'⁻¹·J = U, row-major.
+    let mut u = vec![0f32; n * n];
+    invert_lower_triangular(MatMut::from_row_major_slice_mut(&mut u, n, n), m.rb(), par);
+    drop(a);
+    u.reverse();
+    u.par_chunks_mut(n)
+        .enumerate()
+        .for_each(|(i, row)| row[..i].fill(0.0));
+    Ok(u)
 }
 
 /// Quantizer state the sweep reads.
