@@ -4,8 +4,8 @@
 const MMAP_THRESHOLD: i32 = 64 << 20;
 
 /// Fixes glibc's mmap threshold at 64 MiB, so that freed memory goes back to
-/// the operating system with [`trim`] once per layer instead of staying in the
-/// heaps.
+/// the operating system with [`trim`] (after each compressed linear and each
+/// layer) instead of staying in the heaps.
 ///
 /// By default glibc raises the threshold (up to 32 MiB) each time a large
 /// block is freed; a layer-by-layer run frees tens of megabytes per linear
@@ -17,7 +17,7 @@ const MMAP_THRESHOLD: i32 = 64 << 20;
 /// 5.29 s for four layers), for a peak of 200 against 282 MiB. At 64 MiB the
 /// per-pass temporaries are reused from the heaps, buffers that size or larger
 /// (a 13B model's activations and Hessians) still map and unmap on their own,
-/// and [`trim`] after each committed layer hands the heaps' free pages back.
+/// and [`trim`] hands the heaps' free pages back.
 /// Call it once, early in `main`. A no-op on other C libraries.
 pub fn return_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -29,7 +29,8 @@ pub fn return_freed_memory() {
 
 /// Returns the free pages of the allocator's heaps to the operating system
 /// (glibc's `malloc_trim`); the calibration calls it after each compressed
-/// linear (the OBS sweep's `n × n` matrices) and each committed layer. A no-op on other C libraries.
+/// linear (the OBS sweep's `n × n` matrices) and each committed layer. A no-op
+/// on other C libraries.
 pub fn trim() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim has no preconditions.

@@ -430,9 +430,10 @@ fn permute_rows<T: Copy + Default>(m: &mut [T], cols: usize, perm: &[usize]) {
 /// Cholesky and one triangular inverse (`2n³/3` flops) replace the reference's
 /// Cholesky, inverse and second Cholesky (`4n³/3`), and `H⁻¹` is never formed.
 ///
-/// Takes the damped Hessian's row-major buffer (its lower triangle is read, as
-/// `torch.linalg.cholesky` does) and returns that buffer holding `U`. Host n×n
-/// f32 buffers alive at the peak: two (the buffer and `L'⁻¹`).
+/// Consumes the damped Hessian's row-major buffer (its lower triangle is read,
+/// as `torch.linalg.cholesky` does: it is factored in place) and returns `U`
+/// in the buffer `L'⁻¹` was written to. Host n×n f32 buffers alive at the
+/// peak: two (the factor and `L'⁻¹`).
 fn upper_cholesky_of_inverse(mut a: Vec<f32>, n: usize) -> Result<Vec<f32>> {
     assert_eq!(a.len(), n * n);
     // Reversed, the row-major buffer is J·H·J; seen column-major, its lower

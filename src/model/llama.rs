@@ -145,6 +145,9 @@ impl LlamaLayer {
     }
 }
 
+/// The token embedding's tensor name.
+pub const EMBED_TOKENS: &str = "model.embed_tokens.weight";
+
 /// The parts of Llama outside the decoder layers, kept resident on the device.
 pub struct LlamaOuter {
     embed_tokens: Tensor,
@@ -160,7 +163,7 @@ impl LlamaOuter {
         dtype: DType,
         get: &dyn Fn(&str, DType) -> anyhow::Result<Tensor>,
     ) -> anyhow::Result<Self> {
-        let embed_tokens = get("model.embed_tokens.weight", dtype)?;
+        let embed_tokens = get(EMBED_TOKENS, dtype)?;
         let lm_head = if cfg.tie_word_embeddings {
             embed_tokens.clone()
         } else {
@@ -176,10 +179,7 @@ impl LlamaOuter {
 
     /// Token ids `[b, t]` → hidden states `[b, t, hidden]`.
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
-        let (b, t) = ids.dims2()?;
-        self.embed_tokens
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, t, ()))
+        embed(&self.embed_tokens, ids)
     }
 
     /// Hidden states `[b, t, hidden]` → logits `[b, t, vocab]` in f32.
@@ -190,4 +190,14 @@ impl LlamaOuter {
             .to_dtype(DType::F32)?
             .reshape((b, t, ()))
     }
+}
+
+/// Token ids `[b, t]` → hidden states `[b, t, hidden]`, the rows of `tokens`
+/// (the whole embedding, or only the rows `ids` index; see
+/// [`super::Model::embed_rows`]).
+pub fn embed(tokens: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    let (b, t) = ids.dims2()?;
+    tokens
+        .index_select(&ids.flatten_all()?, 0)?
+        .reshape((b, t, ()))
 }

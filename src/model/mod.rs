@@ -169,14 +169,24 @@ impl Model {
                 }
             }
         }
-        // The embeddings and head load on first use, but a bad value in them is
-        // an error now, when the model is opened, as it is for everything else.
-        for (name, _) in config.tensor_shapes() {
-            if !name.contains(".layers.") {
-                weights.check_finite_streaming(&name)?;
-            }
-        }
         let device = opts.device.clone();
+        // From a memory-mapped checkpoint the embeddings and head load on first
+        // use (a calibration reads only its tokens' embedding rows, embed_rows),
+        // and a bad value in them is found now by a scan that keeps nothing
+        // resident. Other formats read a tensor whole on every access: they are
+        // loaded (and checked) once, now.
+        let outer = if weights.is_mapped() {
+            for (name, _) in config.tensor_shapes() {
+                if !name.contains(".layers.") {
+                    weights.check_finite_streaming(&name)?;
+                }
+            }
+            None
+        } else {
+            Some(std::sync::Arc::new(load_outer(
+                &config, &weights, dtype, &device,
+            )?))
+        };
         Ok(Self {
             spec: spec.to_string(),
             dir: dir.to_path_buf(),
@@ -185,9 +195,7 @@ impl Model {
             weights,
             device,
             dtype,
-            // Loaded on first use: a calibration reads only the embedding rows of
-            // its tokens (embed_rows) and may never need the whole matrix.
-            outer: std::sync::Mutex::new(None),
+            outer: std::sync::Mutex::new(outer),
         })
     }
 
@@ -293,24 +301,17 @@ impl Model {
             .map(|t| rows.binary_search(t).unwrap_or(0) as u32)
             .collect();
         let local = Tensor::from_vec(local, ids.dims(), &self.device)?;
+        let name = match &self.config {
+            ModelConfig::Opt(_) => opt::EMBED_TOKENS,
+            ModelConfig::Llama(_) => llama::EMBED_TOKENS,
+        };
+        let table = self
+            .weights
+            .gather_rows(name, &rows, self.dtype, &self.device)?;
         let get = |name: &str, dt: DType| self.weights.get(name, dt, &self.device);
         Ok(match &self.config {
-            ModelConfig::Opt(c) => {
-                let table = self.weights.gather_rows(
-                    "model.decoder.embed_tokens.weight",
-                    &rows,
-                    self.dtype,
-                    &self.device,
-                )?;
-                opt::OptOuter::embed_rows(c, self.dtype, &get, &table, &local)?
-            }
-            ModelConfig::Llama(_) => {
-                let (b, t) = ids.dims2()?;
-                self.weights
-                    .gather_rows("model.embed_tokens.weight", &rows, self.dtype, &self.device)?
-                    .index_select(&local.flatten_all()?, 0)?
-                    .reshape((b, t, ()))?
-            }
+            ModelConfig::Opt(c) => opt::OptOuter::embed_rows(c, self.dtype, &get, &table, &local)?,
+            ModelConfig::Llama(_) => llama::embed(&table, &local)?,
         })
     }
 

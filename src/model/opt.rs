@@ -147,7 +147,7 @@ impl OptOuter {
         get: &dyn Fn(&str, DType) -> anyhow::Result<Tensor>,
     ) -> anyhow::Result<Self> {
         let p = "model.decoder";
-        let embed_tokens = get(&format!("{p}.embed_tokens.weight"), dtype)?;
+        let embed_tokens = get(EMBED_TOKENS, dtype)?;
         let lm_head = if cfg.tie_word_embeddings {
             embed_tokens.clone()
         } else {
@@ -210,6 +210,9 @@ impl OptOuter {
         Ok(embed(table, &positions, project_in.as_ref(), ids)?)
     }
 }
+
+/// The token embedding's tensor name.
+pub const EMBED_TOKENS: &str = "model.decoder.embed_tokens.weight";
 
 fn embed(
     tokens: &Tensor,

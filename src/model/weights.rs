@@ -363,8 +363,8 @@ impl WeightStore {
             let ids = Tensor::from_slice(rows, rows.len(), device)?;
             return Ok(self.get(name, dtype, device)?.index_select(&ids, 0)?);
         };
-        let st_dtype = view.dtype();
-        let stored = DType::try_from(st_dtype).map_err(|e| anyhow!("cannot read {name}: {e}"))?;
+        let stored =
+            DType::try_from(view.dtype()).map_err(|e| anyhow!("cannot read {name}: {e}"))?;
         let row_bytes = cols * stored.size_in_bytes();
         let data = view.data();
         let mut bytes = vec![0u8; rows.len() * row_bytes];
@@ -386,6 +386,14 @@ impl WeightStore {
         let t = Tensor::from_raw_buffer(&bytes, stored, &[rows.len(), cols], &Device::Cpu)?;
         check_finite(name, &t, &self.files)?;
         Ok(t.to_dtype(dtype)?.to_device(device)?)
+    }
+
+    /// Whether tensors are read through a memory map (safetensors), so that
+    /// part of one ([`gather_rows`](Self::gather_rows),
+    /// [`check_finite_streaming`](Self::check_finite_streaming)) costs only
+    /// that part; other formats read a tensor whole.
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.backend, Backend::Safetensors(_))
     }
 
     /// Refuses tensor `name` if it holds NaN or ±Inf, as [`get`](Self::get) would,
