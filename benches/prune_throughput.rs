@@ -11,7 +11,8 @@
 //! `cargo bench --bench prune_throughput`; environment: `SPARSELAB_BENCH_WINDOWS`
 //! (16), `SPARSELAB_BENCH_SEQLEN` (512), `SPARSELAB_BENCH_LAYERS` (12),
 //! `SPARSELAB_BENCH_DEVICE` (`cpu`; `cuda` in a `--features cuda` build, where
-//! the PyTorch baseline runs on the GPU too).
+//! the PyTorch baseline runs on the GPU too), `SPARSELAB_BENCH_GEMMS` (which of
+//! `f32,bf16` to run; both where the CPU has bf16).
 
 use std::path::Path;
 use std::process::Command;
@@ -111,6 +112,9 @@ fn main() -> Result<()> {
     // The bf16 option where it can run: the same job, with its numerics.
     if device()?.is_cpu() && sparselab::model::bf16_gemm::available() {
         gemms.push("bf16");
+    }
+    if let Ok(only) = std::env::var("SPARSELAB_BENCH_GEMMS") {
+        gemms.retain(|g| only.split(',').any(|o| o.trim() == *g));
     }
     for gemm in gemms {
         let status = Command::new(std::env::current_exe()?)

@@ -13,7 +13,8 @@
 //!
 //! Within a block, once its mask is chosen, rows are independent (a row's n:m
 //! choice, quantizer groups and updates only read that row), so the column loop
-//! runs in parallel over rows; the lazy update is one GEMM per block.
+//! runs in parallel over tiles of rows, vectorized across the rows of a tile
+//! (see `row_tiles`); the lazy update is one GEMM per block.
 //!
 //! What runs where: everything but the lazy update runs on the host in f32
 //! (quantizer parameters, dead columns, permutation, the Cholesky steps with
@@ -43,9 +44,13 @@ use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
 use super::matrix::{from_host, mask_tensor, to_host};
-use super::pattern::{mark_n_smallest, nm_valid, quantile_threshold, SparsityPattern};
-use super::quant::{find_row_params, quantize, BitWidths, Levels, QuantGrid, QuantizerConfig};
+use super::pattern::{nm_valid, quantile_threshold, SparsityPattern};
+use super::quant::{find_row_params, BitWidths, Levels, QuantGrid, QuantizerConfig};
 use super::{CompressResult, CompressStats};
+
+mod row_tiles;
+
+use row_tiles::Isa;
 
 /// The damped Hessian (or its inverse) has no Cholesky factor. Callers can
 /// recognise it (`err.downcast_ref::<NotPositiveDefinite>()`) and retry with more
@@ -181,17 +186,19 @@ impl SparseGptOptions {
 /// The returned stats carry the mask in the original column order, the OBS loss
 /// as the reference prints it, and the number of dead columns.
 pub fn fasterprune(w: &Tensor, h: &Tensor, opts: &SparseGptOptions) -> Result<CompressResult> {
-    run_sweep(w, h, opts, w.device().is_cuda())
+    run_sweep(w, h, opts, w.device().is_cuda(), Isa::best())
 }
 
 /// [`fasterprune`], with the lazy updates on `w`'s device (a candle `matmul`)
-/// when `lazy_on_device`, else on the host (faer). The unit tests force the
-/// device path on the CPU device.
+/// when `lazy_on_device`, else on the host (faer), with the in-block loop's
+/// kernel built for `isa`. The unit tests force the device path on the CPU
+/// device, and each kernel build.
 fn run_sweep(
     w: &Tensor,
     h: &Tensor,
     opts: &SparseGptOptions,
     lazy_on_device: bool,
+    isa: Isa,
 ) -> Result<CompressResult> {
     let start = Instant::now();
     let wm = to_host(w, "weight")?;
@@ -300,6 +307,7 @@ fn run_sweep(
     };
 
     let sweep = Sweep {
+        isa,
         rows,
         cols,
         hinv: &hinv,
@@ -480,6 +488,8 @@ struct QuantSweep<'a> {
 
 /// One column sweep over a (possibly permuted) weight.
 struct Sweep<'a> {
+    /// Build of the in-block loop's kernel.
+    isa: Isa,
     rows: usize,
     cols: usize,
     /// Upper Cholesky factor of the damped H⁻¹, row-major.
@@ -696,6 +706,7 @@ impl Sweep<'_> {
         let mut mask = vec![false; rows * cols];
         let mut losses = vec![0f64; rows];
 
+        let mut tb = 0f64;
         for i1 in (0..cols).step_by(bs) {
             let i2 = (i1 + bs).min(cols);
             let count = i2 - i1;
@@ -725,16 +736,9 @@ impl Sweep<'_> {
             }
 
             let outer = trailing.outer(w, cols, i1);
-            w1.par_chunks_mut(count)
-                .zip(err1.par_chunks_mut(count))
-                .zip(mask1.par_chunks_mut(count))
-                .zip(params.par_chunks_mut(per_row))
-                .zip(losses.par_iter_mut())
-                .enumerate()
-                .with_min_len(4)
-                .for_each(|(r, ((((wrow, erow), mrow), prow), loss))| {
-                    *loss += self.sweep_row(r, i1, i2, wrow, erow, mrow, prow, outer);
-                });
+            let t0 = Instant::now();
+            self.sweep_block(i1, i2, w1, err1, mask1, params, per_row, &mut losses, outer);
+            tb += t0.elapsed().as_secs_f64();
 
             w.par_chunks_mut(cols)
                 .zip(w1.par_chunks(count))
@@ -747,83 +751,10 @@ impl Sweep<'_> {
                 trailing.update(self, w, err1, i1, i2)?;
             }
         }
-        Ok((mask, losses.iter().sum::<f64>() / 2.0))
-    }
-
-    /// One row of one block: columns `i1..i2`. `wrow` holds the row's block
-    /// (updated in place, ending as the quantized/pruned values), `erow` receives
-    /// the scaled errors, `mrow` the block mask (pre-filled when unstructured),
-    /// `prow` the row's quantizer parameters, `outer` the weight as it stood at
-    /// the block's start. Returns the row's loss
-    /// `Σ (w − q)² / d²` (not yet halved).
-    #[allow(clippy::too_many_arguments)]
-    #[inline]
-    fn sweep_row(
-        &self,
-        r: usize,
-        i1: usize,
-        i2: usize,
-        wrow: &mut [f32],
-        erow: &mut [f32],
-        mrow: &mut [bool],
-        prow: &mut [f32],
-        outer: Outer,
-    ) -> f64 {
-        let cols = self.cols;
-        let hinv = self.hinv;
-        let nm = self.pattern.nm();
-        let mut loss = 0f64;
-        for i in 0..(i2 - i1) {
-            let c = i1 + i;
-            // Hinv1[i, i:]
-            let hrow = &hinv[c * cols + c..c * cols + i2];
-            let d = hrow[0];
-            if let Some((n, m)) = nm {
-                if i % m == 0 {
-                    let wr: &[f32] = wrow;
-                    mark_n_smallest(n, &mut mrow[i..i + m], |k| {
-                        let x = wr[i + k];
-                        let dk = hinv[(c + k) * cols + c + k];
-                        (x * x) / (dk * dk)
-                    });
-                }
-            }
-            let x = wrow[i];
-            let mut q = if mrow[i] { 0.0 } else { x };
-            if let Some(qs) = &self.quant {
-                let l = qs.levels.col[c] as usize;
-                let (scale, zero) = match (qs.groupsize, qs.static_groups) {
-                    (Some(gs), Some((table, ngroups))) => {
-                        let g = qs.perm.map_or(c, |p| p[c]) / gs;
-                        let base = ((r * ngroups + g) * qs.levels.maxq.len() + l) * 2;
-                        (table[base], table[base + 1])
-                    }
-                    (Some(gs), None) => {
-                        // Each group keeps its own slot, so that the grid survives the sweep.
-                        let nl2 = 2 * qs.levels.maxq.len();
-                        let p = &mut prow[(c / gs) * nl2..(c / gs + 1) * nl2];
-                        if c.is_multiple_of(gs) {
-                            // From the weight as it stood at the block's start (the
-                            // reference reads its outer W, not the in-block copy).
-                            let part = outer.row(r, c, (c + gs).min(cols));
-                            fill_params(p, part, &qs.levels.maxq, qs.cfg);
-                        }
-                        (p[2 * l], p[2 * l + 1])
-                    }
-                    _ => (prow[2 * l], prow[2 * l + 1]),
-                };
-                q = quantize(q, scale, zero, qs.levels.maxq[l]);
-            }
-            let e = x - q;
-            loss += ((e * e) / (d * d)) as f64;
-            let err = e / d;
-            for (v, h) in wrow[i..].iter_mut().zip(hrow) {
-                *v -= err * h;
-            }
-            wrow[i] = q;
-            erow[i] = err;
+        if std::env::var("SL_T").is_ok() {
+            eprintln!("[{rows}x{cols}] block loop {:.1} ms", tb * 1e3);
         }
-        loss
+        Ok((mask, losses.iter().sum::<f64>() / 2.0))
     }
 }
 
@@ -1012,8 +943,8 @@ mod tests {
             },
         ];
         for opts in cases {
-            let host = run_sweep(&w, &h, &opts, false)?;
-            let dev = run_sweep(&w, &h, &opts, true)?;
+            let host = run_sweep(&w, &h, &opts, false, Isa::best())?;
+            let dev = run_sweep(&w, &h, &opts, true, Isa::best())?;
             let (a, b) = (
                 host.stats.mask.flatten_all()?.to_vec1::<u8>()?,
                 dev.stats.mask.flatten_all()?.to_vec1::<u8>()?,
@@ -1053,6 +984,94 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn row_tile_kernels_agree_bit_for_bit() -> Result<()> {
+        // 45 rows: one full tile of 32 and a partial one.
+        let (rows, cols) = (45, 192);
+        let (w, h) = problem(rows, cols, 11);
+        let w = Tensor::from_vec(w, (rows, cols), &Device::Cpu)?;
+        let h = Tensor::from_vec(h, (cols, cols), &Device::Cpu)?;
+        let q = |bits, groupsize, static_groups| {
+            Some(QuantOptions {
+                bits,
+                groupsize,
+                static_groups,
+                ..QuantOptions::default()
+            })
+        };
+        let mixed = BitWidths::PerColumn((0..cols).map(|j| [3, 4, 8][j % 3]).collect());
+        let cases = [
+            SparseGptOptions {
+                pattern: SparsityPattern::Unstructured { sparsity: 0.5 },
+                quant: q(BitWidths::Uniform(4), None, false),
+                blocksize: 64,
+                ..SparseGptOptions::default()
+            },
+            SparseGptOptions {
+                pattern: SparsityPattern::Unstructured { sparsity: 0.6 },
+                ..SparseGptOptions::default()
+            },
+            SparseGptOptions {
+                pattern: SparsityPattern::NM { n: 4, m: 8 },
+                quant: q(mixed.clone(), Some(40), false),
+                blocksize: 64,
+                ..SparseGptOptions::default()
+            },
+            SparseGptOptions {
+                pattern: SparsityPattern::NM { n: 2, m: 4 },
+                quant: q(mixed, None, false),
+                ..SparseGptOptions::default()
+            },
+            SparseGptOptions {
+                quant: q(BitWidths::Uniform(3), Some(48), false),
+                blocksize: 32,
+                act_order: true,
+                ..SparseGptOptions::default()
+            },
+            SparseGptOptions {
+                quant: q(BitWidths::Uniform(3), Some(48), true),
+                blocksize: 32,
+                act_order: true,
+                ..SparseGptOptions::default()
+            },
+        ];
+        let isas = Isa::available();
+        println!("kernel builds on this CPU: {isas:?}");
+        for opts in cases {
+            let runs = isas
+                .iter()
+                .map(|&isa| run_sweep(&w, &h, &opts, false, isa))
+                .collect::<Result<Vec<_>>>()?;
+            let first = &runs[0];
+            let bits = |t: &Tensor| -> Result<Vec<u32>> {
+                Ok(t.flatten_all()?
+                    .to_vec1::<f32>()?
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect())
+            };
+            for (isa, run) in isas.iter().zip(&runs).skip(1) {
+                assert_eq!(
+                    bits(&run.weight)?,
+                    bits(&first.weight)?,
+                    "{isa:?}, {opts:?}"
+                );
+                assert_eq!(
+                    run.stats.mask.flatten_all()?.to_vec1::<u8>()?,
+                    first.stats.mask.flatten_all()?.to_vec1::<u8>()?,
+                    "{isa:?}, {opts:?}"
+                );
+                assert_eq!(run.stats.loss, first.stats.loss, "{isa:?}, {opts:?}");
+                assert_eq!(
+                    run.stats.grid.as_ref().map(|g| &g.params),
+                    first.stats.grid.as_ref().map(|g| &g.params),
+                    "{isa:?}, {opts:?}"
+                );
             }
         }
         Ok(())
