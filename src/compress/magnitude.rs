@@ -22,8 +22,8 @@ pub fn magnitude_prune(w: &Tensor, pattern: &SparsityPattern) -> Result<Compress
     pattern.validate(m.cols)?;
     let mut mask = vec![false; m.data.len()];
     if let Some(sparsity) = pattern.unstructured() {
-        let mut scores: Vec<f32> = m.data.par_iter().map(|x| x.abs()).collect();
-        let thresh = quantile_threshold(&mut scores, sparsity);
+        let scores: Vec<f32> = m.data.par_iter().map(|x| x.abs()).collect();
+        let thresh = quantile_threshold(&scores, sparsity);
         mask.par_iter_mut()
             .zip(&m.data)
             .for_each(|(k, x)| *k = x.abs() <= thresh);

@@ -706,7 +706,6 @@ impl Sweep<'_> {
         let mut mask = vec![false; rows * cols];
         let mut losses = vec![0f64; rows];
 
-        let mut tb = 0f64;
         for i1 in (0..cols).step_by(bs) {
             let i2 = (i1 + bs).min(cols);
             let count = i2 - i1;
@@ -717,28 +716,33 @@ impl Sweep<'_> {
             mask1.fill(false);
 
             if let Some(sparsity) = self.pattern.unstructured() {
+                // W1² / diag(Hinv1)², row by row.
+                let d2: Vec<f32> = (i1..i2)
+                    .map(|c| {
+                        let d = self.hinv[c * cols + c];
+                        d * d
+                    })
+                    .collect();
                 let scratch = &mut scratch[..rows * count];
-                let saliency = |idx: usize| {
-                    let x = w1[idx];
-                    let c = i1 + idx % count;
-                    let d = self.hinv[c * cols + c];
-                    (x * x) / (d * d)
-                };
                 scratch
-                    .par_iter_mut()
-                    .enumerate()
-                    .for_each(|(idx, s)| *s = saliency(idx));
+                    .par_chunks_mut(count)
+                    .zip(w1.par_chunks(count))
+                    .for_each(|(s, w)| {
+                        for ((s, &x), &d2) in s.iter_mut().zip(w).zip(&d2) {
+                            *s = (x * x) / d2;
+                        }
+                    });
                 let thresh = quantile_threshold(scratch, sparsity);
                 mask1
-                    .par_iter_mut()
-                    .enumerate()
-                    .for_each(|(idx, m)| *m = saliency(idx) <= thresh);
+                    .par_chunks_mut(count)
+                    .zip(scratch.par_chunks(count))
+                    .for_each(|(m, s)| {
+                        m.iter_mut().zip(s).for_each(|(m, &s)| *m = s <= thresh);
+                    });
             }
 
             let outer = trailing.outer(w, cols, i1);
-            let t0 = Instant::now();
             self.sweep_block(i1, i2, w1, err1, mask1, params, per_row, &mut losses, outer);
-            tb += t0.elapsed().as_secs_f64();
 
             w.par_chunks_mut(cols)
                 .zip(w1.par_chunks(count))
@@ -750,9 +754,6 @@ impl Sweep<'_> {
             if i2 < cols {
                 trailing.update(self, w, err1, i1, i2)?;
             }
-        }
-        if std::env::var("SL_T").is_ok() {
-            eprintln!("[{rows}x{cols}] block loop {:.1} ms", tb * 1e3);
         }
         Ok((mask, losses.iter().sum::<f64>() / 2.0))
     }
