@@ -1,6 +1,6 @@
 //! The layer-input Hessian `H = 2/n · Σ XᵀX`, accumulated as the reference does.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
@@ -23,6 +23,10 @@ use crate::model::kernels;
 /// there, so this runs on CPU or CUDA alike. On the CPU the update is applied in
 /// place to one triangle of `H` (half the FLOPs, no `columns²` temporaries);
 /// the other triangle is filled in when [`hessian`](Self::hessian) reads it.
+/// There the rescale `H *= n/(n+t)` is also deferred: `H` is held as `s · H'`,
+/// each batch adds `XᵀX / s` to `H'` inside the GEMM, and `s` is applied once,
+/// when `H` is read. That is the same running mean up to f32 rounding, without
+/// a pass over `columns²` floats per batch (an fc2 Hessian is 36 MiB).
 #[derive(Debug)]
 pub struct HessianAccumulator {
     h: Tensor,
@@ -36,10 +40,16 @@ pub struct HessianAccumulator {
     shared: AtomicBool,
     /// Precision of the CPU's `XᵀX`.
     gemm: kernels::CpuGemm,
+    /// The factor `s` the stored lower triangle is still to be scaled by
+    /// (CPU updates), as the bits of an f64.
+    pending_scale: AtomicU64,
 }
 
 impl Clone for HessianAccumulator {
     fn clone(&self) -> Self {
+        // Settle the pending mirror and rescale first: the two share `h`'s
+        // storage, and each would otherwise apply the rescale to it.
+        self.hessian();
         self.shared.store(true, Ordering::Relaxed);
         Self {
             h: self.h.clone(),
@@ -49,6 +59,7 @@ impl Clone for HessianAccumulator {
             upper_stale: AtomicBool::new(self.upper_stale.load(Ordering::Relaxed)),
             shared: AtomicBool::new(true),
             gemm: self.gemm,
+            pending_scale: AtomicU64::new(self.pending_scale.load(Ordering::Relaxed)),
         }
     }
 }
@@ -67,6 +78,7 @@ impl HessianAccumulator {
             upper_stale: AtomicBool::new(false),
             shared: AtomicBool::new(false),
             gemm: kernels::CpuGemm::F32,
+            pending_scale: AtomicU64::new(1f64.to_bits()),
         })
     }
 
@@ -112,7 +124,14 @@ impl HessianAccumulator {
             if self.shared.swap(false, Ordering::Relaxed) {
                 self.h = self.h.copy()?;
             }
-            kernels::gram_lower_add(&self.h, keep as f32, &xs, self.gemm)?;
+            // H = s·H'; after this batch H = keep·H + XᵀX, so s ← keep·s and
+            // H' += XᵀX / s. The first batch (keep 0) starts from H' = 0, s = 1.
+            let s = match keep {
+                0.0 => 1.0,
+                k => k * f64::from_bits(self.pending_scale.load(Ordering::Relaxed)),
+            };
+            self.pending_scale.store(s.to_bits(), Ordering::Relaxed);
+            kernels::gram_lower_add(&self.h, (1.0 / s) as f32, &xs, self.gemm)?;
             self.upper_stale.store(true, Ordering::Relaxed);
         } else {
             let gram = xs.t()?.matmul(&xs)?;
@@ -135,7 +154,9 @@ impl HessianAccumulator {
     pub fn hessian(&self) -> &Tensor {
         if self.upper_stale.swap(false, Ordering::Relaxed) {
             // Cannot fail: h is the contiguous square f32 CPU tensor the updates wrote.
-            kernels::mirror_lower(&self.h).expect("mirroring the Hessian's lower triangle");
+            let s = f64::from_bits(self.pending_scale.swap(1f64.to_bits(), Ordering::Relaxed));
+            kernels::mirror_lower(&self.h, s as f32)
+                .expect("mirroring the Hessian's lower triangle");
         }
         self.shared.store(true, Ordering::Relaxed);
         &self.h
@@ -168,6 +189,9 @@ impl HessianAccumulator {
                 scaler_row.dims()
             );
         }
+        // With no sequence seen, the first batch replaces H outright (its rescale
+        // factor is 0), as in the reference.
+        let h = if nsamples == 0 { h.zeros_like()? } else { h };
         Ok(Self {
             h: h.to_dtype(DType::F32)?,
             scaler_row: scaler_row.to_dtype(DType::F32)?,
@@ -176,6 +200,7 @@ impl HessianAccumulator {
             upper_stale: AtomicBool::new(false),
             shared: AtomicBool::new(true),
             gemm: kernels::CpuGemm::F32,
+            pending_scale: AtomicU64::new(1f64.to_bits()),
         })
     }
 
@@ -250,6 +275,31 @@ mod tests {
         let h = acc.hessian();
         assert!(max_diff(h, &want)? < 1e-3, "{}", max_diff(h, &want)?);
         assert_eq!(max_diff(h, &h.t()?)?, 0.0, "exactly symmetric");
+        Ok(())
+    }
+
+    /// The deferred rescale is applied exactly once to storage that a clone
+    /// shares, whichever of the two reads the Hessian first (q, k and v each
+    /// compress from a clone of one accumulator).
+    #[test]
+    fn clones_read_the_rescaled_hessian_once() -> Result<()> {
+        let dev = Device::Cpu;
+        let a = Tensor::randn(0f32, 1.0, (1, 40, 70), &dev)?;
+        let b = Tensor::randn(0f32, 1.0, (3, 40, 70), &dev)?;
+        let mut acc = HessianAccumulator::new(70, &dev)?;
+        acc.add_batch(&a)?;
+        acc.add_batch(&b)?;
+        let all = Tensor::cat(&[a.reshape((40, 70))?, b.reshape((120, 70))?], 0)?;
+        let want = all.t()?.matmul(&all)?.affine(2.0 / 4.0, 0.0)?;
+        let rel = |h: &Tensor| -> Result<f32> {
+            let num = (h - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            Ok(num / want.abs()?.max_all()?.to_scalar::<f32>()?)
+        };
+        let first = acc.clone();
+        let second = acc.clone();
+        for h in [first.hessian(), second.hessian(), acc.hessian()] {
+            assert!(rel(h)? < 1e-5, "relative difference {}", rel(h)?);
+        }
         Ok(())
     }
 

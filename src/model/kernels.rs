@@ -263,13 +263,13 @@ pub fn matmul_xwt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     xwt_f32(x, w, None)
 }
 
-/// `h ← keep · h + xᵀx` on the lower triangle (diagonal included) of a square
+/// `h ← h + alpha · xᵀx` on the lower triangle (diagonal included) of a square
 /// f32 CPU tensor `h` `[d, d]`, in place, for `x` `[n, d]`: one triangle of the
 /// product (half the FLOPs of a full GEMM), no `d × d` temporary and no merge
 /// pass. The upper triangle is left as it was; [`mirror_lower`] fills it in.
 ///
 /// `h`'s storage is changed in place: every clone of `h` sees the update.
-pub fn gram_lower_add(h: &Tensor, keep: f32, x: &Tensor, gemm: CpuGemm) -> Result<()> {
+pub fn gram_lower_add(h: &Tensor, alpha: f32, x: &Tensor, gemm: CpuGemm) -> Result<()> {
     let (n, d) = x.dims2()?;
     if h.dims() != [d, d] || !is_cpu_f32(h) || !h.is_contiguous() {
         candle_core::bail!("gram_lower_add: h must be a contiguous f32 CPU [{d}, {d}] tensor");
@@ -279,7 +279,7 @@ pub fn gram_lower_add(h: &Tensor, keep: f32, x: &Tensor, gemm: CpuGemm) -> Resul
             x: xs,
             n,
             d,
-            keep,
+            alpha,
             gemm,
         })
     })?
@@ -303,7 +303,7 @@ struct GramLowerAdd<'a> {
     x: &'a [f32],
     n: usize,
     d: usize,
-    keep: f32,
+    alpha: f32,
     gemm: CpuGemm,
 }
 
@@ -318,14 +318,8 @@ impl candle_core::InplaceOp1 for GramLowerAdd<'_> {
     ) -> Result<()> {
         let d = self.d;
         let h = square_f32(storage, layout, d, "gram_lower_add")?;
-        if self.keep != 1.0 {
-            let keep = self.keep;
-            h.par_chunks_mut(d).enumerate().for_each(|(i, row)| {
-                row[..=i].iter_mut().for_each(|x| *x *= keep);
-            });
-        }
         if self.gemm == CpuGemm::Bf16 {
-            return super::bf16_gemm::gram_lower_bf16(self.x, self.n, d, 1.0, h, true);
+            return super::bf16_gemm::gram_lower_bf16(self.x, self.n, d, self.alpha, h, true);
         }
         let xr = MatRef::from_row_major_slice(self.x, self.n, d);
         // Row-major lower triangle = column-major upper triangle of the same matrix.
@@ -338,25 +332,27 @@ impl candle_core::InplaceOp1 for GramLowerAdd<'_> {
             BlockStructure::Rectangular,
             xr,
             BlockStructure::Rectangular,
-            1.0f32,
+            self.alpha,
             Par::rayon(0),
         );
         Ok(())
     }
 }
 
-/// Copies the lower triangle of a square f32 CPU tensor onto its upper one, in
-/// place (after [`gram_lower_add`]).
-pub fn mirror_lower(h: &Tensor) -> Result<()> {
+/// Scales the lower triangle (diagonal included) of a square f32 CPU tensor by
+/// `scale` and copies it onto the upper one, in place (after
+/// [`gram_lower_add`]).
+pub fn mirror_lower(h: &Tensor, scale: f32) -> Result<()> {
     let (d, d2) = h.dims2()?;
     if d != d2 || !is_cpu_f32(h) || !h.is_contiguous() {
         candle_core::bail!("mirror_lower: h must be a square contiguous f32 CPU tensor");
     }
-    h.inplace_op1(&MirrorLower { d })
+    h.inplace_op1(&MirrorLower { d, scale })
 }
 
 struct MirrorLower {
     d: usize,
+    scale: f32,
 }
 
 impl candle_core::InplaceOp1 for MirrorLower {
@@ -370,6 +366,12 @@ impl candle_core::InplaceOp1 for MirrorLower {
     ) -> Result<()> {
         let d = self.d;
         let h = square_f32(storage, layout, d, "mirror_lower")?;
+        if self.scale != 1.0 {
+            let scale = self.scale;
+            h.par_chunks_mut(d).enumerate().for_each(|(i, row)| {
+                row[..=i].iter_mut().for_each(|x| *x *= scale);
+            });
+        }
         // Tiles of the upper triangle, each filled from its transposed lower tile,
         // so that both the reads and the writes stay in cache.
         const T: usize = 64;
