@@ -392,25 +392,32 @@ mod imp {
             }
         }
         if src.ks == 1 {
-            // Pairs are adjacent in memory: 32 floats → 16 words, scattered.
-            // Chunks of k outermost, so that the words written stay in L1.
-            let mut tmp = [0u32; 16];
+            // Pairs are adjacent in memory: per line, 32 floats → 16 words; 16
+            // lines of those are transposed in registers, so that each pair's
+            // words go out as one store. Chunks of k outermost, so that the
+            // words written stay in L1.
             let mut kk = 2 * p0;
             while kk < (2 * p1).min(k) {
                 let rem = k - kk;
                 let pa = kk / 2;
-                for l in 0..lines {
-                    let row = base.add((l0 + l) * src.ls);
-                    let lo = _mm512_maskz_loadu_ps(mask16(rem), row.add(kk));
-                    let hi = if rem > 16 {
-                        _mm512_maskz_loadu_ps(mask16(rem - 16), row.add(kk + 16))
-                    } else {
-                        _mm512_setzero_ps()
-                    };
-                    let bf: __m512i = transmute(_mm512_cvtne2ps_pbh(hi, lo));
-                    _mm512_storeu_si512(tmp.as_mut_ptr() as *mut _, bf);
-                    for (t, &w) in tmp.iter().enumerate().take((p1 - pa).min(16)) {
-                        *o.add((pa + t) * R + l) = w;
+                let pairs = (p1 - pa).min(16);
+                for lb in (0..lines).step_by(16) {
+                    let n = (lines - lb).min(16);
+                    let mut words = [_mm512_setzero_si512(); 16];
+                    for (l, w) in words.iter_mut().enumerate().take(n) {
+                        let row = base.add((l0 + lb + l) * src.ls);
+                        let lo = _mm512_maskz_loadu_ps(mask16(rem), row.add(kk));
+                        let hi = if rem > 16 {
+                            _mm512_maskz_loadu_ps(mask16(rem - 16), row.add(kk + 16))
+                        } else {
+                            _mm512_setzero_ps()
+                        };
+                        *w = transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));
+                    }
+                    let by_pair = transpose16(words);
+                    let m = mask16(n);
+                    for (t, v) in by_pair.iter().enumerate().take(pairs) {
+                        _mm512_mask_storeu_epi32(o.add((pa + t) * R + lb) as *mut _, m, *v);
                     }
                 }
                 kk += 32;
@@ -450,6 +457,42 @@ mod imp {
                 }
             }
         }
+    }
+
+    /// The transpose of a 16 × 16 matrix of 32-bit words held as 16 rows.
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn transpose16(r: [__m512i; 16]) -> [__m512i; 16] {
+        // Within 128-bit lanes: after these two steps `u[4g + c]` holds, in lane
+        // `L`, rows `4g .. 4g + 4` of column `4L + c`.
+        let mut t = [_mm512_setzero_si512(); 16];
+        for i in 0..8 {
+            t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+        }
+        let mut u = [_mm512_setzero_si512(); 16];
+        for g in 0..4 {
+            let (a, b) = (t[4 * g], t[4 * g + 2]);
+            let (c, d) = (t[4 * g + 1], t[4 * g + 3]);
+            u[4 * g] = _mm512_unpacklo_epi64(a, b);
+            u[4 * g + 1] = _mm512_unpackhi_epi64(a, b);
+            u[4 * g + 2] = _mm512_unpacklo_epi64(c, d);
+            u[4 * g + 3] = _mm512_unpackhi_epi64(c, d);
+        }
+        // Across lanes: column `4L + c` gathers lane `L` of `u[c]`, `u[4 + c]`,
+        // `u[8 + c]`, `u[12 + c]`.
+        let mut out = [_mm512_setzero_si512(); 16];
+        for c in 0..4 {
+            let (a, b, cc, d) = (u[c], u[4 + c], u[8 + c], u[12 + c]);
+            let p = _mm512_shuffle_i32x4::<0x44>(a, b);
+            let q = _mm512_shuffle_i32x4::<0x44>(cc, d);
+            let r2 = _mm512_shuffle_i32x4::<0xEE>(a, b);
+            let s = _mm512_shuffle_i32x4::<0xEE>(cc, d);
+            out[c] = _mm512_shuffle_i32x4::<0x88>(p, q);
+            out[4 + c] = _mm512_shuffle_i32x4::<0xDD>(p, q);
+            out[8 + c] = _mm512_shuffle_i32x4::<0x88>(r2, s);
+            out[12 + c] = _mm512_shuffle_i32x4::<0xDD>(r2, s);
+        }
+        out
     }
 
     thread_local! {
@@ -792,6 +835,32 @@ mod tests {
         eprintln!(
             "m={m} k={k} n={n} a_t={a_t} b_t={b_t} lower={lower_only}: worst err/tol {worst:.3}"
         );
+    }
+
+    #[test]
+    fn transpose16_transposes() {
+        if skip() {
+            return;
+        }
+        use std::arch::x86_64::*;
+        let m: Vec<u32> = (0..256).collect();
+        // SAFETY: `skip` checked the CPU features; loads and stores of 16 words
+        // inside 256-word buffers.
+        let got = unsafe {
+            let rows: [__m512i; 16] =
+                std::array::from_fn(|i| _mm512_loadu_si512(m[16 * i..].as_ptr() as *const _));
+            let t = super::imp::transpose16(rows);
+            let mut out = vec![0u32; 256];
+            for (i, v) in t.iter().enumerate() {
+                _mm512_storeu_si512(out[16 * i..].as_mut_ptr() as *mut _, *v);
+            }
+            out
+        };
+        for i in 0..16 {
+            for j in 0..16 {
+                assert_eq!(got[16 * i + j], m[16 * j + i], "({i}, {j})");
+            }
+        }
     }
 
     #[test]
