@@ -4,8 +4,8 @@
 const MMAP_THRESHOLD: i32 = 64 << 20;
 
 /// Fixes glibc's mmap threshold at 64 MiB, so that freed memory goes back to
-/// the operating system with [`trim`] (after each compressed linear and each
-/// layer) instead of staying in the heaps.
+/// the operating system with [`trim`] (before each OBS sweep with large work
+/// matrices and after each layer) instead of staying in the heaps.
 ///
 /// By default glibc raises the threshold (up to 32 MiB) each time a large
 /// block is freed; a layer-by-layer run frees tens of megabytes per linear
@@ -28,9 +28,9 @@ pub fn return_freed_memory() {
 }
 
 /// Returns the free pages of the allocator's heaps to the operating system
-/// (glibc's `malloc_trim`); the calibration calls it after each compressed
-/// linear (the OBS sweep's `n × n` matrices) and each committed layer. A no-op
-/// on other C libraries.
+/// (glibc's `malloc_trim`); the calibration calls it before each OBS sweep
+/// whose `n × n` matrices are large (32 MiB or more) and after each committed
+/// layer. A no-op on other C libraries.
 pub fn trim() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim has no preconditions.
