@@ -131,7 +131,8 @@ impl HessianAccumulator {
                 k => k * f64::from_bits(self.pending_scale.load(Ordering::Relaxed)),
             };
             self.pending_scale.store(s.to_bits(), Ordering::Relaxed);
-            kernels::gram_lower_add(&self.h, (1.0 / s) as f32, &xs, self.gemm)?;
+            // The first batch only writes `h` (see `gram_lower_add` for why).
+            kernels::gram_lower_add(&self.h, (1.0 / s) as f32, &xs, keep != 0.0, self.gemm)?;
             self.upper_stale.store(true, Ordering::Relaxed);
         } else {
             let gram = xs.t()?.matmul(&xs)?;

@@ -263,13 +263,26 @@ pub fn matmul_xwt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     xwt_f32(x, w, None)
 }
 
-/// `h ← h + alpha · xᵀx` on the lower triangle (diagonal included) of a square
-/// f32 CPU tensor `h` `[d, d]`, in place, for `x` `[n, d]`: one triangle of the
-/// product (half the FLOPs of a full GEMM), no `d × d` temporary and no merge
-/// pass. The upper triangle is left as it was; [`mirror_lower`] fills it in.
+/// `h ← h + alpha · xᵀx` (`accumulate`) or `h ← alpha · xᵀx` on the lower
+/// triangle (diagonal included) of a square f32 CPU tensor `h` `[d, d]`, in
+/// place, for `x` `[n, d]`: one triangle of the product (half the FLOPs of a
+/// full GEMM), no `d × d` temporary and no merge pass. The upper triangle is
+/// left as it was, or, near the diagonal with bf16, set to the full product's
+/// values; [`mirror_lower`] fills it in.
+///
+/// Without `accumulate`, `h` is only written: a freshly zeroed `h` then takes
+/// its pages by plain write faults, where reading the zero page first made
+/// every first write a copy-on-write fault with a TLB shootdown (a fifth of
+/// the first batch's time on the 2-vCPU VM).
 ///
 /// `h`'s storage is changed in place: every clone of `h` sees the update.
-pub fn gram_lower_add(h: &Tensor, alpha: f32, x: &Tensor, gemm: CpuGemm) -> Result<()> {
+pub fn gram_lower_add(
+    h: &Tensor,
+    alpha: f32,
+    x: &Tensor,
+    accumulate: bool,
+    gemm: CpuGemm,
+) -> Result<()> {
     let (n, d) = x.dims2()?;
     if h.dims() != [d, d] || !is_cpu_f32(h) || !h.is_contiguous() {
         candle_core::bail!("gram_lower_add: h must be a contiguous f32 CPU [{d}, {d}] tensor");
@@ -280,6 +293,7 @@ pub fn gram_lower_add(h: &Tensor, alpha: f32, x: &Tensor, gemm: CpuGemm) -> Resu
             n,
             d,
             alpha,
+            accumulate,
             gemm,
         })
     })?
@@ -304,6 +318,7 @@ struct GramLowerAdd<'a> {
     n: usize,
     d: usize,
     alpha: f32,
+    accumulate: bool,
     gemm: CpuGemm,
 }
 
@@ -319,15 +334,27 @@ impl candle_core::InplaceOp1 for GramLowerAdd<'_> {
         let d = self.d;
         let h = square_f32(storage, layout, d, "gram_lower_add")?;
         if self.gemm == CpuGemm::Bf16 {
-            return super::bf16_gemm::gram_lower_bf16(self.x, self.n, d, self.alpha, h, true);
+            return super::bf16_gemm::gram_lower_bf16(
+                self.x,
+                self.n,
+                d,
+                self.alpha,
+                h,
+                self.accumulate,
+            );
         }
         let xr = MatRef::from_row_major_slice(self.x, self.n, d);
         // Row-major lower triangle = column-major upper triangle of the same matrix.
         let dst = MatMut::from_column_major_slice_mut(h, d, d);
+        let accum = if self.accumulate {
+            Accum::Add
+        } else {
+            Accum::Replace
+        };
         faer::linalg::matmul::triangular::matmul(
             dst,
             BlockStructure::TriangularUpper,
-            Accum::Add,
+            accum,
             xr.transpose(),
             BlockStructure::Rectangular,
             xr,
