@@ -555,6 +555,9 @@ impl Calibration {
         // before the forward pass allocates the next layer's inputs.
         work.accs = Vec::new();
         work.reservoirs = Vec::new();
+        // The forward pass's temporaries come from the worker threads' heaps;
+        // the sweeps' buffers freed into this one would otherwise stay resident.
+        crate::alloc::trim();
         let k = work.index;
         let last = k + 1 == model.num_layers();
         let start = Instant::now();
