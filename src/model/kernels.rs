@@ -677,6 +677,35 @@ mod tests {
     }
 
     #[test]
+    fn layer_norm_matches_f64_on_wide_rows() -> Result<()> {
+        // 773 columns: 48 full chunks of the lane sums and a remainder of 5;
+        // an offset mean, so that the variance pass matters.
+        let (rows, d) = (3, 773);
+        let x = Tensor::randn(4f32, 2., (rows, d), &Device::Cpu)?;
+        let w = Tensor::randn(1f32, 0.5, d, &Device::Cpu)?;
+        let b = Tensor::randn(0f32, 0.5, d, &Device::Cpu)?;
+        let got = layer_norm_f32(&x, Some(&w), Some(&b), 1e-5)?.to_vec2::<f32>()?;
+        let (x, w, b) = (
+            x.to_vec2::<f32>()?,
+            w.to_vec1::<f32>()?,
+            b.to_vec1::<f32>()?,
+        );
+        for (row, out) in x.iter().zip(&got) {
+            let mean = row.iter().map(|&v| v as f64).sum::<f64>() / d as f64;
+            let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / d as f64;
+            for j in 0..d {
+                let want = (row[j] as f64 - mean) / (var + 1e-5).sqrt() * w[j] as f64 + b[j] as f64;
+                assert!(
+                    (out[j] as f64 - want).abs() < 1e-5,
+                    "{j}: {} vs {want}",
+                    out[j]
+                );
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
     fn exp_sub_sum_matches_libm() {
         let mut x: Vec<f32> = (0..1000).map(|i| -90.0 + i as f32 * 0.0905).collect();
         x.push(f32::NEG_INFINITY);
