@@ -398,66 +398,68 @@ impl Update for Portable {
     }
 }
 
+/// An [`Update`] for one x86-64 vector width: the marker type, its impl, and
+/// the update compiled for the feature (two copies that differ only in the
+/// intrinsics' names).
 #[cfg(target_arch = "x86_64")]
-struct Avx512;
+macro_rules! x86_update {
+    ($isa:ident, $f:ident, $feature:literal, $vec:ident, $lanes:literal,
+     $load:ident, $store:ident, $set1:ident, $sub:ident, $mul:ident) => {
+        struct $isa;
 
-#[cfg(target_arch = "x86_64")]
-impl Update for Avx512 {
-    #[inline(always)]
-    fn update(later: &mut [[f32; TILE]], h: &[f32], err: &[f32; TILE]) {
-        // SAFETY: only instantiated in `tile_avx512`, run on CPUs with AVX-512F.
-        unsafe { update_avx512(later, h, err) }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[inline]
-fn update_avx512(later: &mut [[f32; TILE]], h: &[f32], err: &[f32; TILE]) {
-    use std::arch::x86_64::*;
-    const V: usize = 16;
-    // SAFETY: every load and store is of `V` floats inside one `[f32; TILE]`.
-    unsafe {
-        let e: [__m512; TILE / V] =
-            std::array::from_fn(|k| _mm512_loadu_ps(err.as_ptr().add(k * V)));
-        for (v, &h) in later.iter_mut().zip(h) {
-            let hb = _mm512_set1_ps(h);
-            for (k, ek) in e.iter().enumerate() {
-                let p = v.as_mut_ptr().add(k * V);
-                _mm512_storeu_ps(p, _mm512_sub_ps(_mm512_loadu_ps(p), _mm512_mul_ps(*ek, hb)));
+        impl Update for $isa {
+            #[inline(always)]
+            fn update(later: &mut [[f32; TILE]], h: &[f32], err: &[f32; TILE]) {
+                // SAFETY: only instantiated in the tile kernel built for this
+                // feature, which runs on CPUs that have it.
+                unsafe { $f(later, h, err) }
             }
         }
-    }
-}
 
-#[cfg(target_arch = "x86_64")]
-struct Avx2;
-
-#[cfg(target_arch = "x86_64")]
-impl Update for Avx2 {
-    #[inline(always)]
-    fn update(later: &mut [[f32; TILE]], h: &[f32], err: &[f32; TILE]) {
-        // SAFETY: only instantiated in `tile_avx2`, run on CPUs with AVX2.
-        unsafe { update_avx2(later, h, err) }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-#[inline]
-fn update_avx2(later: &mut [[f32; TILE]], h: &[f32], err: &[f32; TILE]) {
-    use std::arch::x86_64::*;
-    const V: usize = 8;
-    // SAFETY: every load and store is of `V` floats inside one `[f32; TILE]`.
-    unsafe {
-        let e: [__m256; TILE / V] =
-            std::array::from_fn(|k| _mm256_loadu_ps(err.as_ptr().add(k * V)));
-        for (v, &h) in later.iter_mut().zip(h) {
-            let hb = _mm256_set1_ps(h);
-            for (k, ek) in e.iter().enumerate() {
-                let p = v.as_mut_ptr().add(k * V);
-                _mm256_storeu_ps(p, _mm256_sub_ps(_mm256_loadu_ps(p), _mm256_mul_ps(*ek, hb)));
+        #[target_feature(enable = $feature)]
+        #[inline]
+        fn $f(later: &mut [[f32; TILE]], h: &[f32], err: &[f32; TILE]) {
+            use std::arch::x86_64::*;
+            const V: usize = $lanes;
+            // SAFETY: every load and store is of `V` floats inside one `[f32; TILE]`.
+            unsafe {
+                let e: [$vec; TILE / V] = std::array::from_fn(|k| $load(err.as_ptr().add(k * V)));
+                for (v, &h) in later.iter_mut().zip(h) {
+                    let hb = $set1(h);
+                    for (k, ek) in e.iter().enumerate() {
+                        let p = v.as_mut_ptr().add(k * V);
+                        $store(p, $sub($load(p), $mul(*ek, hb)));
+                    }
+                }
             }
         }
-    }
+    };
 }
+
+#[cfg(target_arch = "x86_64")]
+x86_update!(
+    Avx512,
+    update_avx512,
+    "avx512f",
+    __m512,
+    16,
+    _mm512_loadu_ps,
+    _mm512_storeu_ps,
+    _mm512_set1_ps,
+    _mm512_sub_ps,
+    _mm512_mul_ps
+);
+
+#[cfg(target_arch = "x86_64")]
+x86_update!(
+    Avx2,
+    update_avx2,
+    "avx2",
+    __m256,
+    8,
+    _mm256_loadu_ps,
+    _mm256_storeu_ps,
+    _mm256_set1_ps,
+    _mm256_sub_ps,
+    _mm256_mul_ps
+);
