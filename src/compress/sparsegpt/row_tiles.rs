@@ -81,16 +81,30 @@ impl TileBuf {
     }
 }
 
-/// One tile's rows of the block and of the per-row state, row-major as the
-/// sweep keeps them.
+/// The block a tile works in: columns `i1..i2`, `per_row` quantizer values per
+/// row, and the weight as it stood at the block's start (dynamic groups read it).
+#[derive(Clone, Copy)]
+struct Block<'a> {
+    i1: usize,
+    i2: usize,
+    per_row: usize,
+    outer: Outer<'a>,
+}
+
+/// One tile's rows of the block's buffers, row-major as the sweep keeps them.
 struct TileRows<'a> {
+    w1: &'a mut [f32],
+    err1: &'a mut [f32],
+    mask1: &'a mut [bool],
+    state: TileState<'a>,
+}
+
+/// One tile's per-row state, which the column loop reads and updates.
+struct TileState<'a> {
     /// First row of the tile in the weight.
     r0: usize,
     /// Rows in this tile (`TILE`, or fewer in the last one).
     n: usize,
-    w1: &'a mut [f32],
-    err1: &'a mut [f32],
-    mask1: &'a mut [bool],
     params: &'a mut [f32],
     losses: &'a mut [f64],
 }
@@ -115,6 +129,12 @@ impl Sweep<'_> {
         outer: Outer,
     ) {
         let count = i2 - i1;
+        let block = Block {
+            i1,
+            i2,
+            per_row,
+            outer,
+        };
         w1.par_chunks_mut(TILE * count)
             .zip(err1.par_chunks_mut(TILE * count))
             .zip(mask1.par_chunks_mut(TILE * count))
@@ -124,40 +144,41 @@ impl Sweep<'_> {
             .for_each_init(
                 || TileBuf::new(count),
                 |buf, (t, ((((w1, err1), mask1), params), losses))| {
-                    let tile = TileRows {
+                    let state = TileState {
                         r0: t * TILE,
                         n: losses.len(),
-                        w1,
-                        err1,
-                        mask1,
                         params,
                         losses,
                     };
-                    self.sweep_tile(i1, i2, per_row, tile, outer, buf);
+                    let tile = TileRows {
+                        w1,
+                        err1,
+                        mask1,
+                        state,
+                    };
+                    self.sweep_tile(block, tile, buf);
                 },
             );
     }
 
-    /// One tile: its rows transposed into `buf`, the column loop, and back.
-    fn sweep_tile(
-        &self,
-        i1: usize,
-        i2: usize,
-        per_row: usize,
-        tile: TileRows,
-        outer: Outer,
-        buf: &mut TileBuf,
-    ) {
-        let (count, n) = (i2 - i1, tile.n);
+    /// One tile: its rows transposed into `buf`, the column loop (compiled for
+    /// the widest vectors the CPU has), and back.
+    fn sweep_tile(&self, block: Block, tile: TileRows, buf: &mut TileBuf) {
+        let TileRows {
+            w1,
+            err1,
+            mask1,
+            state,
+        } = tile;
+        let (count, n) = (block.i2 - block.i1, state.n);
         // The transposes stay in baseline code: compiled for AVX-512 they
         // become gathers, slower than plain moves.
         let (wt, mt) = (&mut buf.w[..count * TILE], &mut buf.mask[..count * TILE]);
         wt.fill(0.0);
         mt.fill(false);
-        for (l, (wrow, mrow)) in tile
-            .w1
+        for (l, (wrow, mrow)) in w1
             .chunks_exact(count)
-            .zip(tile.mask1.chunks_exact(count))
+            .zip(mask1.chunks_exact(count))
             .enumerate()
         {
             for (i, (&x, &m)) in wrow.iter().zip(mrow).enumerate() {
@@ -165,14 +186,15 @@ impl Sweep<'_> {
                 mt[i * TILE + l] = m;
             }
         }
-        let (w1, err1, mask1) = (&mut *tile.w1, &mut *tile.err1, &mut *tile.mask1);
-        let kernel = TileRows {
-            w1: &mut [],
-            err1: &mut [],
-            mask1: &mut [],
-            ..tile
-        };
-        self.dispatch(i1, i2, per_row, kernel, outer, buf);
+        match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Isa::Avx512` is only chosen on CPUs with AVX-512F.
+            Isa::Avx512 => unsafe { self.tile_avx512(block, state, buf) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Isa::Avx2` is only chosen on CPUs with AVX2.
+            Isa::Avx2 => unsafe { self.tile_avx2(block, state, buf) },
+            Isa::Portable => self.tile_kernel::<Portable>(block, state, buf),
+        }
         let (wt, et, mt) = (&buf.w, &buf.err, &buf.mask);
         for (l, ((wrow, erow), mrow)) in w1
             .chunks_exact_mut(count)
@@ -189,53 +211,16 @@ impl Sweep<'_> {
         }
     }
 
-    /// [`Self::tile_kernel`], compiled for the widest vectors the CPU has.
-    fn dispatch(
-        &self,
-        i1: usize,
-        i2: usize,
-        per_row: usize,
-        tile: TileRows,
-        outer: Outer,
-        buf: &mut TileBuf,
-    ) {
-        match self.isa {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Isa::Avx512` is only chosen on CPUs with AVX-512F.
-            Isa::Avx512 => unsafe { self.tile_avx512(i1, i2, per_row, tile, outer, buf) },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Isa::Avx2` is only chosen on CPUs with AVX2.
-            Isa::Avx2 => unsafe { self.tile_avx2(i1, i2, per_row, tile, outer, buf) },
-            Isa::Portable => self.tile_kernel::<Portable>(i1, i2, per_row, tile, outer, buf),
-        }
-    }
-
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    fn tile_avx512(
-        &self,
-        i1: usize,
-        i2: usize,
-        per_row: usize,
-        tile: TileRows,
-        outer: Outer,
-        buf: &mut TileBuf,
-    ) {
-        self.tile_kernel::<Avx512>(i1, i2, per_row, tile, outer, buf)
+    fn tile_avx512(&self, block: Block, state: TileState, buf: &mut TileBuf) {
+        self.tile_kernel::<Avx512>(block, state, buf)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    fn tile_avx2(
-        &self,
-        i1: usize,
-        i2: usize,
-        per_row: usize,
-        tile: TileRows,
-        outer: Outer,
-        buf: &mut TileBuf,
-    ) {
-        self.tile_kernel::<Avx2>(i1, i2, per_row, tile, outer, buf)
+    fn tile_avx2(&self, block: Block, state: TileState, buf: &mut TileBuf) {
+        self.tile_kernel::<Avx2>(block, state, buf)
     }
 
     /// The column loop of one tile: per column, the n:m choice (every `m`
@@ -243,15 +228,13 @@ impl Sweep<'_> {
     /// of the block's later columns. Lanes past `tile.n` carry zeros and are
     /// never written back.
     #[inline(always)]
-    fn tile_kernel<U: Update>(
-        &self,
-        i1: usize,
-        i2: usize,
-        per_row: usize,
-        tile: TileRows,
-        outer: Outer,
-        buf: &mut TileBuf,
-    ) {
+    fn tile_kernel<U: Update>(&self, block: Block, tile: TileState, buf: &mut TileBuf) {
+        let Block {
+            i1,
+            i2,
+            per_row,
+            outer,
+        } = block;
         let (cols, hinv, count, n) = (self.cols, self.hinv, i2 - i1, tile.n);
         let (wt, et, mt) = (
             &mut buf.w[..count * TILE],
