@@ -118,3 +118,31 @@ pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
         .to_scalar::<f32>()
         .unwrap()
 }
+
+/// The real research model, SmolLM2-135M-Instruct as a Q4_1 GGUF file: the path
+/// `SPARSELAB_SMOLLM2` names, else the cache `tools/fetch-smollm2.sh` fills
+/// (`~/.cache/sparselab-smollm2`). `None` (with how to get it printed) when
+/// it is missing; under CI (`CI` set) that is a failure, because `.ci/run`
+/// fetches it.
+pub fn smollm2() -> Option<PathBuf> {
+    let path = std::env::var_os("SPARSELAB_SMOLLM2")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| {
+                PathBuf::from(h).join(".cache/sparselab-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+            })
+        })?;
+    if path.is_file() {
+        return Some(path);
+    }
+    let why = format!(
+        "SmolLM2-135M GGUF not found at {} (run `bash tools/fetch-smollm2.sh`, or set \
+         SPARSELAB_SMOLLM2 to the file)",
+        path.display()
+    );
+    if std::env::var_os("CI").is_some() {
+        panic!("{why}");
+    }
+    eprintln!("skipped: {why}");
+    None
+}
