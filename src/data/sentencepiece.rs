@@ -203,6 +203,31 @@ struct Vocab {
     eos_piece: String,
     pad_piece: String,
     unk_surface: String,
+    /// The serialized `ModelProto` this was built from, kept whole so that
+    /// [`SentencePiece::to_bytes`] writes back every field, including the ones the
+    /// encoder never reads (trainer settings that other tools may look at).
+    proto: Vec<u8>,
+}
+
+/// A SentencePiece BPE vocabulary given as arrays rather than a `tokenizer.model`
+/// file, as GGUF files store it; see [`SentencePiece::from_vocab`].
+#[derive(Clone, Debug, Default)]
+pub struct VocabSpec {
+    /// `(piece, score, type)` in id order. The type is numbered as
+    /// `ModelProto.SentencePiece.Type` (and GGUF's `tokenizer.ggml.token_type`):
+    /// 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte.
+    pub pieces: Vec<(String, f32, i32)>,
+    /// Beginning-of-sentence id, if the model has one.
+    pub bos_id: Option<u32>,
+    /// End-of-sentence id, if the model has one.
+    pub eos_id: Option<u32>,
+    /// Padding id, if the model has one.
+    pub pad_id: Option<u32>,
+    /// `NormalizerSpec.add_dummy_prefix`: a `▁` is put before the text.
+    pub add_dummy_prefix: bool,
+    /// `NormalizerSpec.remove_extra_whitespaces`: leading, trailing and repeated
+    /// spaces are dropped (Llama's own model has this off).
+    pub remove_extra_whitespaces: bool,
 }
 
 impl SentencePiece {
@@ -222,7 +247,87 @@ impl SentencePiece {
     /// Builds the model from the bytes of a `tokenizer.model` file (a serialized
     /// `ModelProto`); [`SentencePiece::from_file`] adds the file name to the errors.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        let model = proto::ModelProto::decode(bytes)
+        Self::from_proto_bytes(bytes.to_vec())
+    }
+
+    /// Builds a BPE model from a bare vocabulary (GGUF's `tokenizer.ggml.*` arrays).
+    ///
+    /// The `ModelProto` such a `tokenizer.model` would hold is assembled and then read
+    /// as [`SentencePiece::from_bytes`] reads a file, so the same checks apply and
+    /// [`SentencePiece::to_bytes`] gives a file the SentencePiece library can load.
+    /// Byte fallback is on exactly when there are byte pieces, as sentencepiece's
+    /// trainer writes it; whitespace is escaped to `▁` and no character map is used
+    /// (identity normalization), as in Llama's models.
+    pub fn from_vocab(spec: VocabSpec) -> Result<Self> {
+        let piece_at = |id: Option<u32>, what: &str| -> Result<Option<String>> {
+            id.map(|id| {
+                spec.pieces
+                    .get(id as usize)
+                    .map(|p| p.0.clone())
+                    .with_context(|| {
+                        format!(
+                            "{what} id {id} is outside the vocabulary ({} pieces)",
+                            spec.pieces.len()
+                        )
+                    })
+            })
+            .transpose()
+        };
+        let as_proto_id = |id: Option<u32>| -> Result<i32> {
+            // -1 is the proto's "no such piece".
+            id.map_or(Ok(-1), |id| i32::try_from(id).context("id too large"))
+        };
+        let unk_id = spec
+            .pieces
+            .iter()
+            .position(|p| p.2 == proto::UNKNOWN)
+            .map(|i| i as u32);
+        let trainer = proto::TrainerSpec {
+            model_type: Some(proto::BPE),
+            vocab_size: Some(i32::try_from(spec.pieces.len()).context("too many pieces")?),
+            treat_whitespace_as_suffix: Some(false),
+            byte_fallback: Some(spec.pieces.iter().any(|p| p.2 == proto::BYTE)),
+            unk_id: Some(as_proto_id(unk_id)?),
+            bos_id: Some(as_proto_id(spec.bos_id)?),
+            eos_id: Some(as_proto_id(spec.eos_id)?),
+            pad_id: Some(as_proto_id(spec.pad_id)?),
+            unk_surface: None,
+            unk_piece: piece_at(unk_id, "unknown")?,
+            bos_piece: piece_at(spec.bos_id, "bos")?,
+            eos_piece: piece_at(spec.eos_id, "eos")?,
+            pad_piece: piece_at(spec.pad_id, "pad")?,
+        };
+        let model = proto::ModelProto {
+            pieces: spec
+                .pieces
+                .into_iter()
+                .map(|(piece, score, kind)| proto::SentencePiece {
+                    piece: Some(piece),
+                    score: Some(score),
+                    r#type: Some(kind),
+                })
+                .collect(),
+            trainer_spec: Some(trainer),
+            normalizer_spec: Some(proto::NormalizerSpec {
+                name: Some("identity".into()),
+                precompiled_charsmap: None,
+                add_dummy_prefix: Some(spec.add_dummy_prefix),
+                remove_extra_whitespaces: Some(spec.remove_extra_whitespaces),
+                escape_whitespaces: Some(true),
+            }),
+        };
+        Self::from_proto_bytes(model.encode_to_vec())
+    }
+
+    /// The serialized `ModelProto`: the contents of a `tokenizer.model` file that
+    /// loads as this model (the bytes it was read from, or the proto
+    /// [`SentencePiece::from_vocab`] built).
+    pub fn to_bytes(&self) -> &[u8] {
+        &self.vocab.proto
+    }
+
+    fn from_proto_bytes(bytes: Vec<u8>) -> Result<Self> {
+        let model = proto::ModelProto::decode(bytes.as_slice())
             .context("not a SentencePiece model: the protobuf does not parse")?;
         if model.pieces.is_empty() {
             bail!("not a SentencePiece model: it has no pieces");
@@ -336,6 +441,7 @@ impl SentencePiece {
             eos_piece: trainer.eos_piece.unwrap_or_else(|| "</s>".into()),
             pad_piece: trainer.pad_piece.unwrap_or_else(|| "<pad>".into()),
             unk_surface: trainer.unk_surface.unwrap_or_else(|| " \u{2047} ".into()),
+            proto: bytes,
         };
         let mut sp = Self {
             vocab: Box::new(vocab),
@@ -402,6 +508,25 @@ impl SentencePiece {
     /// The piece string of `id` (with `▁` for spaces), or `None` when out of range.
     pub fn id_to_piece(&self, id: u32) -> Option<&str> {
         self.vocab.pieces.get(id as usize).map(|p| p.text.as_str())
+    }
+
+    /// The score of piece `id` (higher merges first), or `None` when out of range.
+    pub fn piece_score(&self, id: u32) -> Option<f32> {
+        self.vocab.pieces.get(id as usize).map(|p| p.score)
+    }
+
+    /// The type of piece `id`, numbered as `ModelProto.SentencePiece.Type` (1 normal,
+    /// 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte), or `None` when out of
+    /// range.
+    pub fn piece_type(&self, id: u32) -> Option<i32> {
+        self.vocab.pieces.get(id as usize).map(|p| match p.kind {
+            Kind::Normal => proto::NORMAL,
+            Kind::Unknown => proto::UNKNOWN,
+            Kind::Control => proto::CONTROL,
+            Kind::UserDefined => proto::USER_DEFINED,
+            Kind::Unused => proto::UNUSED,
+            Kind::Byte => proto::BYTE,
+        })
     }
 
     /// The id of an exact piece string, or `None` when it is not in the vocabulary
