@@ -12,7 +12,8 @@ use tokenizers::{AddedToken, Tokenizer};
 
 use super::sentencepiece::SentencePiece;
 
-/// A tokenizer loaded from a model directory.
+/// A tokenizer loaded from a model directory (or built from a GGUF file's metadata,
+/// see [`super::gguf_tokenizer::from_gguf`]).
 pub enum TextTokenizer {
     /// A Hugging Face tokenizer (`tokenizer.json`, or built from `vocab.json` + `merges.txt`).
     Hf(Box<Tokenizer>),
@@ -103,6 +104,112 @@ impl TextTokenizer {
             Self::Hf(t) => t.get_vocab_size(true),
             Self::SentencePiece(sp) => sp.vocab_size(),
         }
+    }
+}
+
+/// What transformers reads from `tokenizer_config.json` beside the tokenizer itself:
+/// the special tokens by name, whether encoding adds BOS/EOS, and the chat template.
+///
+/// A checkpoint directory has these in its own `tokenizer_config.json`, which is
+/// copied when the model is saved; a GGUF file has them as metadata
+/// ([`super::gguf_tokenizer::config_from_gguf`]), and [`TextTokenizer::hf_files`]
+/// writes them out.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TokenizerConfig {
+    /// Beginning-of-sequence token string.
+    pub bos_token: Option<String>,
+    /// End-of-sequence token string.
+    pub eos_token: Option<String>,
+    /// Unknown-token string.
+    pub unk_token: Option<String>,
+    /// Padding token string.
+    pub pad_token: Option<String>,
+    /// Whether `tokenizer(text)` (with special tokens) starts with BOS.
+    pub add_bos_token: bool,
+    /// Whether `tokenizer(text)` (with special tokens) ends with EOS.
+    pub add_eos_token: bool,
+    /// The Jinja chat template, when the model has one.
+    pub chat_template: Option<String>,
+}
+
+impl TokenizerConfig {
+    /// The `tokenizer_config.json` object for a tokenizer of `tokenizer_class`.
+    ///
+    /// `add_bos_token`/`add_eos_token` are always written: transformers' fast
+    /// tokenizers rebuild their post-processor from them only when they are present,
+    /// and otherwise keep whatever `tokenizer.json` says.
+    fn to_json(&self, tokenizer_class: &str) -> serde_json::Value {
+        let mut obj = serde_json::Map::new();
+        obj.insert("tokenizer_class".into(), tokenizer_class.into());
+        for (key, value) in [
+            ("bos_token", &self.bos_token),
+            ("eos_token", &self.eos_token),
+            ("unk_token", &self.unk_token),
+            ("pad_token", &self.pad_token),
+        ] {
+            if let Some(v) = value {
+                obj.insert(key.into(), v.as_str().into());
+            }
+        }
+        obj.insert("add_bos_token".into(), self.add_bos_token.into());
+        obj.insert("add_eos_token".into(), self.add_eos_token.into());
+        // Decoding should give back the text as written, as llama.cpp does.
+        obj.insert("clean_up_tokenization_spaces".into(), false.into());
+        if let Some(t) = &self.chat_template {
+            obj.insert("chat_template".into(), t.as_str().into());
+        }
+        serde_json::Value::Object(obj)
+    }
+}
+
+impl TextTokenizer {
+    /// The files of a Hugging Face model directory that make transformers load this
+    /// tokenizer, as `(file name, contents)`, for the caller to write where it
+    /// writes the rest of the checkpoint (`Model::save` stages every file so that a
+    /// failed save leaves nothing behind; writing them here would bypass that).
+    ///
+    /// - `Hf`: `tokenizer.json` (the tokenizer as `tokenizers` serializes it) and
+    ///   `tokenizer_config.json` with `"tokenizer_class": "PreTrainedTokenizerFast"`;
+    /// - `SentencePiece`: `tokenizer.model` ([`SentencePiece::to_bytes`]) and
+    ///   `tokenizer_config.json` with `"tokenizer_class": "LlamaTokenizer"` (which
+    ///   transformers converts from `tokenizer.model` only with the `sentencepiece`
+    ///   package installed, as for any checkpoint that ships no `tokenizer.json`).
+    ///
+    /// Both configs carry `config`'s special tokens, BOS/EOS flags and chat template.
+    /// Use it where the source has no tokenizer files to copy (a GGUF file);
+    /// a directory's own files are better copied as they are.
+    pub fn hf_files(&self, config: &TokenizerConfig) -> Result<Vec<(String, Vec<u8>)>> {
+        let (main, class) = match self {
+            Self::Hf(t) => {
+                let json = t
+                    .to_string(true)
+                    .map_err(|e| anyhow!("cannot serialize the tokenizer: {e}"))?;
+                (
+                    ("tokenizer.json".to_string(), json.into_bytes()),
+                    "PreTrainedTokenizerFast",
+                )
+            }
+            Self::SentencePiece(sp) => (
+                ("tokenizer.model".to_string(), sp.to_bytes().to_vec()),
+                "LlamaTokenizer",
+            ),
+        };
+        let mut cfg = serde_json::to_vec_pretty(&config.to_json(class))?;
+        cfg.push(b'\n');
+        Ok(vec![main, ("tokenizer_config.json".to_string(), cfg)])
+    }
+
+    /// Writes [`TextTokenizer::hf_files`] into the existing directory `dir`
+    /// (replacing files of the same names) and returns their names.
+    pub fn save_hf(&self, dir: &Path, config: &TokenizerConfig) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        for (name, bytes) in self.hf_files(config)? {
+            let path = dir.join(&name);
+            std::fs::write(&path, bytes)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            names.push(name);
+        }
+        Ok(names)
     }
 }
 
