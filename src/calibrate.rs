@@ -291,7 +291,7 @@ impl Calibration {
         let windows = calibration_windows(
             &spec,
             model.tokenizer()?,
-            Some(model.config.bos_token_id()),
+            model.named_bos(),
             opts.nsamples,
             seqlen,
             opts.seed,

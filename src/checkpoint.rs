@@ -115,8 +115,12 @@ pub struct Manifest {
 impl Manifest {
     /// The manifest of a calibration of `model` over `windows` with `opts`.
     pub fn new(model: &Model, opts: &CalibOptions, windows: &[Vec<u32>]) -> Result<Self> {
-        let config = std::fs::read(model.dir.join("config.json"))
-            .with_context(|| format!("cannot read {}", model.dir.join("config.json").display()))?;
+        let config = if model.has_generated_config() {
+            serde_json::to_vec(&model.config_json()?)?
+        } else {
+            let path = model.dir.join("config.json");
+            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?
+        };
         let weights = model
             .weights()
             .files()

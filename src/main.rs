@@ -120,7 +120,7 @@ struct SessionArgs {
 
 #[derive(Args)]
 struct PruneArgs {
-    /// Model directory or hub id `org/name[@revision]`.
+    /// Model directory, GGUF file (`x.gguf`) or hub id `org/name[@revision]`.
     #[arg(long)]
     model: String,
     /// sparsegpt (also GPTQ with --sparsity 0 and --bits), magnitude or wanda.
@@ -439,7 +439,7 @@ fn prune(args: PruneArgs) -> Result<()> {
 
 #[derive(Args)]
 struct EvalArgs {
-    /// Model directory or hub id `org/name[@revision]`.
+    /// Model directory, GGUF file (`x.gguf`) or hub id `org/name[@revision]`.
     #[arg(long)]
     model: String,
     /// Dataset: `wikitext2`, `ptb`, `c4` with an optional `:split`, or a local

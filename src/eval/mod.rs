@@ -152,12 +152,7 @@ pub fn perplexity(model: &Model, tokens: &[u32], opts: &PplOptions) -> Result<Pp
 pub fn eval_dataset(model: &Model, dataset: &str, opts: &PplOptions) -> Result<PplResult> {
     let spec = DatasetSpec::parse(dataset, Split::Test)?;
     let seqlen = opts.seqlen.unwrap_or_else(|| default_seqlen(model));
-    let tokens = eval_tokens(
-        &spec,
-        model.tokenizer()?,
-        Some(model.config.bos_token_id()),
-        seqlen,
-    )?;
+    let tokens = eval_tokens(&spec, model.tokenizer()?, model.named_bos(), seqlen)?;
     let opts = PplOptions {
         seqlen: Some(seqlen),
         ..opts.clone()

@@ -238,7 +238,8 @@ impl ModelConfig {
         Ok(config)
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Refuses shapes the layers cannot run (zero sizes, heads that do not divide).
+    pub(crate) fn validate(&self) -> Result<()> {
         let (hidden, heads) = (self.hidden_size(), self.num_attention_heads());
         if heads == 0 || hidden == 0 || self.num_layers() == 0 {
             bail!("hidden_size, num_attention_heads and num_hidden_layers must be positive");
@@ -415,6 +416,66 @@ impl ModelConfig {
     }
 }
 
+/// transformers' name of a dtype in `config.json`.
+pub(crate) fn torch_dtype_name(d: candle_core::DType) -> &'static str {
+    use candle_core::DType;
+    match d {
+        DType::F16 => "float16",
+        DType::BF16 => "bfloat16",
+        DType::F64 => "float64",
+        _ => "float32",
+    }
+}
+
+impl LlamaConfig {
+    /// The `config.json` transformers writes for this config (for models whose
+    /// source has none, such as GGUF files), weights stored as `dtype`.
+    pub fn to_hf_json(&self, dtype: candle_core::DType) -> serde_json::Value {
+        let rope_scaling = match &self.rope_scaling {
+            RopeScaling::Default => serde_json::Value::Null,
+            RopeScaling::Linear { factor } => {
+                serde_json::json!({"rope_type": "linear", "factor": factor})
+            }
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => serde_json::json!({
+                "rope_type": "llama3",
+                "factor": factor,
+                "low_freq_factor": low_freq_factor,
+                "high_freq_factor": high_freq_factor,
+                "original_max_position_embeddings": original_max_position_embeddings,
+            }),
+        };
+        let mut v = serde_json::json!({
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "hidden_act": "silu",
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "rope_scaling": rope_scaling,
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "attention_bias": self.attention_bias,
+            "mlp_bias": self.mlp_bias,
+            "torch_dtype": torch_dtype_name(dtype),
+        });
+        if let Some(bos) = self.bos_token_id {
+            v["bos_token_id"] = bos.into();
+        }
+        v
+    }
+}
+
 fn parse_llama(value: serde_json::Value) -> Result<LlamaConfig> {
     let raw: RawLlama =
         serde_json::from_value(value).map_err(|e| anyhow::anyhow!("Llama config: {e}"))?;
@@ -516,6 +577,23 @@ mod tests {
         )
         .unwrap_err();
         assert!(format!("{err:#}").contains("hidden_size"), "{err:#}");
+    }
+
+    #[test]
+    fn llama_config_round_trips_through_hf_json() {
+        let text = r#"{"model_type": "llama", "vocab_size": 10, "hidden_size": 8,
+                "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+                "num_key_value_heads": 1, "rope_theta": 500000.0, "rms_norm_eps": 1e-5,
+                "tie_word_embeddings": true, "bos_token_id": 1,
+                "rope_scaling": {"rope_type": "linear", "factor": 2.0}}"#;
+        let ModelConfig::Llama(a) = ModelConfig::from_json(text).unwrap() else {
+            panic!()
+        };
+        let json = a.to_hf_json(candle_core::DType::F32).to_string();
+        let ModelConfig::Llama(b) = ModelConfig::from_json(&json).unwrap() else {
+            panic!()
+        };
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 pub mod bf16_gemm;
 pub mod config;
+pub mod gguf;
 pub mod kernels;
 pub mod layers;
 pub mod llama;
@@ -54,6 +55,12 @@ impl Default for LoadOptions {
             hub: HubOptions::from_env(),
         }
     }
+}
+
+/// `config.json` and the tokenizer's settings, made from a GGUF file's metadata.
+struct Generated {
+    config: serde_json::Value,
+    tokenizer: crate::data::TokenizerConfig,
 }
 
 enum Outer {
@@ -125,7 +132,7 @@ impl DecoderLayer {
 
 /// A loaded causal language model.
 pub struct Model {
-    /// The spec it was loaded from (directory or hub id).
+    /// The spec it was loaded from (directory, GGUF file or hub id).
     pub spec: String,
     /// The local directory holding its files.
     pub dir: PathBuf,
@@ -133,6 +140,11 @@ pub struct Model {
     pub config: ModelConfig,
     /// Its tokenizer, when the directory has one.
     pub tokenizer: Option<TextTokenizer>,
+    /// What a model whose source is not a Hugging Face directory (a GGUF
+    /// file) needs to be saved as one; `None` when `dir` holds `config.json`.
+    generated: Option<Generated>,
+    /// The token a named dataset's stream starts with (see [`Model::named_bos`]).
+    named_bos: Option<u32>,
     weights: WeightStore,
     device: Device,
     dtype: DType,
@@ -142,8 +154,13 @@ pub struct Model {
 }
 
 impl Model {
-    /// Loads a model from a local directory or a hub id `org/name[@revision]`.
+    /// Loads a model from a local directory, a GGUF file (or a directory
+    /// whose only model file is one), or a hub id `org/name[@revision]`.
     pub fn load(spec: &str, opts: &LoadOptions) -> Result<Self> {
+        if let Some(file) = gguf::find_gguf(Path::new(spec))? {
+            return Self::load_gguf(spec, &file, opts)
+                .with_context(|| format!("loading GGUF model {}", file.display()));
+        }
         let dir = resolve(spec, opts)?;
         Self::load_dir(spec, &dir, opts)
     }
@@ -151,12 +168,72 @@ impl Model {
     fn load_dir(spec: &str, dir: &Path, opts: &LoadOptions) -> Result<Self> {
         let config = ModelConfig::from_file(&dir.join("config.json"))?;
         let weights = WeightStore::open(dir, &config.tensor_shapes())?;
-        let dtype = opts.dtype.unwrap_or_else(|| weights.dominant_dtype());
         let tokenizer = match TextTokenizer::from_dir(dir) {
             Ok(t) => Some(t),
             Err(e) if e.to_string().starts_with("no tokenizer in") => None,
             Err(e) => return Err(e),
         };
+        Self::assemble(spec, dir, config, weights, tokenizer, None, opts)
+    }
+
+    /// A GGUF file: config and tokenizer from its metadata, tensors
+    /// dequantized as they are read ([`gguf`]).
+    fn load_gguf(spec: &str, file: &Path, opts: &LoadOptions) -> Result<Self> {
+        let ck = gguf::GgufCheckpoint::open(file)?;
+        let config = ck.config()?;
+        let tokenizer = crate::data::gguf_tokenizer::from_gguf(ck.metadata())
+            .context("building the tokenizer from the GGUF metadata")?;
+        let dtype = opts.dtype.unwrap_or(DType::F32);
+        let generated = Generated {
+            config: ck.hf_config_json(&config, dtype)?,
+            tokenizer: crate::data::gguf_tokenizer::config_from_gguf(ck.metadata())?,
+        };
+        // The tokenizer's own default decides, as it does for transformers'
+        // tokenizer built from the file (SmolLM's byte-level BPE adds none).
+        let named_bos = match ck.metadata().get("tokenizer.ggml.add_bos_token") {
+            Some(v)
+                if v.to_bool()
+                    .map_err(|e| anyhow::anyhow!("add_bos_token: {e}"))? =>
+            {
+                Some(
+                    ck.token_id("bos")?
+                        .context("add_bos_token without bos_token_id")?,
+                )
+            }
+            _ => None,
+        };
+        let weights = WeightStore::open_gguf(ck, &config.tensor_shapes())?;
+        let dir = file.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let mut model = Self::assemble(
+            spec,
+            &dir,
+            config,
+            weights,
+            Some(tokenizer),
+            Some(generated),
+            opts,
+        )?;
+        model.named_bos = named_bos;
+        Ok(model)
+    }
+
+    /// The token the reference protocol's tokenizer call puts before a named
+    /// dataset's text (`</s>` for OPT, `<s>` for Llama; for a GGUF model what
+    /// its `tokenizer.ggml.add_bos_token` says), or `None` for none.
+    pub fn named_bos(&self) -> Option<u32> {
+        self.named_bos
+    }
+
+    fn assemble(
+        spec: &str,
+        dir: &Path,
+        config: ModelConfig,
+        weights: WeightStore,
+        tokenizer: Option<TextTokenizer>,
+        generated: Option<Generated>,
+        opts: &LoadOptions,
+    ) -> Result<Self> {
+        let dtype = opts.dtype.unwrap_or_else(|| weights.dominant_dtype());
         if let Some(tok) = &tokenizer {
             let vocab = config.vocab_size();
             if let Some(max) = tok.max_token_id() {
@@ -190,8 +267,10 @@ impl Model {
         Ok(Self {
             spec: spec.to_string(),
             dir: dir.to_path_buf(),
+            named_bos: Some(config.bos_token_id()),
             config,
             tokenizer,
+            generated,
             weights,
             device,
             dtype,
@@ -221,6 +300,35 @@ impl Model {
     /// embed its windows, so it releases them while the layers are compressed.
     pub fn release_outer(&self) {
         *self.outer.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// The model's `config.json`: the file in its directory, or for a GGUF
+    /// model the one generated from the file's metadata.
+    pub fn config_json(&self) -> Result<serde_json::Value> {
+        if let Some(g) = &self.generated {
+            return Ok(g.config.clone());
+        }
+        let path = self.dir.join("config.json");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
+    }
+
+    /// Whether `config.json` was generated (a GGUF model) rather than read
+    /// from the model's directory, whose other files then do not belong to it.
+    pub fn has_generated_config(&self) -> bool {
+        self.generated.is_some()
+    }
+
+    /// For a GGUF model, the Hugging Face tokenizer files (`tokenizer.json` or
+    /// `tokenizer.model`, and `tokenizer_config.json`) that describe its
+    /// tokenizer; `None` for a model loaded from a directory, whose own files
+    /// are copied instead.
+    pub fn generated_tokenizer_files(&self) -> Result<Option<Vec<(String, Vec<u8>)>>> {
+        let Some(g) = &self.generated else {
+            return Ok(None);
+        };
+        Ok(Some(self.tokenizer()?.hf_files(&g.tokenizer)?))
     }
 
     /// The architecture.

@@ -31,6 +31,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device};
 use serde::Serialize;
 
+use super::config::torch_dtype_name;
 use super::packed::{self, Encoding, PackedEntry, PackedIndex};
 use super::st_write::{
     plan_shards, shard_name, st_dtype, tensor_bytes, write_safetensors, Planned,
@@ -126,16 +127,6 @@ struct Item {
     shape: Vec<usize>,
 }
 
-/// transformers' name of a dtype in `config.json`.
-fn torch_dtype_name(d: DType) -> &'static str {
-    match d {
-        DType::F16 => "float16",
-        DType::BF16 => "bfloat16",
-        DType::F64 => "float64",
-        _ => "float32",
-    }
-}
-
 /// Turns an error from writing `path` into one that says "the disk is full"
 /// when that is what happened.
 fn file_error(e: anyhow::Error, path: &Path) -> anyhow::Error {
@@ -187,7 +178,26 @@ impl Model {
 
         let convert = self.dtype != self.weights.dominant_dtype();
         let config_src = self.dir.join("config.json");
-        if convert {
+        if self.has_generated_config() {
+            // A GGUF model: the directory beside the file is not the model's,
+            // so config.json and the tokenizer files are written from what was
+            // read from the file, never copied from its neighbours.
+            let mut v = self.config_json()?;
+            let saved = if convert {
+                self.dtype
+            } else {
+                self.weights.dominant_dtype()
+            };
+            v["torch_dtype"] = torch_dtype_name(saved).into();
+            write_json(&staging, "config.json", &v)?;
+            files.push("config.json".to_string());
+            for (name, bytes) in self.generated_tokenizer_files()?.unwrap_or_default() {
+                let mut f: StagedFile = staging.create(&name)?;
+                f.put(&bytes)?;
+                f.finish()?;
+                files.push(name);
+            }
+        } else if convert {
             let text = std::fs::read_to_string(&config_src)
                 .with_context(|| format!("cannot read {}", config_src.display()))?;
             let mut v: serde_json::Value = serde_json::from_str(&text)
@@ -210,12 +220,14 @@ impl Model {
         } else {
             staging.copy_in(&config_src, "config.json")?;
         }
-        files.push("config.json".to_string());
-        for name in COPIED_FILES {
-            let src = self.dir.join(name);
-            if src.is_file() {
-                staging.copy_in(&src, name)?;
-                files.push(name.to_string());
+        if !self.has_generated_config() {
+            files.push("config.json".to_string());
+            for name in COPIED_FILES {
+                let src = self.dir.join(name);
+                if src.is_file() {
+                    staging.copy_in(&src, name)?;
+                    files.push(name.to_string());
+                }
             }
         }
 

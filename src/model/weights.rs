@@ -36,6 +36,8 @@ pub enum CheckpointFormat {
     Safetensors,
     /// `pytorch_model.bin` or shards listed in `pytorch_model.bin.index.json`.
     PyTorch,
+    /// A llama.cpp GGUF file, dequantized on load ([`super::gguf`]).
+    Gguf,
     /// sparselab's packed export (`packed.json` and its safetensors files; see
     /// [`super::packed`]), decoded to the dense weights on load.
     Packed,
@@ -48,6 +50,7 @@ enum Backend {
         route: HashMap<String, usize>,
     },
     Packed(packed::PackedReader),
+    Gguf(super::gguf::GgufCheckpoint),
 }
 
 /// Where a tensor lives and what it is.
@@ -130,7 +133,44 @@ impl WeightStore {
                 let stored = reader.tensors();
                 (Backend::Packed(reader), stored)
             }
+            CheckpointFormat::Gguf => {
+                bail!(
+                    "{} is a GGUF checkpoint: open it with open_gguf",
+                    dir.display()
+                )
+            }
         };
+        Self::with_backend(dir, format, files, backend, stored, expected)
+    }
+
+    /// Opens a GGUF checkpoint (already read by [`super::gguf::GgufCheckpoint`])
+    /// and checks it as [`open`](Self::open) does; its tensors are known by
+    /// transformers' names.
+    pub fn open_gguf(
+        ck: super::gguf::GgufCheckpoint,
+        expected: &[(String, Vec<usize>)],
+    ) -> Result<Self> {
+        let path = ck.path().to_path_buf();
+        let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let stored = ck.tensors();
+        Self::with_backend(
+            &dir,
+            CheckpointFormat::Gguf,
+            vec![path],
+            Backend::Gguf(ck),
+            stored,
+            expected,
+        )
+    }
+
+    fn with_backend(
+        dir: &Path,
+        format: CheckpointFormat,
+        files: Vec<PathBuf>,
+        backend: Backend,
+        stored: Vec<(String, DType, Vec<usize>)>,
+        expected: &[(String, Vec<usize>)],
+    ) -> Result<Self> {
         let by_name: HashMap<&str, (DType, &Vec<usize>)> = stored
             .iter()
             .map(|(n, d, s)| (n.as_str(), (*d, s)))
@@ -452,6 +492,7 @@ impl WeightStore {
                     .and_then(|t| t.to_device(device))
             }
             Backend::Packed(p) => return p.load(stored_name, device),
+            Backend::Gguf(g) => return g.load(stored_name, device),
         }
         .map_err(|e| anyhow!("cannot load tensor {stored_name}: {e}"))?;
         Ok(t)

@@ -221,12 +221,14 @@ pub mod primitives {
 
     // ---- models -----------------------------------------------------------
 
-    /// Loads a model: a local directory with config.json, or a hub id
-    /// `org/name[@revision]` (from the Hugging Face cache, else downloaded unless
-    /// HF_HUB_OFFLINE=1). Returns a `Model`.
+    /// Loads a model: a local directory with config.json, a llama.cpp GGUF
+    /// file (or a directory holding one; dequantized as layers are read), or a
+    /// hub id `org/name[@revision]` (from the Hugging Face cache, else
+    /// downloaded unless HF_HUB_OFFLINE=1). Returns a `Model`.
     ///
     /// ```rhai
     /// let m = load_model("facebook/opt-125m");
+    /// let smol = load_model("SmolLM2-135M-Instruct.Q4_1.gguf");
     /// print(m.num_layers);
     /// ```
     #[rhai_fn(return_raw)]

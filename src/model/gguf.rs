@@ -1,0 +1,550 @@
+//! GGUF checkpoints (llama.cpp's format): the config from the file's metadata,
+//! llama.cpp's tensor names mapped to transformers', and every tensor
+//! dequantized to a float dtype when it is read.
+//!
+//! llama.cpp's converter stores Llama's q/k projections with their rows
+//! permuted (it pairs the two halves of each head's rotary dimensions the way
+//! its RoPE kernel reads them); [`GgufCheckpoint::load`] undoes that, so a GGUF
+//! model and the Hugging Face model it came from are the same model here. The
+//! header is read with candle's GGUF reader; tensor data is read from the file
+//! on each access, one tensor at a time, like the other checkpoint formats.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::GgmlDType;
+use candle_core::{DType, Device, Tensor};
+
+use super::config::{LlamaConfig, ModelConfig, RopeScaling};
+
+/// The `general.architecture` values that can be read.
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama"];
+
+/// Tensor types whose blocks candle can dequantize.
+const DEQUANTIZABLE: &[&str] = &[
+    "F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
+    "Q6_K",
+];
+
+/// Where a canonical (transformers) tensor lives in the GGUF file.
+#[derive(Debug, Clone)]
+struct Entry {
+    /// llama.cpp's name (`blk.3.attn_q.weight`).
+    gguf_name: String,
+    /// Heads whose rows llama.cpp permuted (q: attention heads, k: KV heads).
+    unpermute_heads: Option<usize>,
+}
+
+/// An opened GGUF file: its header, and the canonical name of every tensor.
+pub struct GgufCheckpoint {
+    path: PathBuf,
+    content: Content,
+    entries: HashMap<String, Entry>,
+}
+
+impl std::fmt::Debug for GgufCheckpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GgufCheckpoint")
+            .field("path", &self.path)
+            .field("tensors", &self.entries.len())
+            .finish()
+    }
+}
+
+fn ggml_name(t: GgmlDType) -> String {
+    match t {
+        GgmlDType::Q2K => "Q2_K".into(),
+        GgmlDType::Q3K => "Q3_K".into(),
+        GgmlDType::Q4K => "Q4_K".into(),
+        GgmlDType::Q5K => "Q5_K".into(),
+        GgmlDType::Q6K => "Q6_K".into(),
+        GgmlDType::Q8K => "Q8_K".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// llama.cpp's per-layer tensor names and transformers' counterparts.
+const LAYER_NAMES: &[(&str, &str)] = &[
+    ("attn_norm.weight", "input_layernorm.weight"),
+    ("ffn_norm.weight", "post_attention_layernorm.weight"),
+    ("attn_q.weight", "self_attn.q_proj.weight"),
+    ("attn_k.weight", "self_attn.k_proj.weight"),
+    ("attn_v.weight", "self_attn.v_proj.weight"),
+    ("attn_output.weight", "self_attn.o_proj.weight"),
+    ("attn_q.bias", "self_attn.q_proj.bias"),
+    ("attn_k.bias", "self_attn.k_proj.bias"),
+    ("attn_v.bias", "self_attn.v_proj.bias"),
+    ("attn_output.bias", "self_attn.o_proj.bias"),
+    ("ffn_gate.weight", "mlp.gate_proj.weight"),
+    ("ffn_up.weight", "mlp.up_proj.weight"),
+    ("ffn_down.weight", "mlp.down_proj.weight"),
+    ("ffn_gate.bias", "mlp.gate_proj.bias"),
+    ("ffn_up.bias", "mlp.up_proj.bias"),
+    ("ffn_down.bias", "mlp.down_proj.bias"),
+];
+
+impl GgufCheckpoint {
+    /// Reads the header of `path` and maps every tensor to its canonical name;
+    /// a tensor that has no place in a supported architecture, or a type candle
+    /// cannot dequantize, is refused by name.
+    pub fn open(path: &Path) -> Result<Self> {
+        let mut file = BufReader::new(
+            File::open(path).with_context(|| format!("cannot open {}", path.display()))?,
+        );
+        let content = Content::read(&mut file).map_err(|e| {
+            anyhow!(
+                "cannot read the GGUF header of {}: {e} (readable tensor types: {})",
+                path.display(),
+                DEQUANTIZABLE.join(", ")
+            )
+        })?;
+        let mut ck = Self {
+            path: path.to_path_buf(),
+            content,
+            entries: HashMap::new(),
+        };
+        let arch = ck.architecture()?;
+        if !SUPPORTED_ARCHITECTURES.contains(&arch.as_str()) {
+            bail!(
+                "{}: GGUF architecture `{arch}` is not supported; supported: {}",
+                path.display(),
+                SUPPORTED_ARCHITECTURES.join(", ")
+            );
+        }
+        let heads_key = format!("{arch}.attention.head_count");
+        let heads = ck.opt_usize_key(&heads_key)?;
+        let kv_heads = ck
+            .opt_usize_key(&format!("{arch}.attention.head_count_kv"))?
+            .or(heads);
+        let mut names: Vec<&String> = ck.content.tensor_infos.keys().collect();
+        names.sort();
+        let mut entries = HashMap::new();
+        for name in names {
+            let info = &ck.content.tensor_infos[name];
+            let kind = ggml_name(info.ggml_dtype);
+            if !DEQUANTIZABLE.contains(&kind.as_str()) {
+                bail!(
+                    "{}: tensor {name} has type {kind}, which cannot be dequantized; \
+                     readable types: {}",
+                    path.display(),
+                    DEQUANTIZABLE.join(", ")
+                );
+            }
+            let canonical = canonical_name(name).with_context(|| {
+                if name == "rope_freqs.weight" {
+                    format!(
+                        "{}: the model scales RoPE by per-frequency factors (rope_freqs.weight, \
+                         as llama.cpp stores Llama-3.1's rope scaling), which is not supported",
+                        path.display()
+                    )
+                } else {
+                    format!(
+                        "{}: tensor {name} has no counterpart in a {arch} model",
+                        path.display()
+                    )
+                }
+            })?;
+            let is = |kind: &str| {
+                name.ends_with(&format!("{kind}.weight")) || name.ends_with(&format!("{kind}.bias"))
+            };
+            let unpermute_heads = if is("attn_q") {
+                Some(heads)
+            } else if is("attn_k") {
+                Some(kv_heads)
+            } else {
+                None
+            };
+            let unpermute_heads = match unpermute_heads {
+                Some(h) => Some(h.with_context(|| {
+                    format!("{}: GGUF metadata has no {heads_key}", path.display())
+                })?),
+                None => None,
+            };
+            entries.insert(
+                canonical,
+                Entry {
+                    gguf_name: name.clone(),
+                    unpermute_heads,
+                },
+            );
+        }
+        ck.entries = entries;
+        Ok(ck)
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The header's metadata (`general.*`, `llama.*`, `tokenizer.ggml.*`).
+    pub fn metadata(&self) -> &HashMap<String, Value> {
+        &self.content.metadata
+    }
+
+    /// `general.architecture`.
+    pub fn architecture(&self) -> Result<String> {
+        Ok(self
+            .content
+            .metadata
+            .get("general.architecture")
+            .context("GGUF metadata has no general.architecture")?
+            .to_string()
+            .map_err(|e| anyhow!("general.architecture: {e}"))?
+            .clone())
+    }
+
+    fn value(&self, key: &str) -> Option<&Value> {
+        self.content.metadata.get(key)
+    }
+
+    fn opt_usize_key(&self, key: &str) -> Result<Option<usize>> {
+        self.value(key)
+            .map(|v| value_u64(v).map(|n| n as usize))
+            .transpose()
+            .with_context(|| format!("GGUF metadata {key} in {}", self.path.display()))
+    }
+
+    fn usize_key(&self, key: &str) -> Result<usize> {
+        self.opt_usize_key(key)?
+            .with_context(|| format!("GGUF metadata of {} has no {key}", self.path.display()))
+    }
+
+    fn opt_f64_key(&self, key: &str) -> Result<Option<f64>> {
+        self.value(key)
+            .map(value_f64)
+            .transpose()
+            .with_context(|| format!("GGUF metadata {key} in {}", self.path.display()))
+    }
+
+    /// The stored shape (row-major, as transformers' tensor) of a canonical tensor.
+    fn shape(&self, canonical: &str) -> Option<Vec<usize>> {
+        let e = self.entries.get(canonical)?;
+        Some(
+            self.content.tensor_infos[&e.gguf_name]
+                .shape
+                .dims()
+                .to_vec(),
+        )
+    }
+
+    /// The model config the metadata describes, in transformers' terms.
+    pub fn config(&self) -> Result<ModelConfig> {
+        let arch = self.architecture()?;
+        let key = |k: &str| format!("{arch}.{k}");
+        let hidden = self.usize_key(&key("embedding_length"))?;
+        let heads = self.usize_key(&key("attention.head_count"))?;
+        if heads == 0 {
+            bail!(
+                "{}: {} is 0",
+                self.path.display(),
+                key("attention.head_count")
+            );
+        }
+        let kv_heads = self
+            .opt_usize_key(&key("attention.head_count_kv"))?
+            .unwrap_or(heads);
+        let head_dim = match self.opt_usize_key(&key("attention.key_length"))? {
+            Some(d) => d,
+            None => hidden / heads,
+        };
+        if let Some(rot) = self.opt_usize_key(&key("rope.dimension_count"))? {
+            if rot != head_dim {
+                bail!(
+                    "{}: partial rotary embeddings ({} = {rot}, head dim {head_dim}) are not \
+                     supported",
+                    self.path.display(),
+                    key("rope.dimension_count")
+                );
+            }
+        }
+        let vocab = match self.opt_usize_key(&key("vocab_size"))? {
+            Some(v) => v,
+            None => self
+                .shape("model.embed_tokens.weight")
+                .and_then(|s| s.first().copied())
+                .context("GGUF file has no token_embd.weight")?,
+        };
+        let scaling_kind = match self.value(&key("rope.scaling.type")) {
+            Some(v) => v
+                .to_string()
+                .map_err(|e| anyhow!("{}: {e}", key("rope.scaling.type")))?
+                .clone(),
+            None => "none".to_string(),
+        };
+        let rope_scaling = match scaling_kind.as_str() {
+            "none" => RopeScaling::Default,
+            "linear" => RopeScaling::Linear {
+                factor: self
+                    .opt_f64_key(&key("rope.scaling.factor"))?
+                    .context("linear RoPE scaling without rope.scaling.factor")?,
+            },
+            other => bail!(
+                "{}: RoPE scaling `{other}` is not supported; supported: none, linear",
+                self.path.display()
+            ),
+        };
+        let intermediate = self.usize_key(&key("feed_forward_length"))?;
+        let config = LlamaConfig {
+            vocab_size: vocab,
+            hidden_size: hidden,
+            intermediate_size: intermediate,
+            num_hidden_layers: self.usize_key(&key("block_count"))?,
+            num_attention_heads: heads,
+            num_key_value_heads: kv_heads,
+            head_dim,
+            rms_norm_eps: self
+                .opt_f64_key(&key("attention.layer_norm_rms_epsilon"))?
+                .context("GGUF metadata has no attention.layer_norm_rms_epsilon")?,
+            rope_theta: self
+                .opt_f64_key(&key("rope.freq_base"))?
+                .unwrap_or(10_000.0),
+            rope_scaling,
+            max_position_embeddings: self.opt_usize_key(&key("context_length"))?.unwrap_or(2048),
+            tie_word_embeddings: !self.entries.contains_key("lm_head.weight"),
+            attention_bias: self
+                .entries
+                .contains_key("model.layers.0.self_attn.q_proj.bias"),
+            mlp_bias: self.entries.contains_key("model.layers.0.mlp.up_proj.bias"),
+            bos_token_id: self.token_id("bos")?,
+        };
+        let config = ModelConfig::Llama(config);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// A special token id from `tokenizer.ggml.<kind>_token_id`.
+    pub fn token_id(&self, kind: &str) -> Result<Option<u32>> {
+        let key = format!("tokenizer.ggml.{kind}_token_id");
+        self.value(&key)
+            .map(|v| value_u64(v).map(|n| n as u32))
+            .transpose()
+            .with_context(|| format!("GGUF metadata {key}"))
+    }
+
+    /// The `config.json` transformers would write for this model.
+    pub fn hf_config_json(&self, config: &ModelConfig, dtype: DType) -> Result<serde_json::Value> {
+        let ModelConfig::Llama(c) = config else {
+            bail!("GGUF models are Llama models");
+        };
+        let mut v = c.to_hf_json(dtype);
+        if let Some(eos) = self.token_id("eos")? {
+            v["eos_token_id"] = eos.into();
+        }
+        if let Some(pad) = self.token_id("padding")? {
+            v["pad_token_id"] = pad.into();
+        }
+        Ok(v)
+    }
+
+    /// Canonical name → stored dtype (the working dtype a quantized tensor
+    /// dequantizes to is f32) and shape, for every tensor in the file.
+    pub fn tensors(&self) -> Vec<(String, DType, Vec<usize>)> {
+        let mut out: Vec<_> = self
+            .entries
+            .iter()
+            .map(|(canonical, e)| {
+                let info = &self.content.tensor_infos[&e.gguf_name];
+                let dtype = match info.ggml_dtype {
+                    GgmlDType::F16 => DType::F16,
+                    GgmlDType::BF16 => DType::BF16,
+                    _ => DType::F32,
+                };
+                (canonical.clone(), dtype, info.shape.dims().to_vec())
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Reads, dequantizes and (for q/k) un-permutes the tensor with canonical
+    /// name `canonical`, on `device` in its stored float dtype (f32 for
+    /// quantized types).
+    pub fn load(&self, canonical: &str, device: &Device) -> Result<Tensor> {
+        let e = self
+            .entries
+            .get(canonical)
+            .with_context(|| format!("no tensor named {canonical} in {}", self.path.display()))?;
+        let info = &self.content.tensor_infos[&e.gguf_name];
+        let mut file = File::open(&self.path)
+            .with_context(|| format!("cannot open {}", self.path.display()))?;
+        let q = info
+            .read(&mut file, self.content.tensor_data_offset, &Device::Cpu)
+            .map_err(|err| {
+                anyhow!(
+                    "cannot read tensor {} ({}) from {}: {err}",
+                    e.gguf_name,
+                    ggml_name(info.ggml_dtype),
+                    self.path.display()
+                )
+            })?;
+        let t = match info.ggml_dtype {
+            GgmlDType::F16 | GgmlDType::BF16 => {
+                let dt = if info.ggml_dtype == GgmlDType::F16 {
+                    DType::F16
+                } else {
+                    DType::BF16
+                };
+                q.dequantize(&Device::Cpu)?.to_dtype(dt)?
+            }
+            _ => q.dequantize(&Device::Cpu)?,
+        };
+        let t = match e.unpermute_heads {
+            Some(heads) => unpermute_rows(&t, heads)
+                .with_context(|| format!("un-permuting {}", e.gguf_name))?,
+            None => t,
+        };
+        Ok(t.to_device(device)?)
+    }
+}
+
+/// Inverts llama.cpp's q/k row permutation: the converter stores
+/// `W.reshape(heads, 2, d/2, in).swapaxes(1, 2)`, each head's rows interleaved
+/// pair-wise; transformers' RoPE wants the two halves one after the other.
+pub fn unpermute_rows(t: &Tensor, heads: usize) -> Result<Tensor> {
+    let dims = t.dims().to_vec();
+    let rows = dims[0];
+    if heads == 0 || rows % (2 * heads) != 0 {
+        bail!("{rows} rows cannot be split into {heads} heads of pairs");
+    }
+    let half = rows / heads / 2;
+    let rest: usize = dims[1..].iter().product();
+    Ok(t.reshape((heads, half, 2, rest))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape(dims)?)
+}
+
+/// llama.cpp's tensor name → transformers' (`blk.3.ffn_up.weight` →
+/// `model.layers.3.mlp.up_proj.weight`); `None` for names without one.
+pub fn canonical_name(gguf: &str) -> Option<String> {
+    match gguf {
+        "token_embd.weight" => return Some("model.embed_tokens.weight".into()),
+        "output_norm.weight" => return Some("model.norm.weight".into()),
+        "output.weight" => return Some("lm_head.weight".into()),
+        _ => {}
+    }
+    let rest = gguf.strip_prefix("blk.")?;
+    let (index, tail) = rest.split_once('.')?;
+    let index: usize = index.parse().ok()?;
+    let ours = LAYER_NAMES.iter().find(|(g, _)| *g == tail)?.1;
+    Some(format!("model.layers.{index}.{ours}"))
+}
+
+/// The GGUF file a model spec names: the spec itself when it is a `.gguf`
+/// file, or the only `.gguf` file of a directory without `config.json`.
+/// `Ok(None)` when the spec is something else (a Hugging Face directory or a
+/// hub id); an error for a directory holding several.
+pub fn find_gguf(spec: &Path) -> Result<Option<PathBuf>> {
+    let is_gguf = |p: &Path| {
+        p.extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    };
+    if spec.is_file() && is_gguf(spec) {
+        return Ok(Some(spec.to_path_buf()));
+    }
+    if !spec.is_dir() || spec.join("config.json").is_file() {
+        return Ok(None);
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(spec)
+        .with_context(|| format!("cannot list {}", spec.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && is_gguf(p))
+        .collect();
+    found.sort();
+    match found.len() {
+        0 => Ok(None),
+        1 => Ok(found.pop()),
+        _ => bail!(
+            "{} holds {} GGUF files ({}); name the one to load",
+            spec.display(),
+            found.len(),
+            found
+                .iter()
+                .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+fn value_u64(v: &Value) -> Result<u64> {
+    Ok(match v {
+        Value::U8(x) => *x as u64,
+        Value::U16(x) => *x as u64,
+        Value::U32(x) => *x as u64,
+        Value::U64(x) => *x,
+        Value::I8(x) if *x >= 0 => *x as u64,
+        Value::I16(x) if *x >= 0 => *x as u64,
+        Value::I32(x) if *x >= 0 => *x as u64,
+        Value::I64(x) if *x >= 0 => *x as u64,
+        other => bail!("expected a non-negative integer, found {other:?}"),
+    })
+}
+
+fn value_f64(v: &Value) -> Result<f64> {
+    Ok(match v {
+        Value::F32(x) => *x as f64,
+        Value::F64(x) => *x,
+        other => value_u64(other)? as f64,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// llama.cpp's converter, `LlamaModel.permute`, written out in plain loops.
+    fn permute(w: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
+        let half = rows / heads / 2;
+        let mut out = vec![0.0; w.len()];
+        // out.reshape(h, half, 2) [h][i][j] = w.reshape(h, 2, half) [h][j][i]
+        for h in 0..heads {
+            for i in 0..half {
+                for j in 0..2 {
+                    let dst = h * 2 * half + i * 2 + j;
+                    let src = h * 2 * half + j * half + i;
+                    out[dst * cols..(dst + 1) * cols]
+                        .copy_from_slice(&w[src * cols..(src + 1) * cols]);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn unpermute_inverts_the_converters_permutation() {
+        let (rows, cols, heads) = (24, 5, 3);
+        let w: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+        let stored =
+            Tensor::from_vec(permute(&w, rows, cols, heads), (rows, cols), &Device::Cpu).unwrap();
+        let back = unpermute_rows(&stored, heads).unwrap();
+        assert_eq!(back.flatten_all().unwrap().to_vec1::<f32>().unwrap(), w);
+        // A bias (1-D) goes through the same permutation.
+        let b: Vec<f32> = (0..rows).map(|i| i as f32).collect();
+        let stored = Tensor::from_vec(permute(&b, rows, 1, heads), rows, &Device::Cpu).unwrap();
+        let back = unpermute_rows(&stored, heads).unwrap();
+        assert_eq!(back.dims(), &[rows]);
+        assert_eq!(back.to_vec1::<f32>().unwrap(), b);
+        assert!(unpermute_rows(&stored, 5).is_err());
+    }
+
+    #[test]
+    fn names_map_to_transformers() {
+        assert_eq!(
+            canonical_name("blk.12.attn_output.weight").as_deref(),
+            Some("model.layers.12.self_attn.o_proj.weight")
+        );
+        assert_eq!(
+            canonical_name("output.weight").as_deref(),
+            Some("lm_head.weight")
+        );
+        assert_eq!(canonical_name("blk.x.attn_q.weight"), None);
+        assert_eq!(canonical_name("blk.0.ffn_gate_exps.weight"), None);
+        assert_eq!(canonical_name("rope_freqs.weight"), None);
+    }
+}

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The research-grade results table of docs/results.md: SmolLM2-135M-Instruct
+# (the Q4_1 GGUF, dequantized to f32), calibrated on 128 x 512 tokens of C4
+# (train shard, the reference's calibration source), perplexity on the whole
+# WikiText-2 and PTB test splits at seqlen 512.
+#
+#   bash tools/smollm2-results.sh [ROW ...]      (default: every row)
+#   SEEDS="0 1 2" bash tools/smollm2-results.sh sparsegpt50 sparsegpt50-4bit
+#
+# Each row is one `sparselab prune` (or `eval` for dense) command, printed
+# before it runs; its report and time/memory log go to $OUT (default
+# results/smollm2). A markdown line per run is appended to $OUT/table.md.
+# Needs a release build (cargo build --release) and SPARSELAB_DATA pointing at
+# the shared data folder (default ../shared/data).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin="${CARGO_TARGET_DIR:-target}/release/sparselab"
+gguf="${SPARSELAB_SMOLLM2:-$(bash tools/fetch-smollm2.sh)}"
+export SPARSELAB_DATA="${SPARSELAB_DATA:-$(cd .. && pwd)/shared/data}"
+export HF_HUB_OFFLINE=1
+out="${OUT:-results/smollm2}"
+seeds="${SEEDS:-0}"
+nsamples="${NSAMPLES:-128}"
+mkdir -p "$out"
+
+declare -A rows=(
+  [dense]=""
+  [sparsegpt50]="--method sparsegpt --sparsity 0.5"
+  [sparsegpt24]="--method sparsegpt --prunen 2 --prunem 4"
+  [sparsegpt70]="--method sparsegpt --sparsity 0.7"
+  [magnitude50]="--method magnitude --sparsity 0.5"
+  [wanda50]="--method wanda --sparsity 0.5"
+  [gptq4]="--method sparsegpt --bits 4"
+  [gptq3]="--method sparsegpt --bits 3"
+  [gptq4-g128]="--method sparsegpt --bits 4 --groupsize 128"
+  [gptq3-g128]="--method sparsegpt --bits 3 --groupsize 128"
+  [sparsegpt50-4bit]="--method sparsegpt --sparsity 0.5 --bits 4"
+  [sparsegpt50-3bit]="--method sparsegpt --sparsity 0.5 --bits 3"
+)
+order=(dense sparsegpt50 sparsegpt24 sparsegpt70 magnitude50 wanda50 gptq4 gptq3 gptq4-g128 gptq3-g128 sparsegpt50-4bit sparsegpt50-3bit)
+[ $# -gt 0 ] && order=("$@")
+
+{
+  echo "# $(date -u +%F) $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) threads, $(git rev-parse --short HEAD)"
+} >>"$out/table.md"
+
+for row in "${order[@]}"; do
+  [ -v "rows[$row]" ] || { echo "unknown row $row; rows: ${order[*]}" >&2; exit 2; }
+  for seed in $seeds; do
+    tag="$row-seed$seed"
+    if [ "$row" = dense ]; then
+      cmd=("$bin" eval --model "$gguf" --dataset wikitext2 --dataset ptb --seqlen 512 --json --quiet)
+      [ "$seed" = 0 ] || continue
+    else
+      # shellcheck disable=SC2206
+      cmd=("$bin" prune --model "$gguf" ${rows[$row]} --calib c4 --nsamples "$nsamples" --seqlen 512
+           --seed "$seed" --eval wikitext2 --eval ptb --report "$out/$tag.json" --quiet)
+    fi
+    echo "+ ${cmd[*]}" | sed "s|$gguf|SmolLM2-135M-Instruct.Q4_1.gguf|"
+    /usr/bin/time -v "${cmd[@]}" >"$out/$tag.out" 2>"$out/$tag.time"
+    secs=$(sed -n 's/.*Elapsed (wall clock) time.*: //p' "$out/$tag.time")
+    rss=$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$out/$tag.time")
+    if [ "$row" = dense ]; then
+      wiki=$(python3 -c 'import json,sys; [print(f"{json.loads(l)["ppl"]:.3f}") for l in open(sys.argv[1]) if "wikitext2" in l]' "$out/$tag.out")
+      ptb=$(python3 -c 'import json,sys; [print(f"{json.loads(l)["ppl"]:.3f}") for l in open(sys.argv[1]) if "ptb" in l]' "$out/$tag.out")
+    else
+      wiki=$(python3 -c 'import json,sys; print(f"{json.load(open(sys.argv[1]))["ppl"]["wikitext2"]:.3f}")' "$out/$tag.json")
+      ptb=$(python3 -c 'import json,sys; print(f"{json.load(open(sys.argv[1]))["ppl"]["ptb"]:.3f}")' "$out/$tag.json")
+    fi
+    line="| $row | $seed | $wiki | $ptb | $secs | $((rss / 1024)) MiB |"
+    echo "$line"
+    echo "$line" >>"$out/table.md"
+  done
+done
