@@ -180,6 +180,9 @@ struct PruneArgs {
     /// Evaluate perplexity on these datasets afterwards (repeatable).
     #[arg(long)]
     eval: Vec<String>,
+    /// Evaluate only the first N windows of each --eval dataset (all by default).
+    #[arg(long, value_name = "N")]
+    eval_nsamples: Option<usize>,
     /// Write the per-linear reports and perplexities as JSON here.
     #[arg(long)]
     report: Option<std::path::PathBuf>,
@@ -288,6 +291,13 @@ impl PruneArgs {
 
 fn prune(args: PruneArgs) -> Result<()> {
     let method = args.method()?;
+    match args.eval_nsamples {
+        Some(_) if args.eval.is_empty() => {
+            anyhow::bail!("--eval-nsamples limits --eval, and no --eval was given")
+        }
+        Some(0) => anyhow::bail!("--eval-nsamples must be at least 1"),
+        _ => {}
+    }
     if let Method::SparseGpt(o) = &method {
         // Fail on bad settings before a long calibration, not after it.
         if o.quant.is_none() && !o.pattern.prunes() {
@@ -401,6 +411,7 @@ fn prune(args: PruneArgs) -> Result<()> {
     }
     let ppl_opts = PplOptions {
         seqlen: Some(calib.seqlen()),
+        max_windows: args.eval_nsamples,
         quiet: args.quiet,
         ..PplOptions::default()
     };

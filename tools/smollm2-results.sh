@@ -21,6 +21,11 @@ export HF_HUB_OFFLINE=1
 out="${OUT:-results/smollm2}"
 seeds="${SEEDS:-0}"
 nsamples="${NSAMPLES:-128}"
+# EVAL_WINDOWS=N evaluates only the first N windows of each test set (the full
+# sets take ~20 minutes per model on 2 cores); unset = the whole test sets.
+eval_windows="${EVAL_WINDOWS:-}"
+# EVAL="wikitext2" drops PTB.
+eval_sets="${EVAL:-wikitext2 ptb}"
 mkdir -p "$out"
 
 declare -A rows=(
@@ -41,7 +46,7 @@ order=(dense sparsegpt50 sparsegpt24 sparsegpt70 magnitude50 wanda50 gptq4 gptq3
 [ $# -gt 0 ] && order=("$@")
 
 {
-  echo "# $(date -u +%F) $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) threads, $(git rev-parse --short HEAD)"
+  echo "# $(date -u +%F) eval windows: ${eval_windows:-all}, calibration $nsamples x 512 c4; $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) threads, $(git rev-parse --short HEAD)"
 } >>"$out/table.md"
 
 for row in "${order[@]}"; do
@@ -49,24 +54,35 @@ for row in "${order[@]}"; do
   for seed in $seeds; do
     tag="$row-seed$seed"
     if [ "$row" = dense ]; then
-      cmd=("$bin" eval --model "$gguf" --dataset wikitext2 --dataset ptb --seqlen 512 --json --quiet)
+      cmd=("$bin" eval --model "$gguf" --seqlen 512 --json --quiet)
+      for e in $eval_sets; do cmd+=(--dataset "$e"); done
+      [ -z "$eval_windows" ] || cmd+=(--nsamples "$eval_windows")
       [ "$seed" = 0 ] || continue
     else
       # shellcheck disable=SC2206
       cmd=("$bin" prune --model "$gguf" ${rows[$row]} --calib c4 --nsamples "$nsamples" --seqlen 512
-           --seed "$seed" --eval wikitext2 --eval ptb --report "$out/$tag.json" --quiet)
+           --seed "$seed" --report "$out/$tag.json" --quiet)
+      for e in $eval_sets; do cmd+=(--eval "$e"); done
+      [ -z "$eval_windows" ] || cmd+=(--eval-nsamples "$eval_windows")
     fi
     echo "+ ${cmd[*]}" | sed "s|$gguf|SmolLM2-135M-Instruct.Q4_1.gguf|"
     /usr/bin/time -v "${cmd[@]}" >"$out/$tag.out" 2>"$out/$tag.time"
     secs=$(sed -n 's/.*Elapsed (wall clock) time.*: //p' "$out/$tag.time")
     rss=$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$out/$tag.time")
-    if [ "$row" = dense ]; then
-      wiki=$(python3 -c 'import json,sys; [print(f"{json.loads(l)["ppl"]:.3f}") for l in open(sys.argv[1]) if "wikitext2" in l]' "$out/$tag.out")
-      ptb=$(python3 -c 'import json,sys; [print(f"{json.loads(l)["ppl"]:.3f}") for l in open(sys.argv[1]) if "ptb" in l]' "$out/$tag.out")
-    else
-      wiki=$(python3 -c 'import json,sys; print(f"{json.load(open(sys.argv[1]))["ppl"]["wikitext2"]:.3f}")' "$out/$tag.json")
-      ptb=$(python3 -c 'import json,sys; print(f"{json.load(open(sys.argv[1]))["ppl"]["ptb"]:.3f}")' "$out/$tag.json")
-    fi
+    # "-" for a dataset that was not evaluated.
+    ppl() {
+      if [ "$row" = dense ]; then
+        python3 -c 'import json,sys
+v=[json.loads(l)["ppl"] for l in open(sys.argv[1]) if l.startswith("{") and json.loads(l)["dataset"]==sys.argv[2]]
+print(f"{v[0]:.3f}" if v else "-")' "$out/$tag.out" "$1"
+      else
+        python3 -c 'import json,sys
+v=json.load(open(sys.argv[1]))["ppl"].get(sys.argv[2])
+print(f"{v:.3f}" if v is not None else "-")' "$out/$tag.json" "$1"
+      fi
+    }
+    wiki=$(ppl wikitext2)
+    ptb=$(ppl ptb)
     line="| $row | $seed | $wiki | $ptb | $secs | $((rss / 1024)) MiB |"
     echo "$line"
     echo "$line" >>"$out/table.md"
