@@ -162,6 +162,9 @@ impl TokenizerConfig {
     }
 }
 
+/// Files to write, as `(file name, contents)`.
+pub type NamedFiles = Vec<(String, Vec<u8>)>;
+
 impl TextTokenizer {
     /// The files of a Hugging Face model directory that make transformers load this
     /// tokenizer, as `(file name, contents)`, for the caller to write where it
@@ -178,7 +181,7 @@ impl TextTokenizer {
     /// Both configs carry `config`'s special tokens, BOS/EOS flags and chat template.
     /// Use it where the source has no tokenizer files to copy (a GGUF file);
     /// a directory's own files are better copied as they are.
-    pub fn hf_files(&self, config: &TokenizerConfig) -> Result<Vec<(String, Vec<u8>)>> {
+    pub fn hf_files(&self, config: &TokenizerConfig) -> Result<NamedFiles> {
         let (main, class) = match self {
             Self::Hf(t) => {
                 let json = t

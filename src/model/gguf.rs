@@ -408,7 +408,7 @@ impl GgufCheckpoint {
 pub fn unpermute_rows(t: &Tensor, heads: usize) -> Result<Tensor> {
     let dims = t.dims().to_vec();
     let rows = dims[0];
-    if heads == 0 || rows % (2 * heads) != 0 {
+    if heads == 0 || !rows.is_multiple_of(2 * heads) {
         bail!("{rows} rows cannot be split into {heads} heads of pairs");
     }
     let half = rows / heads / 2;

@@ -324,7 +324,7 @@ impl Model {
     /// `tokenizer.model`, and `tokenizer_config.json`) that describe its
     /// tokenizer; `None` for a model loaded from a directory, whose own files
     /// are copied instead.
-    pub fn generated_tokenizer_files(&self) -> Result<Option<Vec<(String, Vec<u8>)>>> {
+    pub fn generated_tokenizer_files(&self) -> Result<Option<crate::data::tokenizer::NamedFiles>> {
         let Some(g) = &self.generated else {
             return Ok(None);
         };
