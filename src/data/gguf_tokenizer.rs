@@ -366,7 +366,9 @@ fn floats(metadata: &Metadata, key: &str) -> Result<Option<Vec<f32>>> {
         .map(Some)
 }
 
-fn integer(v: &Value) -> Option<i64> {
+/// Any integer-typed metadata value as i64 (converters differ in the widths they
+/// write); `None` for other types.
+pub(crate) fn integer(v: &Value) -> Option<i64> {
     Some(match *v {
         Value::U8(x) => x.into(),
         Value::I8(x) => x.into(),

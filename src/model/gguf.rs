@@ -473,17 +473,9 @@ pub fn find_gguf(spec: &Path) -> Result<Option<PathBuf>> {
 }
 
 fn value_u64(v: &Value) -> Result<u64> {
-    Ok(match v {
-        Value::U8(x) => *x as u64,
-        Value::U16(x) => *x as u64,
-        Value::U32(x) => *x as u64,
-        Value::U64(x) => *x,
-        Value::I8(x) if *x >= 0 => *x as u64,
-        Value::I16(x) if *x >= 0 => *x as u64,
-        Value::I32(x) if *x >= 0 => *x as u64,
-        Value::I64(x) if *x >= 0 => *x as u64,
-        other => bail!("expected a non-negative integer, found {other:?}"),
-    })
+    crate::data::gguf_tokenizer::integer(v)
+        .and_then(|x| u64::try_from(x).ok())
+        .with_context(|| format!("expected a non-negative integer, found {v:?}"))
 }
 
 fn value_f64(v: &Value) -> Result<f64> {

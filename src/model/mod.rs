@@ -189,18 +189,15 @@ impl Model {
             tokenizer: crate::data::gguf_tokenizer::config_from_gguf(ck.metadata())?,
         };
         // The tokenizer's own default decides, as it does for transformers'
-        // tokenizer built from the file (SmolLM's byte-level BPE adds none).
-        let named_bos = match ck.metadata().get("tokenizer.ggml.add_bos_token") {
-            Some(v)
-                if v.to_bool()
-                    .map_err(|e| anyhow::anyhow!("add_bos_token: {e}"))? =>
-            {
-                Some(
-                    ck.token_id("bos")?
-                        .context("add_bos_token without bos_token_id")?,
-                )
-            }
-            _ => None,
+        // tokenizer built from the file (SmolLM's byte-level BPE adds none); the
+        // same flag goes into the saved tokenizer_config.json.
+        let named_bos = if generated.tokenizer.add_bos_token {
+            Some(
+                ck.token_id("bos")?
+                    .context("add_bos_token without bos_token_id")?,
+            )
+        } else {
+            None
         };
         let weights = WeightStore::open_gguf(ck, &config.tensor_shapes())?;
         let dir = file.parent().unwrap_or(Path::new(".")).to_path_buf();
