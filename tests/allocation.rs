@@ -14,13 +14,16 @@ use anyhow::Result;
 use candle_core::{Device, Tensor};
 use sparselab::calibrate::{ImportanceNote, LinearReport};
 use sparselab::compress::allocation::{average_bits, error_proxy, DEFAULT_TIERS};
+use sparselab::compress::channel_error::{
+    allocate_min_error, channel_errors, ChannelErrorOptions, ErrorCurves, ErrorWeight,
+};
 use sparselab::compress::importance::{
     mutual_information, Axis, Binning, MiOptions, MiTarget, ObsDenominator, OutlierStat,
 };
 use sparselab::compress::{
     allocate_bits, group_channels, normalize_mean1, score_importance, split_per_linear,
     ActivationReservoir, AllocMethod, AllocOptions, GroupMethod, HessianAccumulator,
-    ImportanceOptions, RunIntent, Summary,
+    ImportanceOptions, RunIntent, SparsityPattern, Summary,
 };
 
 // ------------------------------------------------------------------ data
@@ -1029,6 +1032,315 @@ fn mi_estimator_matches_gaussian_closed_form() -> Result<()> {
             (uniform - exact).abs() < 0.05,
             "rho {rho}: {uniform} vs {exact}"
         );
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------- measured-error allocation
+
+/// The least `Σ e_j(b_j)` over every assignment spending at most `budget`
+/// weight-bits (each channel of set `k` costs `rows_k` per bit), by brute force.
+fn brute_force_min_error(sets: &[&ErrorCurves], budget: i64) -> Option<f64> {
+    let tiers = &sets[0].tiers;
+    let chans: Vec<(usize, usize)> = sets
+        .iter()
+        .enumerate()
+        .flat_map(|(k, c)| (0..c.channels()).map(move |j| (k, j)))
+        .collect();
+    let nt = tiers.len();
+    let mut best: Option<f64> = None;
+    for code in 0..nt.pow(chans.len() as u32) {
+        let (mut c, mut bits, mut err) = (code, 0i64, 0.0);
+        for &(k, j) in &chans {
+            let t = c % nt;
+            c /= nt;
+            bits += tiers[t] as i64 * sets[k].rows as i64;
+            err += sets[k].curve(j)[t];
+        }
+        if bits <= budget && best.is_none_or(|b| err < b) {
+            best = Some(err);
+        }
+    }
+    best
+}
+
+/// Random non-increasing error curves: `e(b) = a · 4^(−b) · (1 + noise)`,
+/// sorted so that more bits never cost more, sometimes with a flat stretch.
+fn random_curves(rng: &mut Rng, n: usize, tiers: &[u32], rows: usize) -> ErrorCurves {
+    let mut errors = Vec::with_capacity(n * tiers.len());
+    for _ in 0..n {
+        let a = (2.0 * rng.normal()).exp();
+        let mut e: Vec<f64> = tiers
+            .iter()
+            .map(|&b| a * 0.25f64.powi(b as i32) * (0.5 + rng.uniform()))
+            .collect();
+        e.sort_by(|x, y| y.total_cmp(x));
+        if rng.uniform() < 0.2 {
+            let k = e.len();
+            e[k - 2] = e[k - 1];
+        }
+        errors.extend(e);
+    }
+    ErrorCurves {
+        tiers: tiers.to_vec(),
+        rows,
+        errors,
+    }
+}
+
+#[test]
+fn min_error_allocation_is_optimal_for_what_it_spends() -> Result<()> {
+    let mut rng = Rng(17);
+    let (mut exact, mut cases) = (0, 0);
+    for case in 0..300 {
+        let tiers: Vec<u32> = match case % 3 {
+            0 => vec![2, 3, 4],
+            1 => vec![2, 3, 4, 6, 8],
+            _ => vec![2, 4, 8],
+        };
+        // One linear, or two with different row counts (a model-wide budget).
+        let sets: Vec<ErrorCurves> = if case % 2 == 0 {
+            let n = if tiers.len() == 5 { 5 } else { 7 };
+            vec![random_curves(&mut rng, n, &tiers, 1)]
+        } else {
+            let n = if tiers.len() == 5 { 2 } else { 3 };
+            vec![
+                random_curves(&mut rng, n, &tiers, 3),
+                random_curves(&mut rng, n + 1, &tiers, 5),
+            ]
+        };
+        let refs: Vec<&ErrorCurves> = sets.iter().collect();
+        let weights: i64 = sets.iter().map(|c| (c.rows * c.channels()) as i64).sum();
+        let target = tiers[0] as f64 + rng.uniform() * (tiers[tiers.len() - 1] - tiers[0]) as f64;
+        let a = allocate_min_error(&refs, target)?;
+        let budget = (target * weights as f64).round() as i64;
+        let spent: i64 = sets
+            .iter()
+            .zip(&a.bits)
+            .map(|(c, b)| b.iter().map(|&x| x as i64 * c.rows as i64).sum::<i64>())
+            .sum();
+        let err: f64 = sets
+            .iter()
+            .zip(&a.bits)
+            .map(|(c, b)| c.total(b).unwrap())
+            .sum();
+        assert!((err - a.error).abs() <= 1e-12 * err.abs().max(1e-300));
+        assert!((a.avg_bits - spent as f64 / weights as f64).abs() < 1e-12);
+        // Within one channel's largest step of the budget, never over.
+        let max_step = (tiers[tiers.len() - 1] - tiers[0]) as i64
+            * sets.iter().map(|c| c.rows as i64).max().unwrap();
+        assert!(
+            spent <= budget,
+            "case {case}: spent {spent} > budget {budget}"
+        );
+        assert!(
+            spent > budget - max_step,
+            "case {case}: spent {spent}, budget {budget}"
+        );
+        // The greedy's Lagrangian prefix spends more than `budget − max_step`
+        // and is optimal for what it spends; what follows only lowers the error.
+        if let Some(floor) = brute_force_min_error(&refs, budget - max_step + 1) {
+            assert!(
+                err <= floor * (1.0 + 1e-9),
+                "case {case}: error {err} above the optimum {floor} of budget − one step"
+            );
+        }
+        let opt = brute_force_min_error(&refs, budget).unwrap();
+        assert!(
+            err >= opt * (1.0 - 1e-9),
+            "case {case}: below the brute force?"
+        );
+        cases += 1;
+        if err <= opt * (1.0 + 1e-9) {
+            exact += 1;
+        }
+    }
+    // Most cases are exactly optimal for the full budget; the rest lose at most
+    // the last step's worth (bounded above).
+    eprintln!("min-error allocation: exact optimum in {exact} of {cases} cases");
+    assert!(exact * 10 >= cases * 8, "only {exact} of {cases} exact");
+    Ok(())
+}
+
+#[test]
+fn min_error_allocation_is_exact_when_every_step_is_one_bit() -> Result<()> {
+    // Consecutive tiers and strictly convex curves: every hull segment costs one
+    // bit, the greedy never has to stop early, and its result is the optimum.
+    let mut rng = Rng(5);
+    let tiers = vec![2u32, 3, 4, 5];
+    for case in 0..100 {
+        let c = random_curves(&mut rng, 6, &tiers, 1);
+        // Make every curve strictly convex: a·4^(−b) with a per-channel a.
+        let mut c = c;
+        for j in 0..c.channels() {
+            let a = c.curve(j)[0] * 16.0;
+            for (t, &b) in tiers.iter().enumerate() {
+                c.errors[j * tiers.len() + t] = a * 0.25f64.powi(b as i32);
+            }
+        }
+        let target = 2.0 + rng.uniform() * 3.0;
+        let a = allocate_min_error(&[&c], target)?;
+        let budget = (target * 6.0).round() as i64;
+        let spent: i64 = a.bits[0].iter().map(|&b| b as i64).sum();
+        assert_eq!(spent, budget, "case {case}");
+        let opt = brute_force_min_error(&[&c], budget).unwrap();
+        assert!(
+            (a.error - opt).abs() <= 1e-12 * opt.max(1e-300),
+            "case {case}: {} vs {opt}",
+            a.error
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn min_error_allocation_mixes_tiers_at_a_tier_target_where_errors_differ() -> Result<()> {
+    // 64 channels whose errors differ by up to 10^3 at every width: at 3.0
+    // bits on [2, 3, 4] uniform 3-bit is feasible, but trading bits from the
+    // cheap channels to the expensive ones is better, and the allocator does.
+    let tiers = vec![2u32, 3, 4];
+    let n = 64;
+    let errors: Vec<f64> = (0..n)
+        .flat_map(|j| {
+            let a = 10f64.powf(3.0 * j as f64 / (n - 1) as f64);
+            tiers.iter().map(move |&b| a * 0.25f64.powi(b as i32))
+        })
+        .collect();
+    let c = ErrorCurves {
+        tiers: tiers.clone(),
+        rows: 8,
+        errors,
+    };
+    let a = allocate_min_error(&[&c], 3.0)?;
+    assert_eq!(average_bits(&a.bits[0]), 3.0);
+    let used: Vec<usize> = tiers
+        .iter()
+        .map(|&t| a.bits[0].iter().filter(|&&b| b == t).count())
+        .collect();
+    assert!(used.iter().all(|&u| u > 0), "tiers used: {used:?}");
+    let uniform = c.total(&vec![3; n])?;
+    assert!(
+        a.error < 0.8 * uniform,
+        "allocated {} vs uniform {uniform}",
+        a.error
+    );
+    // Equal curves: nothing to gain from mixing, and it stays uniform.
+    let flat = ErrorCurves {
+        tiers: tiers.clone(),
+        rows: 8,
+        errors: (0..n).flat_map(|_| [16.0, 4.0, 1.0]).collect(),
+    };
+    let a = allocate_min_error(&[&flat], 3.0)?;
+    assert_eq!(a.bits[0], vec![3; n]);
+    Ok(())
+}
+
+#[test]
+fn min_error_allocation_errors_name_the_problem() {
+    let c = ErrorCurves {
+        tiers: vec![2, 4],
+        rows: 1,
+        errors: vec![1.0, 0.5],
+    };
+    let d = ErrorCurves {
+        tiers: vec![2, 3],
+        rows: 1,
+        errors: vec![1.0, 0.5],
+    };
+    let e = |r: Result<_>| format!("{:#}", r.unwrap_err());
+    assert!(e(allocate_min_error(&[&c, &d], 3.0)).contains("one set of tiers"));
+    assert!(e(allocate_min_error(&[&c], 5.0)).contains("outside the tiers' range"));
+    assert!(e(allocate_min_error(&[], 3.0)).contains("no error curves"));
+    let nan = ErrorCurves {
+        errors: vec![1.0, f64::NAN],
+        ..c.clone()
+    };
+    assert!(e(allocate_min_error(&[&nan], 3.0)).contains("non-finite"));
+    assert!(format!("{:#}", c.weighted(&[-1.0]).unwrap_err()).contains("non-negative"));
+}
+
+#[test]
+fn channel_errors_match_a_direct_computation() -> Result<()> {
+    let p = small();
+    let (w, x) = (p.wt(), p.xt());
+    let mut acc = HessianAccumulator::new(p.inp, &Device::Cpu)?;
+    acc.add_batch(&x)?;
+    let tiers = vec![2u32, 3, 4, 8];
+    // SparseGPT's preparation: dead column → 1, 1% damping; U from chol(H⁻¹).
+    let mut h = p.h();
+    for j in 0..p.inp {
+        if h[j][j] == 0.0 {
+            h[j][j] = 1.0;
+        }
+    }
+    let damp = 0.01 * (0..p.inp).map(|j| h[j][j]).sum::<f64>() / p.inp as f64;
+    for j in 0..p.inp {
+        h[j][j] += damp;
+    }
+    let l = cholesky(&inverse(&h));
+    let d: Vec<f64> = (0..p.inp).map(|j| l[j][j].powi(2)).collect();
+    let grid = |row: &[f64], bits: u32| {
+        let maxq = ((1u32 << bits) - 1) as f64;
+        let lo = row.iter().fold(0f64, |a, &b| a.min(b as f32 as f64));
+        let hi = row.iter().fold(0f64, |a, &b| a.max(b as f32 as f64));
+        let scale = (hi - lo) / maxq;
+        let zero = (-lo / scale).round_ties_even();
+        move |x: f64| scale * (((x / scale).round_ties_even() + zero).clamp(0.0, maxq) - zero)
+    };
+    for (sparsity, weight) in [
+        (0.0, ErrorWeight::Obs),
+        (0.5, ErrorWeight::Obs),
+        (0.0, ErrorWeight::Diag),
+    ] {
+        let opts = ChannelErrorOptions {
+            tiers: tiers.clone(),
+            pattern: if sparsity > 0.0 {
+                SparsityPattern::Unstructured { sparsity }
+            } else {
+                SparsityPattern::Dense
+            },
+            weight,
+            ..Default::default()
+        };
+        let c = channel_errors(&w, &acc, &opts)?;
+        assert_eq!((c.channels(), c.rows), (p.inp, p.out));
+        // The mask: one block (7 < 128 columns), the reference's threshold.
+        let sal = |i: usize, j: usize| (p.w(i, j).powi(2) / d[j]) as f32;
+        let mut all: Vec<f32> = (0..p.out)
+            .flat_map(|i| (0..p.inp).map(move |j| (i, j)))
+            .filter(|&(_, j)| j != 4)
+            .map(|(i, j)| sal(i, j))
+            .chain((0..p.out).map(|_| 0.0)) // the dead column's zeroed weights
+            .collect();
+        all.sort_by(|a, b| a.total_cmp(b));
+        let thresh = all[(all.len() as f64 * sparsity) as usize];
+        for j in 0..p.inp {
+            for (t, &b) in tiers.iter().enumerate() {
+                let mut want = 0.0;
+                if j != 4 {
+                    for i in 0..p.out {
+                        let row: Vec<f64> = (0..p.inp)
+                            .map(|k| if k == 4 { 0.0 } else { p.w(i, k) })
+                            .collect();
+                        if sparsity > 0.0 && sal(i, j) <= thresh {
+                            continue;
+                        }
+                        let q = grid(&row, b);
+                        let x = p.w(i, j) as f32 as f64;
+                        want += (x - q(x)).powi(2);
+                    }
+                    want *= match weight {
+                        ErrorWeight::Obs => 1.0 / d[j],
+                        ErrorWeight::Diag => p.h()[j][j],
+                    };
+                }
+                let got = c.curve(j)[t];
+                assert!(
+                    (got - want).abs() <= 1e-4 * want.abs() + 1e-12,
+                    "{sparsity} {weight:?} channel {j} tier {b}: {got} vs {want}"
+                );
+            }
+        }
     }
     Ok(())
 }

@@ -384,6 +384,85 @@ pub fn error_proxy(scores: &[f32], bits: &[u32]) -> f64 {
         .sum()
 }
 
+/// Share of channels in one tier from which an allocation over several tiers
+/// is called concentrated ([`allocation_warning`]).
+pub const CONCENTRATION_WARNING: f64 = 0.9;
+
+/// What is suspicious about an allocation over `tiers`, if anything: all but a
+/// sliver of the channels in one tier although several were offered (the seed
+/// runs that put 93% of channels at 8 bits), or an average further than
+/// [`TARGET_TOLERANCE`](super::summary::TARGET_TOLERANCE) from `target`. `why`
+/// is appended: the reason the method at hand tends to do this.
+pub fn allocation_warning(
+    bits: &[u32],
+    tiers: &[u32],
+    target: Option<f64>,
+    why: &str,
+) -> Option<String> {
+    if bits.is_empty() {
+        return None;
+    }
+    let n = bits.len() as f64;
+    let avg = average_bits(bits);
+    let mut problems = Vec::new();
+    if let Some(t) = target {
+        if (avg - t).abs() > super::summary::TARGET_TOLERANCE {
+            problems.push(format!(
+                "the average is {avg:.3} bits against a target of {t} (off by {:+.3})",
+                avg - t
+            ));
+        }
+    }
+    if tiers.len() > 1 {
+        let (tier, count) = tiers
+            .iter()
+            .map(|&t| (t, bits.iter().filter(|&&b| b == t).count()))
+            .max_by_key(|&(_, c)| c)
+            .expect("tiers is not empty");
+        if count as f64 >= CONCENTRATION_WARNING * n {
+            problems.push(format!(
+                "{:.1}% of the {} channels got {tier} bits although the tiers are {tiers:?}",
+                100.0 * count as f64 / n,
+                bits.len()
+            ));
+        }
+    }
+    if problems.is_empty() {
+        return None;
+    }
+    let mut msg = problems.join("; ");
+    if !why.is_empty() {
+        msg.push_str(": ");
+        msg.push_str(why);
+    }
+    Some(msg)
+}
+
+/// Why a score-based method may collapse to one tier, from the scores' range.
+pub fn score_spread_note(scores: &[f32], method: &AllocMethod) -> String {
+    let (lo, hi) = scores
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &s| {
+            (lo.min(s), hi.max(s))
+        });
+    let span = if lo > 0.0 {
+        format!("scores span {:.2}×", hi / lo)
+    } else {
+        format!("scores range over [{lo:.3e}, {hi:.3e}]")
+    };
+    match method {
+        AllocMethod::Budget { .. } | AllocMethod::Groups { .. } => format!(
+            "{span}, too narrow for the budget objective Σ s·4^(−b), which moves a channel one \
+             tier only for a 4× difference in importance; method `error` (channel_errors) \
+             weighs measured errors instead"
+        ),
+        AllocMethod::Threshold { thresholds } => {
+            format!("{span} and the thresholds are {thresholds:?}: they sit outside most scores")
+        }
+        AllocMethod::Quantile { .. } => format!("{span}; the proportions put them there"),
+    }
+}
+
 /// Mean of a bit assignment (0 for an empty one).
 pub fn average_bits(bits: &[u32]) -> f64 {
     if bits.is_empty() {
@@ -428,7 +507,8 @@ fn check_scores(scores: &[f32]) -> Result<()> {
     Ok(())
 }
 
-fn check_tiers(tiers: &[u32]) -> Result<()> {
+/// Tiers must be non-empty, strictly ascending, each in `1..=16`.
+pub(crate) fn check_tiers(tiers: &[u32]) -> Result<()> {
     if tiers.is_empty() {
         bail!("tiers: at least one bit width is needed");
     }

@@ -153,6 +153,50 @@ pub enum ObsDenominator {
     Inverse,
 }
 
+/// The OBS denominators `d_j` (see [`ObsDenominator`]) and the dead columns of
+/// the Hessian `hessian`, after SparseGPT's preparation of `H`: `H_jj = 0 → 1`, then
+/// `percdamp · mean(diag H)` on the diagonal. In f64 (SparseGPT runs f32;
+/// the factorisation is the same, only more accurate).
+pub(crate) fn obs_denominators(
+    hessian: &Tensor,
+    percdamp: f64,
+    form: ObsDenominator,
+) -> Result<(Vec<f64>, Vec<bool>)> {
+    let hm = to_host(hessian, "Hessian")?;
+    let n = hm.cols;
+    let mut h = Mat::<f64>::from_fn(n, n, |i, j| hm.data[i * n + j] as f64);
+    drop(hm);
+    let mut dead = vec![false; n];
+    for (j, d) in dead.iter_mut().enumerate() {
+        if h[(j, j)] == 0.0 {
+            h[(j, j)] = 1.0;
+            *d = true;
+        }
+    }
+    let mean = (0..n).map(|j| h[(j, j)]).sum::<f64>() / n as f64;
+    let damp = percdamp * mean;
+    for j in 0..n {
+        h[(j, j)] += damp;
+    }
+    let not_pd = |what: &str| {
+        anyhow::Error::new(NotPositiveDefinite {
+            what: what.to_string(),
+        })
+    };
+    let inv = h.llt(Side::Lower).map_err(|_| not_pd("H"))?.inverse();
+    drop(h);
+    let d = match form {
+        ObsDenominator::Inverse => (0..n).map(|j| inv[(j, j)]).collect(),
+        ObsDenominator::Cholesky => {
+            // H⁻¹ = L Lᵀ = UᵀU with U = Lᵀ: U_jj = L_jj.
+            let llt = inv.llt(Side::Lower).map_err(|_| not_pd("H⁻¹"))?;
+            let l = llt.L();
+            (0..n).map(|j| l[(j, j)].powi(2)).collect()
+        }
+    };
+    Ok((d, dead))
+}
+
 /// The heavy-tailedness statistic of `outlier`, per channel over the reservoir.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OutlierStat {
@@ -502,44 +546,9 @@ impl Scorer<'_> {
         Ok(host_vec(&d)?.into_iter().map(|v| v as f64).collect())
     }
 
-    /// The OBS denominators `d_j` (see [`ObsDenominator`]) and the dead columns,
-    /// after SparseGPT's preparation of `H`: `H_jj = 0 → 1`, then
-    /// `percdamp · mean(diag H)` on the diagonal. In f64 (SparseGPT runs f32;
-    /// the factorisation is the same, only more accurate).
+    /// [`obs_denominators`] with this scorer's damping and form.
     fn obs_denominators(&self) -> Result<(Vec<f64>, Vec<bool>)> {
-        let hm = to_host(self.acc.hessian(), "Hessian")?;
-        let n = hm.cols;
-        let mut h = Mat::<f64>::from_fn(n, n, |i, j| hm.data[i * n + j] as f64);
-        drop(hm);
-        let mut dead = vec![false; n];
-        for (j, d) in dead.iter_mut().enumerate() {
-            if h[(j, j)] == 0.0 {
-                h[(j, j)] = 1.0;
-                *d = true;
-            }
-        }
-        let mean = (0..n).map(|j| h[(j, j)]).sum::<f64>() / n as f64;
-        let damp = self.opts.percdamp * mean;
-        for j in 0..n {
-            h[(j, j)] += damp;
-        }
-        let not_pd = |what: &str| {
-            anyhow::Error::new(NotPositiveDefinite {
-                what: what.to_string(),
-            })
-        };
-        let inv = h.llt(Side::Lower).map_err(|_| not_pd("H"))?.inverse();
-        drop(h);
-        let d = match self.opts.obs {
-            ObsDenominator::Inverse => (0..n).map(|j| inv[(j, j)]).collect(),
-            ObsDenominator::Cholesky => {
-                // H⁻¹ = L Lᵀ = UᵀU with U = Lᵀ: U_jj = L_jj.
-                let llt = inv.llt(Side::Lower).map_err(|_| not_pd("H⁻¹"))?;
-                let l = llt.L();
-                (0..n).map(|j| l[(j, j)].powi(2)).collect()
-            }
-        };
-        Ok((d, dead))
+        obs_denominators(self.acc.hessian(), self.opts.percdamp, self.opts.obs)
     }
 
     /// The linear's outputs on the reservoir rows, `[k, out]` on the host,

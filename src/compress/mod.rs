@@ -16,12 +16,14 @@
 //! is an independent numpy port that the integration tests compare against.
 
 pub mod allocation;
+pub mod channel_error;
 pub mod hessian;
 pub mod importance;
 pub mod magnitude;
 pub mod pattern;
 pub mod quant;
 pub mod reservoir;
+pub mod rules;
 pub mod sparsegpt;
 pub mod stats;
 pub mod summary;
@@ -31,6 +33,10 @@ mod matrix;
 
 pub use allocation::{
     allocate_bits, group_channels, split_per_linear, AllocMethod, AllocOptions, GroupMethod,
+};
+pub use channel_error::{
+    allocate_min_error, channel_errors, ChannelErrorOptions, ErrorCurves, ErrorWeight,
+    MinErrorAllocation,
 };
 pub use hessian::HessianAccumulator;
 pub use importance::{

@@ -137,9 +137,19 @@ pub mod mixed {
     use rhai::{Dynamic, EvalAltResult, Map, INT};
 
     use crate::compress::allocation::{
-        allocate_bits as allocate, group_channels as group, AllocMethod, AllocOptions,
-        DEFAULT_TIERS,
+        allocate_bits as allocate, allocation_warning, group_channels as group, score_spread_note,
+        AllocMethod, AllocOptions, DEFAULT_TIERS,
     };
+    use crate::compress::channel_error::{
+        allocate_min_error, channel_errors as compute_errors, ChannelErrorOptions, ErrorCurves,
+        ErrorWeight,
+    };
+    use crate::compress::SparsityPattern;
+    use rhai::FLOAT;
+
+    /// Why a measured-error allocation may sit in one tier.
+    const MIN_ERROR_NOTE: &str = "the measured error curves make the other tiers worth less \
+        than their bits at this budget (the allocation is still the optimum of the curves)";
     use crate::compress::importance::{importance_note, ImportanceOptions};
     use crate::compress::summary::{RunIntent, Summary};
     use crate::plot::{
@@ -279,34 +289,276 @@ pub mod mixed {
             unused("n_groups")?;
             unused("grouping")?;
         }
-        let bits = allocate(scores.as_slice(), &AllocOptions { tiers, method })
-            .map_err(super::script_err)?;
+        if o.has("weights") {
+            return err(
+                "allocate_bits: option `weights` steers the error allocator: pass the curves of \
+                 channel_errors, not scores, as the first argument"
+                    .to_string(),
+            );
+        }
+        let target = match &method {
+            AllocMethod::Budget { target_avg } | AllocMethod::Groups { target_avg, .. } => {
+                Some(*target_avg)
+            }
+            _ => None,
+        };
+        let opts = AllocOptions { tiers, method };
+        let bits = allocate(scores.as_slice(), &opts).map_err(super::script_err)?;
+        let why = score_spread_note(scores.as_slice(), &opts.method);
+        if let Some(w) = allocation_warning(&bits, &opts.tiers, target, &why) {
+            eprintln!("warning: allocate_bits ({method_name}): {w}");
+        }
+        crate::script::session::note_widths_computed("allocate_bits");
         Ok(Vector::from_ints(bits.into_iter().map(|b| b as i64)))
     }
 
+    /// Per-channel error curves of `linear` in `layer`: for every input channel
+    /// and every tier, the output error that width would cost it (squared
+    /// output error over the calibration tokens, in the Hessian's units),
+    /// measured on the layer's weights after the estimated sparsity mask with
+    /// the grid `prune_layer` will use. Options `#{tiers, sparsity, prunen,
+    /// prunem, sym, groupsize, blocksize, percdamp, weight}`: pass the same
+    /// sparsity and quantizer settings as to `prune_layer`; `tiers` default
+    /// [2, 3, 4, 6, 8]; `weight` "obs" (the loss SparseGPT's sweep books,
+    /// `(w − q)²/U_jj²`, default) or "diag" (`H_jj · (w − q)²`, no compensation).
+    /// Feed the curves to `allocate_bits` (one linear) or `allocate_model`.
+    #[rhai_fn(return_raw)]
+    pub fn channel_errors(layer: LayerHandle, linear: &str, options: Map) -> R<ErrorCurves> {
+        let o = Opts::new("channel_errors", options)?;
+        let mut opts = ChannelErrorOptions::default();
+        if let Some(t) = o.int_or_ints("tiers")? {
+            opts.tiers = match t {
+                IntOrInts::One(t) => vec![t],
+                IntOrInts::Many(t) => t,
+            };
+        }
+        let sparsity = o.f64("sparsity")?;
+        opts.pattern = match (sparsity, o.usize("prunen")?, o.usize("prunem")?) {
+            (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+                return err(
+                    "channel_errors: give either `sparsity` or `prunen`/`prunem`, not both"
+                        .to_string(),
+                )
+            }
+            (None, Some(n), Some(m)) => SparsityPattern::NM { n, m },
+            (None, Some(_), None) | (None, None, Some(_)) => {
+                return err(
+                    "channel_errors: an n:m pattern needs both `prunen` and `prunem`".to_string(),
+                )
+            }
+            (Some(s), None, None) => SparsityPattern::Unstructured { sparsity: s },
+            (None, None, None) => SparsityPattern::Dense,
+        };
+        if let Some(sym) = o.bool("sym")? {
+            opts.quantizer.sym = sym;
+        }
+        opts.groupsize = o.usize("groupsize")?;
+        if let Some(b) = o.usize("blocksize")? {
+            opts.blocksize = b;
+        }
+        if let Some(p) = o.f64("percdamp")? {
+            opts.percdamp = p;
+        }
+        if let Some(w) = o.string("weight")? {
+            opts.weight = ErrorWeight::parse(&w)
+                .map_err(|e| -> Box<EvalAltResult> { format!("channel_errors: {e}").into() })?;
+        }
+        layer.with(|w| {
+            let weight = w.weight(linear)?;
+            let acc = w.hessian(linear)?;
+            compute_errors(&weight, acc, &opts)
+        })
+    }
+
+    /// Widths minimising the summed measured error of one linear's `curves`
+    /// (from `channel_errors`) at an average of `target_avg` bits, with options
+    /// `#{target_avg, weights}`: `weights`, one per channel (any importance
+    /// metric's scores), multiply each channel's errors. Exact Lagrangian
+    /// optimum over the convex hulls of the curves; the average meets the
+    /// target to within one channel's tier step. The tiers are the curves'.
+    #[rhai_fn(name = "allocate_bits", return_raw)]
+    pub fn allocate_bits_curves(curves: ErrorCurves, options: Map) -> R<Vector> {
+        let o = Opts::new("allocate_bits", options)?;
+        for key in [
+            "tiers",
+            "method",
+            "proportions",
+            "thresholds",
+            "n_groups",
+            "grouping",
+        ] {
+            if o.has(key) {
+                return err(format!(
+                    "allocate_bits: option `{key}` does not apply to error curves (they carry \
+                     their tiers; the allocation minimises their sum at `target_avg`)"
+                ));
+            }
+        }
+        let target = o.f64("target_avg")?.ok_or_else(|| -> Box<EvalAltResult> {
+            "allocate_bits: error curves need `target_avg`".into()
+        })?;
+        let curves = match o.floats("weights")? {
+            Some(wts) => {
+                let wts: Vec<f32> = wts.into_iter().map(|w| w as f32).collect();
+                curves.weighted(&wts).map_err(|e| -> Box<EvalAltResult> {
+                    format!("allocate_bits: option `weights`: {e:#}").into()
+                })?
+            }
+            None => curves,
+        };
+        let a = allocate_min_error(&[&curves], target).map_err(super::script_err)?;
+        let bits = a.bits.into_iter().next().unwrap_or_default();
+        if let Some(w) = allocation_warning(&bits, &curves.tiers, Some(target), MIN_ERROR_NOTE) {
+            eprintln!("warning: allocate_bits (error): {w}");
+        }
+        Ok(Vector::from_ints(bits.into_iter().map(|b| b as i64)))
+    }
+
+    /// One budget across many linears: `curves` maps names (any, e.g.
+    /// "3.mlp.down_proj") to error curves (from `channel_errors`, optionally
+    /// `weighted`); returns a map from the same names to per-channel widths
+    /// minimising the total error with an average of `target_avg` bits over
+    /// all their weights (each channel counts its linear's rows). Options
+    /// `#{target_avg}`. For a per-layer budget, pass one layer's curves.
+    #[rhai_fn(return_raw)]
+    pub fn allocate_model(curves: Map, options: Map) -> R<Map> {
+        let o = Opts::new("allocate_model", options)?;
+        let target = o.f64("target_avg")?.ok_or_else(|| -> Box<EvalAltResult> {
+            "allocate_model: `target_avg` is required".into()
+        })?;
+        let mut names = Vec::with_capacity(curves.len());
+        let mut sets = Vec::with_capacity(curves.len());
+        for (name, v) in &curves {
+            match v.read_lock::<ErrorCurves>() {
+                Some(c) => sets.push(c.clone()),
+                None => {
+                    return err(format!(
+                    "allocate_model: `{name}` must be error curves (from channel_errors), got {}",
+                    crate::script::options::type_label(v)
+                ))
+                }
+            }
+            names.push(name.clone());
+        }
+        let refs: Vec<&ErrorCurves> = sets.iter().collect();
+        let a = allocate_min_error(&refs, target).map_err(super::script_err)?;
+        let all: Vec<u32> = a.bits.iter().flatten().copied().collect();
+        if let Some(tiers) = sets.first().map(|c| c.tiers.clone()) {
+            // The target is checked on the weighted average, which is what it means.
+            let concentrated = allocation_warning(&all, &tiers, None, MIN_ERROR_NOTE);
+            if let Some(w) = concentrated {
+                eprintln!("warning: allocate_model: {w}");
+            }
+            if (a.avg_bits - target).abs() > crate::compress::summary::TARGET_TOLERANCE {
+                eprintln!(
+                    "warning: allocate_model: the average is {:.3} bits against a target of {target}",
+                    a.avg_bits
+                );
+            }
+        }
+        let mut out = Map::new();
+        for (name, bits) in names.into_iter().zip(a.bits) {
+            out.insert(
+                name,
+                Dynamic::from(Vector::from_ints(bits.into_iter().map(|b| b as i64))),
+            );
+        }
+        Ok(out)
+    }
+
+    /// The curves with channel `j`'s errors multiplied by `weights[j]` (scores
+    /// of any importance metric, finite and non-negative): importance steering
+    /// a model-wide allocation.
+    #[rhai_fn(return_raw)]
+    pub fn weighted(curves: &mut ErrorCurves, weights: Vector) -> R<ErrorCurves> {
+        curves
+            .weighted(weights.as_slice())
+            .map_err(super::script_err)
+    }
+
+    /// Input channels the curves cover.
+    #[rhai_fn(global, get = "channels")]
+    pub fn curves_channels(c: &mut ErrorCurves) -> INT {
+        c.channels() as INT
+    }
+
+    /// Output rows of the linear (the weights one channel holds).
+    #[rhai_fn(global, get = "rows")]
+    pub fn curves_rows(c: &mut ErrorCurves) -> INT {
+        c.rows as INT
+    }
+
+    /// The tiers the curves were measured at.
+    #[rhai_fn(global, get = "tiers")]
+    pub fn curves_tiers(c: &mut ErrorCurves) -> Array {
+        c.tiers
+            .iter()
+            .map(|&t| Dynamic::from_int(t as INT))
+            .collect()
+    }
+
+    /// Every channel's error at width `bits` (one of the tiers).
+    #[rhai_fn(global, return_raw)]
+    pub fn errors_at(c: &mut ErrorCurves, bits: INT) -> R<Vector> {
+        let Some(t) = c.tiers.iter().position(|&b| b as INT == bits) else {
+            return err(format!(
+                "errors_at: {bits} is not one of the tiers {:?}",
+                c.tiers
+            ));
+        };
+        Ok(Vector::from_f32(
+            (0..c.channels()).map(|j| c.curve(j)[t] as f32).collect(),
+        ))
+    }
+
+    /// The summed error of per-channel widths `bits` (each one of the tiers).
+    #[rhai_fn(global, return_raw)]
+    pub fn total_error(c: &mut ErrorCurves, bits: Vector) -> R<FLOAT> {
+        let b = bits.to_u32s("total_error: bits")?;
+        c.total(&b).map_err(super::script_err)
+    }
+
+    /// `ErrorCurves(channels, tiers)`.
+    #[rhai_fn(global, name = "to_string", name = "to_debug")]
+    pub fn curves_text(c: &mut ErrorCurves) -> String {
+        format!(
+            "ErrorCurves({} channels × {} rows, tiers {:?})",
+            c.channels(),
+            c.rows,
+            c.tiers
+        )
+    }
+
     /// The run's summary: total channels, channels per bit tier, average bits,
-    /// one line per linear. An error if bits were requested and nothing was
-    /// quantized.
+    /// one line per linear. An error if bits were requested (or widths were
+    /// computed by `allocate_bits`) and nothing was quantized.
     #[rhai_fn(return_raw)]
     pub fn summary(calib: CalibHandle) -> R<Summary> {
         summary_with(calib, Map::new())
     }
 
     /// The summary with options `#{target_avg, strict, bits_requested}`: a target
-    /// the average must meet within 0.05 bits (a miss is announced first; with
-    /// `strict` it is an error) and whether bits were requested (default: a
-    /// target was given or any linear was quantized).
+    /// the average must meet within `target_tolerance()` bits (a miss is
+    /// announced in the first and the last line, and `sparselab run` repeats it
+    /// as its last line; with `strict` it is an error) and whether bits were
+    /// requested (default: a target was given, widths were computed and not
+    /// yet used by a quantizing `prune_layer`, or any linear was quantized).
     #[rhai_fn(name = "summary", return_raw)]
     pub fn summary_with(calib: CalibHandle, options: Map) -> R<Summary> {
         let o = Opts::new("summary", options)?;
         let reports = calib.with(|c| c.reports.clone())?;
         let quantized = reports.iter().any(|r| r.avg_bits.is_some());
+        let widths = crate::script::session::widths_pending_by().is_some();
         let intent = RunIntent {
-            bits_requested: o.bool("bits_requested")?.unwrap_or(quantized),
+            bits_requested: o.bool("bits_requested")?.unwrap_or(quantized || widths),
             target_avg: o.f64("target_avg")?,
             strict: o.bool("strict")?.unwrap_or(false),
         };
-        Summary::from_reports(&reports, &intent).map_err(super::script_err)
+        let s = Summary::from_reports(&reports, &intent).map_err(super::script_err)?;
+        if let Some(line) = s.missed_target_line() {
+            crate::script::session::note_missed_target(line.to_string());
+        }
+        Ok(s)
     }
 
     /// The summary as text (what `print(summary)` shows).

@@ -76,6 +76,7 @@ pub fn register_types(engine: &mut Engine) {
         .register_type_with_name::<LayerHandle>("Layer")
         .register_type_with_name::<LayerIter>("Layers")
         .register_type_with_name::<crate::compress::summary::Summary>("Summary")
+        .register_type_with_name::<crate::compress::ErrorCurves>("ErrorCurves")
         .register_type_with_name::<crate::plot::Plot>("Plot")
         .register_type_with_name::<crate::plot::CompareTable>("CompareTable")
         .register_iterator::<Vector>()
@@ -247,7 +248,25 @@ pub fn compile_file(engine: &Engine, path: &Path, scope: &Scope) -> Result<(AST,
 }
 
 /// Runs a script file with `opts`; `Err` holds the formatted error.
+///
+/// The end of the run is checked too: a run that computed bit widths and
+/// quantized nothing is an error, and a run that missed a bit target prints
+/// its "MISSED TARGET" line again as the last line of its output
+/// ([`session::run_end_check`]).
 pub fn run_file(path: &Path, opts: &ScriptOptions) -> Result<(), String> {
+    let ledger = session::SharedLedger::default();
+    session::with_ledger(&ledger, || run_file_inner(path, opts))?;
+    match session::run_end_check(&ledger) {
+        Err(msg) => Err(format!("error: {msg}\n")),
+        Ok(Some(missed)) => {
+            println!("{missed}");
+            Ok(())
+        }
+        Ok(None) => Ok(()),
+    }
+}
+
+fn run_file_inner(path: &Path, opts: &ScriptOptions) -> Result<(), String> {
     let (engine, _) = new_engine(opts);
     let mut scope = scope_with_params(&opts.params);
     let (ast, text) = compile_file(&engine, path, &scope)?;
