@@ -20,6 +20,7 @@ pub mod channel_error;
 pub mod hessian;
 pub mod importance;
 pub mod magnitude;
+pub mod owl;
 pub mod pattern;
 pub mod quant;
 pub mod reservoir;

@@ -200,10 +200,11 @@ impl ActivationReservoir {
 /// SplitMix64 (Steele, Lea & Flood 2014): tiny, seedable with any `u64`, and
 /// good enough for choosing sample slots; no dependency needed.
 #[derive(Debug, Clone)]
-struct SplitMix64(u64);
+pub(crate) struct SplitMix64(pub u64);
 
 impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -213,7 +214,7 @@ impl SplitMix64 {
 
     /// Uniform in `0..n` (`n > 0`), exactly: Lemire's multiply-shift with
     /// rejection of the `2^64 mod n` biased low products.
-    fn below(&mut self, n: u64) -> u64 {
+    pub fn below(&mut self, n: u64) -> u64 {
         let threshold = n.wrapping_neg() % n;
         loop {
             let m = self.next_u64() as u128 * n as u128;

@@ -48,6 +48,7 @@ pub const OPTION_KEYS: &[(&str, &[&str])] = &[
         ],
     ),
     ("allocate_model", &["target_avg"]),
+    ("owl_sparsities", &["sparsity", "lambda"]),
     ("summary", &["target_avg", "strict", "bits_requested"]),
     (
         "plot_histogram",

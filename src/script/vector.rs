@@ -800,6 +800,18 @@ pub mod vector_api {
         }
         Ok(Vector::with_kind(d, v.kind))
     }
+    /// The elements in a random order drawn with `seed` (Fisher–Yates on
+    /// SplitMix64): the same seed gives the same order on every machine.
+    #[rhai_fn(pure)]
+    pub fn shuffled(v: &mut Vector, seed: INT) -> Vector {
+        let mut d = v.as_slice().to_vec();
+        let mut rng = crate::compress::reservoir::SplitMix64(seed as u64);
+        for i in (1..d.len()).rev() {
+            let j = rng.below(i as u64 + 1) as usize;
+            d.swap(i, j);
+        }
+        Vector::with_kind(d, v.kind)
+    }
     /// The elements of `a` followed by those of `b`.
     #[rhai_fn(pure)]
     pub fn concat(a: &mut Vector, b: Vector) -> Vector {
