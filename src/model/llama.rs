@@ -139,9 +139,14 @@ impl LlamaLayer {
         let attn = causal_attention(&q, &k, &v, (self.head_dim as f64).powf(-0.5))?;
         let x = (x + o_proj.forward(&attn, hook)?)?;
         let h = rms_norm(&x, &self.post_attn_norm, self.eps)?;
-        let g = candle_nn::ops::silu(&gate.forward(&h, hook)?)?;
+        let g = gate.forward(&h, hook)?;
         let u = up.forward(&h, hook)?;
-        Ok((x + down.forward(&(g * u)?, hook)?)?)
+        let gu = if super::kernels::is_cpu_f32(&g) && super::kernels::is_cpu_f32(&u) {
+            super::kernels::silu_mul_f32(&g.contiguous()?, &u.contiguous()?)?
+        } else {
+            (candle_nn::ops::silu(&g)? * u)?
+        };
+        Ok((x + down.forward(&gu, hook)?)?)
     }
 }
 
