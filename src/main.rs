@@ -5,9 +5,8 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use sparselab::calibrate::{uniform_policy, CalibOptions, Calibration, LayerFilter, Method};
-use sparselab::compress::{
-    BitWidths, QuantOptions, QuantizerConfig, SparseGptOptions, SparsityPattern,
-};
+use sparselab::compress::rules::{Front, Settings};
+use sparselab::compress::BitWidths;
 use sparselab::device::{dtype_name, parse_device, parse_dtype};
 use sparselab::eval::{eval_dataset, PplOptions};
 use sparselab::model::kernels::CpuGemm;
@@ -123,36 +122,42 @@ struct PruneArgs {
     /// Model directory, GGUF file (`x.gguf`) or hub id `org/name[@revision]`.
     #[arg(long)]
     model: String,
-    /// sparsegpt (also GPTQ with --sparsity 0 and --bits), magnitude or wanda.
-    #[arg(long, default_value = "sparsegpt")]
-    method: String,
+    /// sparsegpt (the default: pruning, with --bits also quantization), gptq
+    /// (quantization only: --bits, no pruning), magnitude or wanda.
+    #[arg(long)]
+    method: Option<String>,
     /// Fraction of weights to prune, in [0, 1).
-    #[arg(long, default_value_t = 0.0)]
-    sparsity: f64,
+    #[arg(long)]
+    sparsity: Option<f64>,
     /// n of n:m structured sparsity (with --prunem).
-    #[arg(long, default_value_t = 0)]
-    prunen: usize,
-    /// m of n:m structured sparsity.
-    #[arg(long, default_value_t = 0)]
-    prunem: usize,
-    /// Quantize to this many bits (1..=16); SparseGPT only.
+    #[arg(long)]
+    prunen: Option<usize>,
+    /// m of n:m structured sparsity (with --prunen).
+    #[arg(long)]
+    prunem: Option<usize>,
+    /// Quantize to this many bits (1..=16); sparsegpt or gptq only.
     #[arg(long)]
     bits: Option<u32>,
-    /// Symmetric quantization grid.
+    /// Symmetric quantization grid (with --bits).
     #[arg(long)]
     sym: bool,
-    /// Quantization group size (columns).
+    /// Quantization group size in columns (with --bits).
     #[arg(long)]
     groupsize: Option<usize>,
-    /// GPTQ act-order (columns by descending Hessian diagonal).
+    /// Every group's grid computed up front on the original column order
+    /// (with --bits and --groupsize).
+    #[arg(long)]
+    static_groups: bool,
+    /// Sweep columns by descending Hessian diagonal (GPTQ act-order; it also
+    /// orders a pruning-only sweep). Not with --prunen/--prunem.
     #[arg(long)]
     act_order: bool,
-    /// OBS block size.
-    #[arg(long, default_value_t = 128)]
-    blocksize: usize,
-    /// Dampening as a fraction of the mean Hessian diagonal.
-    #[arg(long, default_value_t = 0.01)]
-    percdamp: f64,
+    /// OBS block size [default: 128].
+    #[arg(long)]
+    blocksize: Option<usize>,
+    /// Dampening as a fraction of the mean Hessian diagonal [default: 0.01].
+    #[arg(long)]
+    percdamp: Option<f64>,
     /// Calibration dataset (split defaults to train).
     #[arg(long, default_value = "wikitext2")]
     calib: String,
@@ -225,87 +230,58 @@ struct PruneArgs {
 }
 
 impl PruneArgs {
-    fn pattern(&self) -> Result<SparsityPattern> {
-        // Out-of-range settings fail here, before a long calibration; each
-        // linear checks them again against its own shape.
-        if self.sparsity != 0.0 {
-            SparsityPattern::Unstructured {
-                sparsity: self.sparsity,
-            }
-            .validate(1)?;
+    /// The compression flags as the description both front ends check.
+    fn settings(&self) -> Settings {
+        Settings {
+            method: self.method.clone(),
+            sparsity: self.sparsity,
+            prunen: self.prunen,
+            prunem: self.prunem,
+            bits: self.bits.map(BitWidths::Uniform),
+            sym: self.sym.then_some(true),
+            groupsize: self.groupsize,
+            static_groups: self.static_groups.then_some(true),
+            blocksize: self.blocksize,
+            percdamp: self.percdamp,
+            act_order: self.act_order.then_some(true),
         }
-        if self.prunen > 0 || self.prunem > 0 {
-            if self.sparsity > 0.0 {
-                anyhow::bail!("give either --sparsity or --prunen/--prunem, not both");
-            }
-            let p = SparsityPattern::NM {
-                n: self.prunen,
-                m: self.prunem,
-            };
-            // m columns: checks n and m alone (column counts are per linear).
-            p.validate(self.prunem.max(1))?;
-            return Ok(p);
-        }
-        if self.sparsity > 0.0 {
-            return Ok(SparsityPattern::Unstructured {
-                sparsity: self.sparsity,
-            });
-        }
-        Ok(SparsityPattern::Dense)
     }
 
+    /// The method, after the combination rules `prune_layer` applies too
+    /// (sparselab::compress::rules) and the rules of the flags only this
+    /// command has. Everything here fails before a long calibration.
     fn method(&self) -> Result<Method> {
-        let pattern = self.pattern()?;
-        if let Some(b) = self.bits {
-            BitWidths::Uniform(b).validate(1)?;
+        let method = self.settings().method(Front::Cli)?;
+        if self.true_sequential && matches!(method, Method::Magnitude(_)) {
+            anyhow::bail!(
+                "--true-sequential has no effect with --method magnitude, which reads no \
+                 Hessian or activation: drop it, or use --method sparsegpt or wanda"
+            );
         }
-        let quant_only_flags =
-            self.bits.is_some() || self.sym || self.groupsize.is_some() || self.act_order;
-        match self.method.as_str() {
-            "sparsegpt" | "gptq" => Ok(Method::SparseGpt(SparseGptOptions {
-                pattern,
-                quant: self.bits.map(|b| QuantOptions {
-                    bits: BitWidths::Uniform(b),
-                    quantizer: QuantizerConfig {
-                        sym: self.sym,
-                        ..QuantizerConfig::default()
-                    },
-                    groupsize: self.groupsize,
-                    static_groups: false,
-                }),
-                blocksize: self.blocksize,
-                percdamp: self.percdamp,
-                act_order: self.act_order,
-            })),
-            "magnitude" | "wanda" if quant_only_flags => {
-                anyhow::bail!("--bits, --sym, --groupsize and --act-order need --method sparsegpt")
+        if let (Some(lo), Some(hi)) = (self.minlayer, self.maxlayer) {
+            if lo >= hi {
+                anyhow::bail!(
+                    "--minlayer {lo} and --maxlayer {hi} select no layer: --maxlayer is the \
+                     first layer left as it is, so give --maxlayer greater than --minlayer"
+                );
             }
-            "magnitude" => Ok(Method::Magnitude(pattern)),
-            "wanda" => Ok(Method::Wanda(pattern)),
-            other => anyhow::bail!(
-                "unknown method `{other}`: expected sparsegpt, gptq, magnitude or wanda"
-            ),
         }
+        match self.eval_nsamples {
+            Some(_) if self.eval.is_empty() => {
+                anyhow::bail!(
+                    "--eval-nsamples limits --eval, and no --eval was given: add --eval DATASET \
+                     or drop --eval-nsamples"
+                )
+            }
+            Some(0) => anyhow::bail!("--eval-nsamples must be at least 1"),
+            _ => {}
+        }
+        Ok(method)
     }
 }
 
 fn prune(args: PruneArgs) -> Result<()> {
     let method = args.method()?;
-    match args.eval_nsamples {
-        Some(_) if args.eval.is_empty() => {
-            anyhow::bail!("--eval-nsamples limits --eval, and no --eval was given")
-        }
-        Some(0) => anyhow::bail!("--eval-nsamples must be at least 1"),
-        _ => {}
-    }
-    if let Method::SparseGpt(o) = &method {
-        // Fail on bad settings before a long calibration, not after it.
-        if o.quant.is_none() && !o.pattern.prunes() {
-            anyhow::bail!("nothing to do: give --sparsity, --prunen/--prunem or --bits");
-        }
-    } else if !matches!(&method, Method::Magnitude(p) | Method::Wanda(p) if p.prunes()) {
-        anyhow::bail!("nothing to do: give --sparsity or --prunen/--prunem");
-    }
     if let Some(dir) = &args.save {
         // Before a long calibration, not after it.
         check_target(dir, args.overwrite)?;
@@ -322,7 +298,7 @@ fn prune(args: PruneArgs) -> Result<()> {
     let start = std::time::Instant::now();
     let fingerprint = serde_json::json!({
         "command": "prune",
-        "method": args.method,
+        "method": args.method.as_deref().unwrap_or("sparsegpt"),
         "settings": method_settings(&method),
         "minlayer": args.minlayer,
         "maxlayer": args.maxlayer,

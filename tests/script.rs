@@ -865,3 +865,119 @@ fn ctrl_c_inside_a_primitive_returns_the_repl_to_its_prompt() {
     assert!(after.contains("\n42\r"), "the session goes on:\n{t}");
     assert!(!t.contains("KILLED"), "{t}");
 }
+
+#[test]
+fn check_flags_values_outside_a_closed_set_with_suggestions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = write(
+        tmp.path(),
+        "values.rhai",
+        "let m = load_model(\"x\");\nlet c = calibrate(m, \"wikitext2\");\n\
+         for layer in c.layers() {\n    for linear in layer.linears {\n\
+         \x20       let s = score_importance(layer, linear, \"obz\");\n\
+         \x20       let b = allocate_bits(s.normalize(\"minmx\"), #{method: \"budgte\", target_avg: 4.0});\n\
+         \x20       prune_layer(layer, linear, #{method: \"sparsgpt\", sparsity: 0.5, bits: b});\n    }\n}\n\
+         save(m, \"out\", #{format: \"pakced\"});\n\
+         let ok = allocate_bits(vector([1.0]), #{method: \"groups\", grouping: \"kmeans\", target_avg: 2.0});\n",
+    );
+    let (ok, _, err) = sparselab(&["check", bad.to_str().unwrap()]);
+    assert!(!ok);
+    for expected in [
+        "score_importance: unknown importance metric `obz` (did you mean `obs`?); valid: magnitude, activation",
+        "normalize: unknown normalisation `minmx` (did you mean `minmax`?)",
+        "allocate_bits: unknown allocation method `budgte` (did you mean `budget`?); valid: quantile, budget, threshold, groups",
+        "prune_layer: unknown method `sparsgpt` (did you mean `sparsegpt`?)",
+        "save: unknown save format `pakced` (did you mean `packed`?)",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+    assert!(err.contains("values.rhai:5:"), "{err}");
+    assert_eq!(err.matches("unknown").count(), 5, "{err}");
+}
+
+#[test]
+fn every_closed_set_matches_what_its_primitive_accepts() {
+    use sparselab::script::check::{Slot, CLOSED_VALUES};
+    let Some(f) = fx() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let full = tmp.path().join("full");
+    std::fs::create_dir(&full).unwrap();
+    std::fs::write(full.join("x"), "x").unwrap();
+    let mut s = Session::new(quiet());
+    run(&mut s, &setup(&f));
+    run(
+        &mut s,
+        "let calib = calibrate(m, calib_data, #{nsamples: 2, seqlen: 32});\n\
+         let layer = calib.next_layer();\n\
+         prune_layer(layer, \"fc1\", #{sparsity: 0.5, bits: 4});\n\
+         layer = calib.next_layer();\nlet sm = summary(calib);\n\
+         let t = compare_table([\"a\"]);\nt.add_row(\"x\", [1.0]);\nlet v = vector([1.0, 2.0, 3.0, 4.0]);",
+    );
+    let out = |ext: &str| format!("{:?}", tmp.path().join(format!("p.{ext}")));
+    // One call per closed set, `@V@` standing for the value.
+    let call = |function: &str, slot: Slot| -> String {
+        match (function, slot) {
+            ("prune_layer", Slot::Key("method")) => {
+                "prune_layer(layer, \"fc2\", #{method: @V@, sparsity: 0.5})".into()
+            }
+            ("score_importance", Slot::Arg(2)) => "score_importance(layer, \"fc2\", @V@)".into(),
+            ("group_channels", Slot::Key("method")) => {
+                "group_channels(v, 2, #{method: @V@})".into()
+            }
+            ("allocate_bits", Slot::Key("method")) => "allocate_bits(v, #{method: @V@})".into(),
+            ("allocate_bits", Slot::Key("grouping")) => {
+                "allocate_bits(v, #{method: \"groups\", target_avg: 4.0, grouping: @V@})".into()
+            }
+            ("calibrate", Slot::Key("gemm")) => {
+                "calibrate(m, calib_data, #{nsamples: 1, seqlen: 16, gemm: @V@})".into()
+            }
+            ("load_model", Slot::Key("dtype")) => {
+                format!("load_model({:?}, #{{dtype: @V@}})", f.model)
+            }
+            ("save", Slot::Key("format")) => format!("save(m, {full:?}, #{{format: @V@}})"),
+            ("normalize", Slot::Arg(1)) => "v.normalize(@V@)".into(),
+            ("plot_layers", Slot::Arg(1)) => "plot_layers(sm, @V@)".into(),
+            ("plot_histogram", Slot::Key("format")) => {
+                format!("plot_histogram(v, #{{path: {}, format: @V@}})", out("h"))
+            }
+            ("plot_bits", Slot::Key("format")) => {
+                format!("plot_bits(sm, #{{path: {}, format: @V@}})", out("b"))
+            }
+            ("plot_layers", Slot::Key("format")) => {
+                format!(
+                    "plot_layers(sm, \"sparsity\", #{{path: {}, format: @V@}})",
+                    out("l")
+                )
+            }
+            ("plot_compare", Slot::Key("format")) => {
+                format!("plot_compare(t, #{{path: {}, format: @V@}})", out("c"))
+            }
+            ("plot_xy", Slot::Key("format")) => {
+                format!(
+                    "plot_xy([1.0, 2.0], [3.0, 4.0], #{{path: {}, format: @V@}})",
+                    out("x")
+                )
+            }
+            other => panic!("no call for {other:?}: add one for the new closed set"),
+        }
+    };
+    for set in CLOSED_VALUES {
+        let template = call(set.function, set.slot);
+        // Every listed value passes the primitive's own check.
+        for value in (set.values)() {
+            let text = template.replace("@V@", &format!("{value:?}"));
+            if let Err(e) = s.eval("value.rhai", &text) {
+                assert!(
+                    !e.contains("unknown"),
+                    "{text} refused a listed value:\n{e}"
+                );
+            }
+        }
+        // A value outside the set is refused by it.
+        let text = template.replace("@V@", "\"zzz\"");
+        let e = s
+            .eval("value.rhai", &text)
+            .expect_err(&format!("{text} accepted a value outside the set"));
+        assert!(e.contains("unknown") && e.contains("zzz"), "{text}:\n{e}");
+    }
+}

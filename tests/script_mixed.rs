@@ -149,3 +149,124 @@ fn allocation_options_are_checked() {
         .collect();
     assert_eq!(ids, vec![0, 1, 0, 1]);
 }
+
+/// The error of a run that computed widths and quantized nothing.
+const NOTHING_QUANTIZED: &str =
+    "bit widths were computed by allocate_bits but prune_layer was never given `bits:` — nothing was quantized";
+
+#[test]
+fn widths_that_never_reach_prune_layer_are_an_error_in_every_front_end() {
+    let Some(setup) = setup() else { return };
+    // The REPL and the kernel (both evaluate through a Session): the error
+    // comes when the calibration's layers end, with or without `summary`.
+    let mut s = session();
+    let text = format!(
+        r#"{setup}
+for layer in calib.layers() {{
+    for linear in layer.linears {{
+        let bits = allocate_bits(score_importance(layer, linear, "wanda"), #{{target_avg: 4.0}});
+        prune_layer(layer, linear, #{{sparsity: 0.5}});
+    }}
+}}
+"#
+    );
+    let err = s.eval("forgot.rhai", &text).unwrap_err();
+    assert!(err.contains(NOTHING_QUANTIZED), "{err}");
+    assert!(
+        err.contains("the calibration compressed 24 linears"),
+        "{err}"
+    );
+
+    // A summary without a target, before the loop ends, is an error too.
+    let mut s = session();
+    let text = format!(
+        r#"{setup}
+let layer = calib.next_layer();
+for linear in layer.linears {{
+    let bits = allocate_bits(score_importance(layer, linear, "wanda"), #{{}});
+    prune_layer(layer, linear, #{{sparsity: 0.5}});
+}}
+calib.next_layer();
+summary(calib)
+"#
+    );
+    let err = s.eval("summary.rhai", &text).unwrap_err();
+    assert!(err.contains("no channel was quantized"), "{err}");
+
+    // Scoring importance without allocating is not computing widths.
+    let mut s = session();
+    let text = format!(
+        r#"{setup}
+for layer in calib.layers() {{
+    for linear in layer.linears {{
+        let scores = score_importance(layer, linear, "magnitude");
+        prune_layer(layer, linear, #{{sparsity: 0.5}});
+    }}
+}}
+summary(calib).to_string()
+"#
+    );
+    let text = s
+        .eval("scores.rhai", &text)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(text.to_string().contains("0 quantized"), "{text}");
+}
+
+#[test]
+fn sparselab_run_fails_when_widths_were_computed_and_nothing_quantized() {
+    let Some(setup) = setup() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_sparselab");
+    let run = |name: &str, text: &str| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        let out = std::process::Command::new(bin)
+            .args(["run", "-q"])
+            .arg(&p)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Widths computed outside any compression, never used: the script's end.
+    let (ok, _, err) = run(
+        "unused.rhai",
+        "let bits = allocate_bits(vector([1.0, 2.0, 3.0, 4.0]), #{});\nprint(bits);\n",
+    );
+    assert!(!ok && err.contains(NOTHING_QUANTIZED), "{err}");
+    assert!(err.contains("the script ended"), "{err}");
+    // Widths passed on: success, and a missed target is the last line.
+    let text = format!(
+        r#"{setup}
+for layer in calib.layers() {{
+    for linear in layer.linears {{
+        let scores = score_importance(layer, linear, "magnitude").normalize();
+        let bits = allocate_bits(scores, #{{method: "threshold", thresholds: [0.0, 0.01, 0.02, 0.03]}});
+        prune_layer(layer, linear, #{{sparsity: 0.5, bits: bits}});
+    }}
+}}
+print(summary(calib, #{{target_avg: 4.0}}));
+print("done");
+"#
+    );
+    let (ok, out, err) = run("missed.rhai", &text);
+    assert!(ok, "{err}");
+    let last = out.lines().rev().find(|l| !l.trim().is_empty()).unwrap();
+    assert!(last.starts_with("MISSED TARGET: average"), "{out}");
+    assert_eq!(
+        sparselab::compress::summary::TARGET_TOLERANCE,
+        run_value("target_tolerance()")
+    );
+}
+
+/// A script expression's float value.
+fn run_value(expr: &str) -> f64 {
+    session()
+        .eval("v.rhai", expr)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .as_float()
+        .unwrap()
+}

@@ -16,8 +16,10 @@ use serde::Serialize;
 
 use crate::calibrate::{ImportanceNote, LinearReport};
 
-/// How far (in bits) the achieved average may be from the target before the
-/// summary calls it a miss.
+/// How far (in bits) the achieved average may be from the target before it
+/// counts as missed: the one tolerance of the summary, of the scripts'
+/// `target_tolerance()` and `target_missed` (so of `report::check_target`, the
+/// recipes and the notebooks).
 pub const TARGET_TOLERANCE: f64 = 0.05;
 
 /// What the run asked for, so that the summary can tell what did not happen.
@@ -228,6 +230,14 @@ impl Summary {
         })
     }
 
+    /// The "MISSED TARGET: …" warning, when the average missed the target.
+    pub fn missed_target_line(&self) -> Option<&str> {
+        self.warnings
+            .iter()
+            .find(|w| w.starts_with("MISSED TARGET"))
+            .map(String::as_str)
+    }
+
     /// The summary as pretty-printed JSON (the same fields as the text).
     pub fn to_json(&self) -> Result<String> {
         Ok(serde_json::to_string_pretty(self)?)
@@ -308,6 +318,10 @@ impl fmt::Display for Summary {
                     t.mean_rel_error
                 )?;
             }
+        }
+        // A miss is the first line and the last: a long report scrolls.
+        if let Some(missed) = self.missed_target_line() {
+            writeln!(f, "{missed}")?;
         }
         Ok(())
     }

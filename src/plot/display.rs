@@ -204,7 +204,7 @@ impl Summary {
 
     /// The summary as HTML: warnings first (in red), the totals and average
     /// against the target, channels per bit width, a table per linear type and,
-    /// folded, one per linear. Well-formed (XHTML) so that it parses as XML.
+    /// folded, one per linear; a missed target once more at the end. Well-formed (XHTML) so that it parses as XML.
     pub fn html(&self) -> String {
         let mut h = String::from("<div class=\"sparselab-summary\">");
         for w in &self.warnings {
@@ -292,6 +292,14 @@ impl Summary {
                 );
             }
             h += "</tbody></table></details>";
+        }
+        // A miss closes the display too, below the tables it would scroll past.
+        if let Some(missed) = self.missed_target_line() {
+            let _ = write!(
+                h,
+                "<p style=\"color:#b00020\"><b>{}</b></p>",
+                escape(missed)
+            );
         }
         h += "</div>";
         h

@@ -3,7 +3,11 @@
 //! After parsing, the AST is walked for: calls of functions that exist nowhere
 //! (registered, standard, defined in the script, or in an imported module),
 //! imports that do not resolve, option-map literals with keys a primitive does
-//! not take, and `--set` names the script never declares with `param` nor reads.
+//! not take, string literals outside a closed set of values ([`CLOSED_VALUES`]:
+//! a metric `"obz"`, a method `"budgte"`, with the nearest valid value
+//! suggested), and `--set` names the script never declares with `param` nor
+//! reads. Dataset names are not a closed set (a local file is a dataset too),
+//! nor are device names (`cuda:N`).
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -22,6 +26,227 @@ pub struct Problem {
     pub source: String,
     /// Where.
     pub pos: Position,
+}
+
+/// Where a primitive takes a string from a closed set.
+#[derive(Debug, Clone, Copy)]
+pub enum Slot {
+    /// The value of this key of its options map.
+    Key(&'static str),
+    /// Its positional argument of this index, as a function call counts them
+    /// (in a method call `x.f(a)`, `x` is argument 0).
+    Arg(usize),
+}
+
+/// A closed set of string values one primitive accepts in one place.
+pub struct ClosedSet {
+    /// The primitive.
+    pub function: &'static str,
+    /// Where the value goes.
+    pub slot: Slot,
+    /// What the value is, for the message ("importance metric").
+    pub what: &'static str,
+    /// The values accepted, as the primitive spells them.
+    pub values: fn() -> Vec<&'static str>,
+    /// Whether the primitive ignores case (and surrounding blanks).
+    pub any_case: bool,
+}
+
+const PLOT_FORMAT: fn() -> Vec<&'static str> = || vec!["png", "svg"];
+const GROUPINGS: fn() -> Vec<&'static str> = || vec!["quantile", "kmeans"];
+
+/// The closed sets `sparselab check` knows. Register a new primitive's here
+/// (a test runs each through its primitive, so a value accepted at run time
+/// but missing here, or the reverse, fails it).
+pub const CLOSED_VALUES: &[ClosedSet] = &[
+    ClosedSet {
+        function: "prune_layer",
+        slot: Slot::Key("method"),
+        what: "method",
+        values: || crate::compress::rules::METHODS.to_vec(),
+        any_case: false,
+    },
+    ClosedSet {
+        function: "score_importance",
+        slot: Slot::Arg(2),
+        what: "importance metric",
+        values: || {
+            crate::compress::Metric::ALL
+                .iter()
+                .map(|m| m.name())
+                .collect()
+        },
+        any_case: false,
+    },
+    ClosedSet {
+        function: "group_channels",
+        slot: Slot::Key("method"),
+        what: "grouping method",
+        values: GROUPINGS,
+        any_case: false,
+    },
+    ClosedSet {
+        function: "allocate_bits",
+        slot: Slot::Key("method"),
+        what: "allocation method",
+        values: || vec!["quantile", "budget", "threshold", "groups"],
+        any_case: false,
+    },
+    ClosedSet {
+        function: "allocate_bits",
+        slot: Slot::Key("grouping"),
+        what: "grouping",
+        values: GROUPINGS,
+        any_case: false,
+    },
+    ClosedSet {
+        function: "calibrate",
+        slot: Slot::Key("gemm"),
+        what: "GEMM precision",
+        values: || vec!["f32", "bf16"],
+        any_case: false,
+    },
+    ClosedSet {
+        function: "load_model",
+        slot: Slot::Key("dtype"),
+        what: "dtype",
+        values: || {
+            vec![
+                "f32", "f16", "bf16", "float32", "float", "float16", "half", "bfloat16",
+            ]
+        },
+        any_case: true,
+    },
+    ClosedSet {
+        function: "save",
+        slot: Slot::Key("format"),
+        what: "save format",
+        values: || vec!["safetensors", "packed"],
+        any_case: false,
+    },
+    ClosedSet {
+        function: "normalize",
+        slot: Slot::Arg(1),
+        what: "normalisation",
+        values: || vec!["mean", "sum", "max", "l2", "minmax", "zscore"],
+        any_case: false,
+    },
+    ClosedSet {
+        function: "plot_layers",
+        slot: Slot::Arg(1),
+        what: "layer field",
+        values: || crate::plot::LAYER_FIELDS.to_vec(),
+        any_case: false,
+    },
+    ClosedSet {
+        function: "plot_histogram",
+        slot: Slot::Key("format"),
+        what: "plot format",
+        values: PLOT_FORMAT,
+        any_case: true,
+    },
+    ClosedSet {
+        function: "plot_bits",
+        slot: Slot::Key("format"),
+        what: "plot format",
+        values: PLOT_FORMAT,
+        any_case: true,
+    },
+    ClosedSet {
+        function: "plot_layers",
+        slot: Slot::Key("format"),
+        what: "plot format",
+        values: PLOT_FORMAT,
+        any_case: true,
+    },
+    ClosedSet {
+        function: "plot_compare",
+        slot: Slot::Key("format"),
+        what: "plot format",
+        values: PLOT_FORMAT,
+        any_case: true,
+    },
+    ClosedSet {
+        function: "plot_xy",
+        slot: Slot::Key("format"),
+        what: "plot format",
+        values: PLOT_FORMAT,
+        any_case: true,
+    },
+];
+
+/// The problem with `value` in `set`, if it is not one of its values:
+/// `score_importance: unknown importance metric `obz` (did you mean `obs`?); valid: …`.
+pub fn closed_value_message(set: &ClosedSet, value: &str) -> Option<String> {
+    let values = (set.values)();
+    let probe = if set.any_case {
+        value.trim().to_ascii_lowercase()
+    } else {
+        value.to_string()
+    };
+    if values.contains(&probe.as_str()) {
+        return None;
+    }
+    let hint = super::suggest::nearest(value, values.iter().copied(), 1)
+        .first()
+        .map(|n| format!(" (did you mean `{n}`?)"))
+        .unwrap_or_default();
+    Some(format!(
+        "{}: unknown {} `{value}`{hint}; valid: {}",
+        set.function,
+        set.what,
+        values.join(", ")
+    ))
+}
+
+/// A string literal (or a constant the optimizer folded into one) and where it is.
+fn string_literal(e: &Expr) -> Option<(String, Position)> {
+    match e {
+        Expr::StringConstant(s, pos) => Some((s.to_string(), *pos)),
+        Expr::DynamicConstant(d, pos) if d.is_string() => Some((d.to_string(), *pos)),
+        _ => None,
+    }
+}
+
+/// The problems with closed-set values in one call of `name` (`args` as the
+/// call holds them; `is_method`: `x.name(args)`, whose `x` is not in `args`).
+fn closed_value_problems(name: &str, args: &[Expr], is_method: bool) -> Vec<(String, Position)> {
+    let mut out = Vec::new();
+    for set in CLOSED_VALUES.iter().filter(|s| s.function == name) {
+        match set.slot {
+            Slot::Arg(i) => {
+                let i = if is_method { i.checked_sub(1) } else { Some(i) };
+                if let Some((v, pos)) = i.and_then(|i| args.get(i)).and_then(string_literal) {
+                    if let Some(m) = closed_value_message(set, &v) {
+                        out.push((m, pos));
+                    }
+                }
+            }
+            Slot::Key(key) => {
+                for arg in args {
+                    let found = match arg {
+                        Expr::Map(m, _) => {
+                            m.0.iter()
+                                .find(|(k, _)| k.name == key)
+                                .and_then(|(_, v)| string_literal(v))
+                        }
+                        Expr::DynamicConstant(d, pos) => d
+                            .read_lock::<rhai::Map>()
+                            .and_then(|m| m.get(key).cloned())
+                            .filter(|v| v.is_string())
+                            .map(|v| (v.to_string(), *pos)),
+                        _ => None,
+                    };
+                    if let Some((v, pos)) = found {
+                        if let Some(m) = closed_value_message(set, &v) {
+                            out.push((m, pos));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 /// What a script declares and reads.
@@ -165,6 +390,13 @@ pub fn check_ast(
                 pos,
             });
             return true;
+        }
+        for (message, pos) in closed_value_problems(name, &call.args, is_method) {
+            problems.push(Problem {
+                message,
+                source: String::new(),
+                pos,
+            });
         }
         // Option-map literals of the primitives.
         if !is_method {

@@ -181,6 +181,12 @@ impl CalibState {
         let Some(work) = work else {
             if let Some(p) = self.progress.take() {
                 p.finish();
+                // Once, when the last layer is committed: a compression run
+                // that computed widths and quantized nothing ends in an error.
+                let reports = &self.calib.reports;
+                let quantized = reports.iter().filter(|r| r.avg_bits.is_some()).count();
+                super::session::calibration_end_check(reports.len(), quantized)
+                    .map_err(|m| Box::new(EvalAltResult::ErrorRuntime(m.into(), Position::NONE)))?;
             }
             return Ok(None);
         };

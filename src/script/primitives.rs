@@ -17,9 +17,9 @@ use super::handles::{script_err, CalibHandle, LayerHandle, LayerIter, ModelHandl
 use super::options::{IntOrInts, Opts};
 use super::vector::{err, format_num, Vector};
 use crate::calibrate::{CalibOptions, Calibration, LinearReport, Method};
-use crate::compress::{
-    BitWidths, QuantOptions, QuantizerConfig, SparseGptOptions, SparsityPattern,
-};
+use crate::compress::rules::{Front, Settings};
+use crate::compress::summary::TARGET_TOLERANCE;
+use crate::compress::BitWidths;
 use crate::device::{device_name, dtype_name, parse_device, parse_dtype};
 use crate::eval::{eval_dataset, PplOptions};
 use crate::model::kernels::CpuGemm;
@@ -39,6 +39,8 @@ pub const PRIMITIVES: &[&str] = &[
     "eval_ppl",
     "save",
     "summary",
+    "target_tolerance",
+    "target_missed",
     "plot_histogram",
     "write_text",
     "plot_bits",
@@ -102,101 +104,33 @@ pub fn report_map(r: &LinearReport) -> Map {
     m
 }
 
-/// The compression method a `prune_layer` options map asks for.
-pub fn method_from_options(opts: &Opts) -> R<Method> {
-    let method = opts.string("method")?.unwrap_or_else(|| "sparsegpt".into());
-    let sparsity = opts.f64("sparsity")?;
-    let (n, m) = (opts.usize("prunen")?, opts.usize("prunem")?);
-    let pattern = match (sparsity, n, m) {
-        (Some(s), Some(_), _) | (Some(s), _, Some(_)) if s > 0.0 => {
-            return err("prune_layer: give either `sparsity` or `prunen`/`prunem`, not both")
-        }
-        (_, Some(n), Some(m)) => SparsityPattern::NM { n, m },
-        (_, Some(_), None) | (_, None, Some(_)) => {
-            return err("prune_layer: an n:m pattern needs both `prunen` and `prunem`")
-        }
-        (Some(s), None, None) => SparsityPattern::Unstructured { sparsity: s },
-        (None, None, None) => SparsityPattern::Dense,
-    };
-    const SPARSEGPT_ONLY: [&str; 7] = [
-        "bits",
-        "sym",
-        "groupsize",
-        "static_groups",
-        "blocksize",
-        "percdamp",
-        "act_order",
-    ];
-    match method.as_str() {
-        "sparsegpt" | "gptq" => {}
-        "magnitude" | "wanda" => {
-            if let Some(k) = SPARSEGPT_ONLY.iter().find(|k| opts.has(k)) {
-                return err(format!(
-                    "prune_layer: option `{k}` applies to method sparsegpt or gptq, not {method}"
-                ));
-            }
-            if !pattern.prunes() {
-                return err(format!(
-                    "prune_layer: method {method} needs `sparsity` > 0 or `prunen`/`prunem`"
-                ));
-            }
-            return Ok(if method == "magnitude" {
-                Method::Magnitude(pattern)
-            } else {
-                Method::Wanda(pattern)
-            });
-        }
-        other => {
-            return err(format!(
-                "prune_layer: unknown method `{other}`; valid methods: sparsegpt, gptq, magnitude, wanda"
-            ))
-        }
-    }
-    let bits = opts.int_or_ints("bits")?;
-    if bits.is_none() {
-        if let Some(k) = ["sym", "groupsize", "static_groups"]
-            .iter()
-            .find(|k| opts.has(k))
-        {
-            return err(format!(
-                "prune_layer: option `{k}` needs `bits` (it configures quantization)"
-            ));
-        }
-    }
-    if method == "gptq" {
-        if pattern.prunes() {
-            return err("prune_layer: method gptq only quantizes; use method sparsegpt to prune and quantize together");
-        }
-        if bits.is_none() {
-            return err("prune_layer: method gptq needs `bits`");
-        }
-    }
-    if bits.is_none() && !pattern.prunes() {
-        return err("prune_layer: nothing to do: give `sparsity`, `prunen`/`prunem` or `bits`");
-    }
-    let defaults = SparseGptOptions::default();
-    let quant = match bits {
-        None => None,
-        Some(b) => Some(QuantOptions {
-            bits: match b {
-                IntOrInts::One(b) => BitWidths::Uniform(b),
-                IntOrInts::Many(v) => BitWidths::PerColumn(v),
-            },
-            quantizer: QuantizerConfig {
-                sym: opts.bool("sym")?.unwrap_or(false),
-                ..QuantizerConfig::default()
-            },
-            groupsize: opts.usize("groupsize")?,
-            static_groups: opts.bool("static_groups")?.unwrap_or(false),
+/// The settings a `prune_layer` options map gives, each `None` when absent.
+pub fn settings_from_options(opts: &Opts) -> R<Settings> {
+    Ok(Settings {
+        method: opts.string("method")?,
+        sparsity: opts.f64("sparsity")?,
+        prunen: opts.usize("prunen")?,
+        prunem: opts.usize("prunem")?,
+        bits: opts.int_or_ints("bits")?.map(|b| match b {
+            IntOrInts::One(b) => BitWidths::Uniform(b),
+            IntOrInts::Many(v) => BitWidths::PerColumn(v),
         }),
-    };
-    Ok(Method::SparseGpt(SparseGptOptions {
-        pattern,
-        quant,
-        blocksize: opts.usize("blocksize")?.unwrap_or(defaults.blocksize),
-        percdamp: opts.f64("percdamp")?.unwrap_or(defaults.percdamp),
-        act_order: opts.bool("act_order")?.unwrap_or(false),
-    }))
+        sym: opts.bool("sym")?,
+        groupsize: opts.usize("groupsize")?,
+        static_groups: opts.bool("static_groups")?,
+        blocksize: opts.usize("blocksize")?,
+        percdamp: opts.f64("percdamp")?,
+        act_order: opts.bool("act_order")?,
+    })
+}
+
+/// The compression method a `prune_layer` options map asks for: its settings
+/// through the combination rules `sparselab prune` applies too
+/// ([`crate::compress::rules`]).
+pub fn method_from_options(opts: &Opts) -> R<Method> {
+    settings_from_options(opts)?
+        .method(Front::Script)
+        .or_else(|e| err(format!("prune_layer: {e:#}")))
 }
 
 /// A tensor as a flat f32 Vector.
@@ -591,7 +525,55 @@ pub mod primitives {
         let o = Opts::new("prune_layer", options)?;
         let method = method_from_options(&o)?;
         let report = layer.with(|w| w.compress(linear, &method))?;
+        if report.avg_bits.is_some() {
+            crate::script::session::note_quantized();
+        }
         Ok(report_map(&report))
+    }
+
+    // ---- targets ------------------------------------------------------------
+
+    /// How far (in bits) an achieved average may be from its target before it
+    /// counts as missed: the one tolerance that `summary`, `report::check_target`
+    /// and the recipes use.
+    pub fn target_tolerance() -> FLOAT {
+        TARGET_TOLERANCE
+    }
+    /// Whether `avg_bits` misses `target` by more than `target_tolerance()`
+    /// bits, or is `()` (nothing quantized). A miss is remembered: `sparselab
+    /// run` then repeats "MISSED TARGET" as its last line.
+    ///
+    /// ```rhai
+    /// if target_missed(s.avg_bits, 4.0) { print("MISSED TARGET"); }
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn target_missed(avg_bits: Dynamic, target: Dynamic) -> R<bool> {
+        let number = |v: &Dynamic, what: &str| -> R<f64> {
+            match (v.as_float(), v.as_int()) {
+                (Ok(f), _) => Ok(f),
+                (_, Ok(i)) => Ok(i as f64),
+                _ => err(format!(
+                    "target_missed: `{what}` must be a number, got {}",
+                    crate::script::options::type_label(v)
+                )),
+            }
+        };
+        let target = number(&target, "target")?;
+        let line = if avg_bits.is_unit() {
+            format!("MISSED TARGET: nothing was quantized against a target of {target:.2} bits")
+        } else {
+            let avg = number(&avg_bits, "avg_bits")?;
+            if (avg - target).abs() <= TARGET_TOLERANCE {
+                return Ok(false);
+            }
+            format!(
+                "MISSED TARGET: average {avg:.3} bits against a target of {target:.2} \
+                 (off by {:+.3}, tolerance {TARGET_TOLERANCE})",
+                avg - target
+            )
+        };
+        crate::script::session::note_missed_target(line);
+        Ok(true)
     }
 
     // ---- evaluation -------------------------------------------------------

@@ -6,13 +6,138 @@
 //! the top level are registered as static modules under their alias, so
 //! `import "sparselab/report" as report;` on one line serves the next ones.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use rhai::{Dynamic, Engine, Position, Scope, Stmt, AST};
 
 use super::resolver::{Resolver, STDLIB, STDLIB_PREFIX};
 use super::{eval_merged, new_engine, options::OPTION_KEYS, scope_with_params, ScriptOptions};
+
+/// What a run did that its end must account for: bit widths computed, linears
+/// quantized, targets missed. Each `sparselab run` and each [`Session`] has
+/// its own; the primitives reach the one of the script running on their
+/// thread through the `note_*` functions below.
+///
+/// Why: a script that computed widths and never passed them to `prune_layer`
+/// once printed "0 quantized" and exited 0. With the ledger, that run ends in
+/// an error in every front end ([`calibration_end_check`], [`run_end_check`]).
+#[derive(Debug, Default)]
+pub struct RunLedger {
+    /// The function that first computed bit widths (`allocate_bits`, …).
+    widths_by: Option<String>,
+    /// Widths were computed since the last linear was quantized.
+    widths_pending: bool,
+    /// Linears quantized so far.
+    quantized: usize,
+    /// The last missed-target line (`MISSED TARGET: …`), repeated as the
+    /// last line of `sparselab run`.
+    missed_target: Option<String>,
+}
+
+/// A ledger shared between its owner and the thread running its script.
+pub type SharedLedger = Arc<Mutex<RunLedger>>;
+
+thread_local! {
+    /// The ledger of the script running on this thread, if any.
+    static CURRENT: RefCell<Option<SharedLedger>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with `ledger` as this thread's current ledger (restoring the
+/// previous one after, so nested runs keep theirs).
+pub fn with_ledger<T>(ledger: &SharedLedger, f: impl FnOnce() -> T) -> T {
+    struct Restore(Option<SharedLedger>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let previous = self.0.take();
+            CURRENT.with(|c| *c.borrow_mut() = previous);
+        }
+    }
+    let previous = CURRENT.with(|c| c.borrow_mut().replace(ledger.clone()));
+    let _restore = Restore(previous);
+    f()
+}
+
+/// Applies `f` to the current ledger; nothing when no script runs.
+fn update<T>(f: impl FnOnce(&mut RunLedger) -> T) -> Option<T> {
+    CURRENT.with(|c| {
+        let c = c.borrow();
+        let ledger = c.as_ref()?;
+        let mut l = ledger.lock().unwrap_or_else(|p| p.into_inner());
+        Some(f(&mut l))
+    })
+}
+
+/// Records that `function` computed bit widths for some linear (call it from
+/// every script function that returns widths meant for `prune_layer`'s
+/// `bits`). A run that then quantizes nothing ends in an error naming
+/// `function` and the missing `bits:`. Scoring importance or measuring error
+/// curves is not computing widths: do not call it there.
+pub(crate) fn note_widths_computed(function: &str) {
+    update(|l| {
+        l.widths_by.get_or_insert_with(|| function.to_string());
+        l.widths_pending = true;
+    });
+}
+
+/// Records that a linear was quantized.
+pub(crate) fn note_quantized() {
+    update(|l| {
+        l.quantized += 1;
+        l.widths_pending = false;
+    });
+}
+
+/// Records a missed target (`line` starts with "MISSED TARGET"), to be
+/// repeated as the last line of `sparselab run`.
+pub(crate) fn note_missed_target(line: String) {
+    update(|l| l.missed_target = Some(line));
+}
+
+/// The function that computed bit widths in the current run, when no linear
+/// was quantized since: those widths are still waiting for `prune_layer`.
+pub(crate) fn widths_pending_by() -> Option<String> {
+    update(|l| l.widths_pending.then(|| l.widths_by.clone()).flatten()).flatten()
+}
+
+/// The message of a run that computed widths with `by` and quantized nothing.
+fn nothing_quantized(by: &str, what: &str) -> String {
+    format!(
+        "bit widths were computed by {by} but prune_layer was never given `bits:` — nothing \
+         was quantized ({what}); pass the widths on: \
+         prune_layer(layer, linear, #{{sparsity: …, bits: widths}})"
+    )
+}
+
+/// At the end of a calibration's layers: an error when widths were computed
+/// since the last quantized linear and this calibration compressed
+/// `compressed` linears without quantizing any. A calibration that compressed
+/// nothing (a statistics pass) is not checked.
+pub(crate) fn calibration_end_check(compressed: usize, quantized: usize) -> Result<(), String> {
+    if compressed == 0 || quantized > 0 {
+        return Ok(());
+    }
+    match widths_pending_by() {
+        Some(by) => Err(nothing_quantized(
+            &by,
+            &format!("the calibration compressed {compressed} linears, all kept in float"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// At the end of a run with `ledger`: an error when widths were computed and
+/// no linear was quantized; else the missed-target line to end the output
+/// with, if a target was missed.
+pub fn run_end_check(ledger: &SharedLedger) -> Result<Option<String>, String> {
+    let l = ledger.lock().unwrap_or_else(|p| p.into_inner());
+    match (&l.widths_by, l.quantized) {
+        (Some(by), 0) => Err(nothing_quantized(by, "the script ended")),
+        _ => Ok(l.missed_target.clone()),
+    }
+}
 
 /// One entry of the help index.
 #[derive(Debug, Clone, Default)]
@@ -38,6 +163,8 @@ pub struct Session {
     pub modules: BTreeMap<String, String>,
     /// The text of every input so far, by name, in order (for error snippets).
     inputs: Vec<(String, String)>,
+    /// What the session's run did so far (widths computed, linears quantized).
+    ledger: SharedLedger,
 }
 
 impl Session {
@@ -52,6 +179,7 @@ impl Session {
             opts,
             modules: BTreeMap::new(),
             inputs: Vec::new(),
+            ledger: SharedLedger::default(),
         }
     }
 
@@ -87,14 +215,16 @@ impl Session {
                 .collect(),
             Err(_) => Vec::new(),
         };
-        let value = eval_merged(
-            &self.engine,
-            &mut self.scope,
-            &mut self.ast,
-            name,
-            text,
-            Some(&self.inputs),
-        );
+        let value = with_ledger(&self.ledger, || {
+            eval_merged(
+                &self.engine,
+                &mut self.scope,
+                &mut self.ast,
+                name,
+                text,
+                Some(&self.inputs),
+            )
+        });
         self.inputs.push((name.to_string(), text.to_string()));
         if value.is_err() {
             // An interruption that ended this input is used up: a flag still

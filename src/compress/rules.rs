@@ -1,0 +1,522 @@
+//! Which combinations of compression settings are accepted: one table of
+//! rules ([`RULES`]) that `sparselab prune` and the `prune_layer` primitive
+//! both apply, to one description of what they were given ([`Settings`]).
+//!
+//! A setting that would have no effect in the combination given is refused,
+//! not dropped: a run that asked for `--sym` without `--bits` once pruned
+//! without a word about the quantizer it never ran. Each refusal names the
+//! option in the front end's spelling ([`Front`]: `--groupsize` on the command
+//! line, `` `groupsize` `` in a script) and says what to do.
+//!
+//! `act_order` is accepted without `bits`: it orders the OBS sweep by the
+//! Hessian diagonal, which changes which weights a pruning-only sweep removes
+//! (the unstructured mask is chosen per block of swept columns), so it has an
+//! effect there too.
+
+use anyhow::Result;
+
+use super::{BitWidths, QuantOptions, QuantizerConfig, SparseGptOptions, SparsityPattern};
+use crate::calibrate::Method;
+
+/// The compression methods, by the names both front ends take.
+pub const METHODS: [&str; 4] = ["sparsegpt", "gptq", "magnitude", "wanda"];
+
+/// The settings only the OBS sweep (methods sparsegpt and gptq) reads.
+const SPARSEGPT_ONLY: [&str; 7] = [
+    "bits",
+    "sym",
+    "groupsize",
+    "static_groups",
+    "blocksize",
+    "percdamp",
+    "act_order",
+];
+
+/// The quantizer's settings, meaningless without `bits`.
+const QUANTIZER: [&str; 3] = ["sym", "groupsize", "static_groups"];
+
+/// The compression settings a front end was given: each `None` when it was not
+/// given (a default is not a choice, so it never conflicts with anything).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Settings {
+    /// `sparsegpt` (the default), `gptq`, `magnitude` or `wanda`.
+    pub method: Option<String>,
+    /// Unstructured sparsity, in `[0, 1)`; 0 prunes nothing.
+    pub sparsity: Option<f64>,
+    /// n of an n:m pattern.
+    pub prunen: Option<usize>,
+    /// m of an n:m pattern.
+    pub prunem: Option<usize>,
+    /// Bit widths: one for every channel, or one per channel.
+    pub bits: Option<BitWidths>,
+    /// Symmetric quantization grid.
+    pub sym: Option<bool>,
+    /// Quantization group size (columns).
+    pub groupsize: Option<usize>,
+    /// Every group's grid computed up front (GPTQ static groups).
+    pub static_groups: Option<bool>,
+    /// OBS block size (default 128).
+    pub blocksize: Option<usize>,
+    /// Hessian dampening as a fraction of its mean diagonal (default 0.01).
+    pub percdamp: Option<f64>,
+    /// Sweep columns by descending Hessian diagonal.
+    pub act_order: Option<bool>,
+}
+
+/// Whose spelling a message uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Front {
+    /// `sparselab prune`: `--static-groups`.
+    Cli,
+    /// `prune_layer` options: `` `static_groups` ``.
+    Script,
+}
+
+impl Front {
+    /// The option `key` (a script key such as `static_groups`) as this front
+    /// end spells it.
+    pub fn name(self, key: &str) -> String {
+        match self {
+            Front::Cli => format!("--{}", key.replace('_', "-")),
+            Front::Script => format!("`{key}`"),
+        }
+    }
+}
+
+/// A combination refused by a rule of [`RULES`].
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct Refusal {
+    /// The rule's name.
+    pub rule: &'static str,
+    /// What is wrong and what to do, in the front end's spelling.
+    pub message: String,
+}
+
+/// How a front end spells an option key (`static_groups` → `--static-groups`).
+type Spell<'a> = &'a dyn Fn(&str) -> String;
+
+/// One rule: a check over [`Settings`], with an example it refuses and a
+/// nearby one every rule accepts (the tests run both through each front end).
+pub struct Rule {
+    /// Short name.
+    pub name: &'static str,
+    /// The message when the settings break the rule, `None` when they keep it;
+    /// its argument spells option names for the front end.
+    check: fn(&Settings, Spell) -> Option<String>,
+    /// A combination this rule refuses (and no earlier rule does), as
+    /// `(key, value)` pairs.
+    pub refused: &'static [(&'static str, &'static str)],
+    /// A nearby combination that every rule accepts.
+    pub accepted: &'static [(&'static str, &'static str)],
+}
+
+impl Rule {
+    /// The refusal of `s` by this rule for front end `front`, if it breaks it.
+    pub fn check(&self, s: &Settings, front: Front) -> Option<Refusal> {
+        (self.check)(s, &|k| front.name(k)).map(|message| Refusal {
+            rule: self.name,
+            message,
+        })
+    }
+}
+
+impl Settings {
+    /// The method name, `sparsegpt` when none was given.
+    pub fn method_name(&self) -> &str {
+        self.method.as_deref().unwrap_or("sparsegpt")
+    }
+
+    /// Whether the setting `key` (a script key) was given.
+    pub fn given(&self, key: &str) -> bool {
+        match key {
+            "method" => self.method.is_some(),
+            "sparsity" => self.sparsity.is_some(),
+            "prunen" => self.prunen.is_some(),
+            "prunem" => self.prunem.is_some(),
+            "bits" => self.bits.is_some(),
+            "sym" => self.sym.is_some(),
+            "groupsize" => self.groupsize.is_some(),
+            "static_groups" => self.static_groups.is_some(),
+            "blocksize" => self.blocksize.is_some(),
+            "percdamp" => self.percdamp.is_some(),
+            "act_order" => self.act_order.is_some(),
+            _ => false,
+        }
+    }
+
+    /// Whether the settings ask for pruning: `sparsity` > 0 or an n:m pattern.
+    fn prunes(&self) -> bool {
+        self.sparsity.is_some_and(|s| s != 0.0) || self.prunen.is_some() || self.prunem.is_some()
+    }
+
+    /// Settings from `(key, value)` pairs as the rules' examples write them:
+    /// numbers, `true`/`false`, a method name, bits as one integer.
+    pub fn from_pairs(pairs: &[(&str, &str)]) -> Result<Settings> {
+        let mut s = Settings::default();
+        for &(k, v) in pairs {
+            let bad = || anyhow::anyhow!("{k}: cannot read `{v}`");
+            match k {
+                "method" => s.method = Some(v.to_string()),
+                "sparsity" => s.sparsity = Some(v.parse().map_err(|_| bad())?),
+                "prunen" => s.prunen = Some(v.parse().map_err(|_| bad())?),
+                "prunem" => s.prunem = Some(v.parse().map_err(|_| bad())?),
+                "bits" => s.bits = Some(BitWidths::Uniform(v.parse().map_err(|_| bad())?)),
+                "sym" => s.sym = Some(v.parse().map_err(|_| bad())?),
+                "groupsize" => s.groupsize = Some(v.parse().map_err(|_| bad())?),
+                "static_groups" => s.static_groups = Some(v.parse().map_err(|_| bad())?),
+                "blocksize" => s.blocksize = Some(v.parse().map_err(|_| bad())?),
+                "percdamp" => s.percdamp = Some(v.parse().map_err(|_| bad())?),
+                "act_order" => s.act_order = Some(v.parse().map_err(|_| bad())?),
+                other => anyhow::bail!("unknown setting `{other}`"),
+            }
+        }
+        Ok(s)
+    }
+
+    /// The first rule of [`RULES`] these settings break, spelt for `front`.
+    pub fn refusal(&self, front: Front) -> Option<Refusal> {
+        RULES.iter().find_map(|r| r.check(self, front))
+    }
+
+    /// The method these settings describe, after every rule of [`RULES`] and
+    /// the checks of each value that do not depend on the weight's shape
+    /// (ranges of `sparsity`, `bits`, n:m, `groupsize`, `blocksize`,
+    /// `percdamp`; per-channel bits are checked against each linear).
+    pub fn method(&self, front: Front) -> Result<Method> {
+        if let Some(r) = self.refusal(front) {
+            return Err(r.into());
+        }
+        let pattern = match (self.prunen, self.prunem, self.sparsity) {
+            (Some(n), Some(m), _) => SparsityPattern::NM { n, m },
+            (_, _, Some(s)) => SparsityPattern::Unstructured { sparsity: s },
+            _ => SparsityPattern::Dense,
+        };
+        // m columns: n and m alone (column counts are per linear).
+        pattern.validate(pattern.nm().map_or(1, |(_, m)| m))?;
+        match self.method_name() {
+            "magnitude" => return Ok(Method::Magnitude(pattern)),
+            "wanda" => return Ok(Method::Wanda(pattern)),
+            _ => {}
+        }
+        let quant = self.bits.clone().map(|bits| QuantOptions {
+            bits,
+            quantizer: QuantizerConfig {
+                sym: self.sym.unwrap_or(false),
+                ..QuantizerConfig::default()
+            },
+            groupsize: self.groupsize,
+            static_groups: self.static_groups.unwrap_or(false),
+        });
+        let defaults = SparseGptOptions::default();
+        let opts = SparseGptOptions {
+            pattern,
+            quant,
+            blocksize: self.blocksize.unwrap_or(defaults.blocksize),
+            percdamp: self.percdamp.unwrap_or(defaults.percdamp),
+            act_order: self.act_order.unwrap_or(false),
+        };
+        // Checked against a width every value passes (m columns for n:m); the
+        // count of per-channel bits only a linear can check, so here only their
+        // values are, and the probe stands in a uniform width for them.
+        let mut probe = opts.clone();
+        if let Some(q) = probe.quant.as_mut() {
+            if let BitWidths::PerColumn(v) = &q.bits {
+                q.bits.validate(v.len())?;
+                q.bits = BitWidths::Uniform(v.first().copied().unwrap_or(4));
+            }
+        }
+        probe.validate(pattern.nm().map_or(1, |(_, m)| m))?;
+        Ok(Method::SparseGpt(opts))
+    }
+}
+
+/// The rules, in the order they are checked: the first one broken is the
+/// error. Both front ends apply exactly these.
+pub const RULES: &[Rule] = &[
+    Rule {
+        name: "known method",
+        check: |s, n| {
+            let m = s.method.as_deref()?;
+            (!METHODS.contains(&m)).then(|| {
+                let near = crate::script::suggest::nearest(m, METHODS, 1);
+                let hint = near
+                    .first()
+                    .map(|x| format!(" (did you mean `{x}`?)"))
+                    .unwrap_or_default();
+                format!(
+                    "unknown method `{m}` given to {}{hint}; valid methods: {}",
+                    n("method"),
+                    METHODS.join(", ")
+                )
+            })
+        },
+        refused: &[("method", "sparsgpt"), ("sparsity", "0.5")],
+        accepted: &[("method", "sparsegpt"), ("sparsity", "0.5")],
+    },
+    Rule {
+        name: "sparsity or n:m",
+        check: |s, n| {
+            (s.sparsity.is_some_and(|x| x != 0.0) && (s.prunen.is_some() || s.prunem.is_some()))
+                .then(|| {
+                    format!(
+                        "give either {} (unstructured) or {}/{} (n:m), not both: drop one",
+                        n("sparsity"),
+                        n("prunen"),
+                        n("prunem")
+                    )
+                })
+        },
+        refused: &[("sparsity", "0.5"), ("prunen", "2"), ("prunem", "4")],
+        accepted: &[("prunen", "2"), ("prunem", "4")],
+    },
+    Rule {
+        name: "n:m needs n and m",
+        check: |s, n| {
+            let missing = match (s.prunen, s.prunem) {
+                (Some(_), None) => "prunem",
+                (None, Some(_)) => "prunen",
+                _ => return None,
+            };
+            Some(format!(
+                "an n:m pattern needs both {} and {}: add {} (e.g. 2 and 4 for 2:4)",
+                n("prunen"),
+                n("prunem"),
+                n(missing)
+            ))
+        },
+        refused: &[("prunen", "2")],
+        accepted: &[("prunen", "2"), ("prunem", "4")],
+    },
+    Rule {
+        name: "OBS settings need sparsegpt or gptq",
+        check: |s, n| {
+            let m = s.method_name();
+            if !matches!(m, "magnitude" | "wanda") {
+                return None;
+            }
+            let k = SPARSEGPT_ONLY.iter().find(|k| s.given(k))?;
+            Some(format!(
+                "{} applies to method sparsegpt or gptq, not {m}: drop it, or use {} sparsegpt",
+                n(k),
+                n("method")
+            ))
+        },
+        refused: &[
+            ("method", "magnitude"),
+            ("sparsity", "0.5"),
+            ("percdamp", "0.1"),
+        ],
+        accepted: &[("method", "magnitude"), ("sparsity", "0.5")],
+    },
+    Rule {
+        name: "magnitude and wanda prune",
+        check: |s, n| {
+            let m = s.method_name();
+            (matches!(m, "magnitude" | "wanda") && !s.prunes()).then(|| {
+                format!(
+                    "{} {m} prunes: give {} > 0 or {}/{}",
+                    n("method"),
+                    n("sparsity"),
+                    n("prunen"),
+                    n("prunem")
+                )
+            })
+        },
+        refused: &[("method", "wanda")],
+        accepted: &[("method", "wanda"), ("sparsity", "0.5")],
+    },
+    Rule {
+        name: "gptq only quantizes",
+        check: |s, n| {
+            (s.method_name() == "gptq" && s.prunes()).then(|| {
+                format!(
+                    "{} gptq only quantizes: drop {}/{}/{}, or use {} sparsegpt to prune and \
+                     quantize together",
+                    n("method"),
+                    n("sparsity"),
+                    n("prunen"),
+                    n("prunem"),
+                    n("method")
+                )
+            })
+        },
+        refused: &[("method", "gptq"), ("sparsity", "0.5"), ("bits", "4")],
+        accepted: &[("method", "sparsegpt"), ("sparsity", "0.5"), ("bits", "4")],
+    },
+    Rule {
+        name: "gptq needs bits",
+        check: |s, n| {
+            (s.method_name() == "gptq" && s.bits.is_none()).then(|| {
+                format!(
+                    "{} gptq quantizes and needs {}: add {} (e.g. 4)",
+                    n("method"),
+                    n("bits"),
+                    n("bits")
+                )
+            })
+        },
+        refused: &[("method", "gptq")],
+        accepted: &[("method", "gptq"), ("bits", "4")],
+    },
+    Rule {
+        name: "quantizer settings need bits",
+        check: |s, n| {
+            if s.bits.is_some() {
+                return None;
+            }
+            let k = QUANTIZER.iter().find(|k| s.given(k))?;
+            Some(format!(
+                "{} needs {} (it configures the quantizer, and nothing is quantized without \
+                 {}): add {} or drop {}",
+                n(k),
+                n("bits"),
+                n("bits"),
+                n("bits"),
+                n(k)
+            ))
+        },
+        refused: &[("sparsity", "0.5"), ("sym", "true")],
+        accepted: &[("sparsity", "0.5"), ("sym", "true"), ("bits", "4")],
+    },
+    Rule {
+        name: "static groups need a group size",
+        check: |s, n| {
+            (s.static_groups.is_some() && s.groupsize.is_none()).then(|| {
+                format!(
+                    "{} needs {} (it fixes each group's grid up front): add {} or drop {}",
+                    n("static_groups"),
+                    n("groupsize"),
+                    n("groupsize"),
+                    n("static_groups")
+                )
+            })
+        },
+        refused: &[("bits", "4"), ("static_groups", "true")],
+        accepted: &[
+            ("bits", "4"),
+            ("static_groups", "true"),
+            ("groupsize", "32"),
+        ],
+    },
+    Rule {
+        name: "act_order is not for n:m",
+        check: |s, n| {
+            (s.act_order == Some(true) && s.prunen.is_some() && s.prunem.is_some()).then(|| {
+                format!(
+                    "{} cannot be combined with an n:m pattern ({}/{}): the groups of m would \
+                     not be contiguous columns; drop {}",
+                    n("act_order"),
+                    n("prunen"),
+                    n("prunem"),
+                    n("act_order")
+                )
+            })
+        },
+        refused: &[("prunen", "2"), ("prunem", "4"), ("act_order", "true")],
+        accepted: &[("sparsity", "0.5"), ("act_order", "true")],
+    },
+    Rule {
+        name: "n:m groups within blocks",
+        check: |s, n| {
+            let (Some(_), Some(m)) = (s.prunen, s.prunem) else {
+                return None;
+            };
+            let b = s.blocksize.unwrap_or(SparseGptOptions::default().blocksize);
+            (m > 0 && b % m != 0).then(|| {
+                format!(
+                    "{} {b} is not a multiple of {} {m}: n:m groups are counted from each \
+                     block's start; give a {} that m divides",
+                    n("blocksize"),
+                    n("prunem"),
+                    n("blocksize")
+                )
+            })
+        },
+        refused: &[("prunen", "2"), ("prunem", "4"), ("blocksize", "30")],
+        accepted: &[("prunen", "2"), ("prunem", "4"), ("blocksize", "32")],
+    },
+    Rule {
+        name: "something to do",
+        check: |s, n| {
+            (s.method_name() == "sparsegpt" && !s.prunes() && s.bits.is_none()).then(|| {
+                format!(
+                    "nothing to do: give {}, {}/{} or {}",
+                    n("sparsity"),
+                    n("prunen"),
+                    n("prunem"),
+                    n("bits")
+                )
+            })
+        },
+        refused: &[("blocksize", "64")],
+        accepted: &[("blocksize", "64"), ("bits", "4")],
+    },
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_example_is_refused_by_its_own_rule_and_the_neighbour_accepted() -> Result<()> {
+        for rule in RULES {
+            let s = Settings::from_pairs(rule.refused)?;
+            let r = s.refusal(Front::Script).expect(rule.name);
+            assert_eq!(r.rule, rule.name, "{}", r.message);
+            let ok = Settings::from_pairs(rule.accepted)?;
+            assert!(ok.method(Front::Cli).is_ok(), "{}: {:?}", rule.name, ok);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn messages_use_each_front_ends_spelling() {
+        let s = Settings {
+            static_groups: Some(true),
+            bits: Some(BitWidths::Uniform(4)),
+            ..Settings::default()
+        };
+        let cli = s.refusal(Front::Cli).unwrap().message;
+        let script = s.refusal(Front::Script).unwrap().message;
+        assert!(
+            cli.starts_with("--static-groups needs --groupsize"),
+            "{cli}"
+        );
+        assert!(
+            script.starts_with("`static_groups` needs `groupsize`"),
+            "{script}"
+        );
+    }
+
+    #[test]
+    fn act_order_changes_a_pruning_only_sweep() -> Result<()> {
+        // Why act_order needs no bits: the pruning mask depends on it.
+        use candle_core::{Device, Tensor};
+        let (rows, cols) = (8, 64);
+        let w: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 7919 % 101) as f32 - 50.0) / 25.0)
+            .collect();
+        let w = Tensor::from_vec(w, (rows, cols), &Device::Cpu)?;
+        let x: Vec<f32> = (0..cols * 96)
+            .map(|i| ((i * 104729 % 97) as f32 - 48.0) / 20.0 * (1.0 + (i % cols) as f32 / 8.0))
+            .collect();
+        let x = Tensor::from_vec(x, (96, cols), &Device::Cpu)?;
+        let h = (x.t()?.matmul(&x)? * (2.0 / 96.0))?;
+        let mask = |act_order: bool| -> Result<Vec<u8>> {
+            let o = SparseGptOptions {
+                pattern: SparsityPattern::Unstructured { sparsity: 0.5 },
+                blocksize: 16,
+                act_order,
+                ..SparseGptOptions::default()
+            };
+            Ok(super::super::fasterprune(&w, &h, &o)?
+                .stats
+                .mask
+                .flatten_all()?
+                .to_vec1::<u8>()?)
+        };
+        assert_ne!(mask(false)?, mask(true)?);
+        Ok(())
+    }
+}
