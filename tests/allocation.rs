@@ -500,7 +500,7 @@ fn threshold_landing_at_7_9_bits_is_a_reported_miss_and_strict_fails() -> Result
     let first = text.lines().next().unwrap();
     assert!(
         first.starts_with(&format!(
-            "MISSED TARGET: average {avg:.2} bits against a target of 4.00 (93.3% of channels at 8 bits)"
+            "MISSED TARGET: average {avg:.2} bits per weight against a target of 4.00 (93.3% of channels at 8 bits)"
         )),
         "{first}"
     );

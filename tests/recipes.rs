@@ -85,6 +85,7 @@ fn every_recipe_has_a_test() {
         names,
         [
             "compare.rhai",
+            "mixed.rhai",
             "opt.rhai",
             "quickstart.rhai",
             "sweep.rhai",
@@ -339,4 +340,62 @@ fn last_line(out: &str) -> &str {
         .rev()
         .find(|l| !l.trim().is_empty())
         .unwrap_or("")
+}
+
+/// The value after `prefix` on the line that starts with it.
+fn value_after(out: &str, prefix: &str) -> f64 {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line starting with {prefix:?}:\n{out}"));
+    num(line[prefix.len()..].split(',').next().unwrap().trim())
+}
+
+#[test]
+fn mixed_compares_allocations_at_equal_bits_per_weight() {
+    let Some(fx) = common::fixtures() else { return };
+    let s = |p: &str| fx.join(p).to_string_lossy().into_owned();
+    let run = |allocation: &str| {
+        run_recipe(
+            "mixed",
+            &[
+                ("model", s("models/llama-tiny")),
+                ("calib_data", s("data/wikitext2/wiki.valid.raw")),
+                ("eval_data", s("data/wikitext2/wiki.test.raw")),
+                ("nsamples", "4".into()),
+                ("seqlen", "64".into()),
+                ("eval_windows", "4".into()),
+                ("target", "2.5".into()),
+                ("allocation", allocation.into()),
+            ],
+        )
+    };
+    let mut loss = std::collections::HashMap::new();
+    for allocation in ["uniform", "error", "error-model", "budget:obs", "random"] {
+        let out = run(allocation);
+        // The last lines: `average bits X`, then one `ppl NAME: Y`.
+        let lines: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
+        let n = lines.len();
+        assert!(
+            lines[n - 2].starts_with("average bits "),
+            "{allocation}:\n{out}"
+        );
+        assert!(lines[n - 1].starts_with("ppl "), "{allocation}:\n{out}");
+        let avg = value_after(&out, "average bits ");
+        assert!(
+            (avg - 2.5).abs() < 0.005,
+            "{allocation}: average {avg} bits per weight"
+        );
+        let ppl = num(lines[n - 1].rsplit(':').next().unwrap().trim());
+        assert!(ppl.is_finite() && ppl > 1.0, "{allocation}: ppl {ppl}");
+        assert!(!out.contains("MISSED"), "{allocation}:\n{out}");
+        loss.insert(
+            allocation,
+            value_after(&out, "OBS loss summed over linears "),
+        );
+    }
+    // What the allocator minimises, the sweep's booked loss, drops against
+    // uniform widths and against the same histogram shuffled.
+    assert!(loss["error"] < 0.9 * loss["uniform"], "{loss:?}");
+    assert!(loss["error"] < 0.9 * loss["random"], "{loss:?}");
 }

@@ -921,6 +921,9 @@ fn every_closed_set_matches_what_its_primitive_accepts() {
                 "prune_layer(layer, \"fc2\", #{method: @V@, sparsity: 0.5})".into()
             }
             ("score_importance", Slot::Arg(2)) => "score_importance(layer, \"fc2\", @V@)".into(),
+            ("channel_errors", Slot::Key("weight")) => {
+                "channel_errors(layer, \"fc2\", #{weight: @V@})".into()
+            }
             ("group_channels", Slot::Key("method")) => {
                 "group_channels(v, 2, #{method: @V@})".into()
             }

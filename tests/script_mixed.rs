@@ -270,3 +270,164 @@ fn run_value(expr: &str) -> f64 {
         .as_float()
         .unwrap()
 }
+
+/// Evaluates `text` after the fixture setup and returns its value.
+fn eval_after_setup(setup: &str, text: &str) -> Result<rhai::Dynamic, String> {
+    session().eval("t.rhai", &format!("{setup}\n{text}"))
+}
+
+#[test]
+fn error_curves_allocate_per_linear_and_across_the_model() {
+    let Some(setup) = setup() else { return };
+    // Per linear: the widths minimise the curves' sum at the target, and the
+    // sweep's own loss drops against uniform 3-bit in every linear (summed).
+    let text = r#"
+let out = #{ uniform_pred: 0.0, error_pred: 0.0, avg: [], tiers_used: 0 };
+for layer in calib.layers() {
+    for linear in layer.linears {
+        let c = channel_errors(layer, linear, #{ sparsity: 0.5, tiers: [2, 3, 4, 6, 8] });
+        let w = allocate_bits(c, #{ target_avg: 3.0 });
+        out.uniform_pred += c.total_error(full(c.channels, 3));
+        out.error_pred += c.total_error(w);
+        out.avg.push(w.mean());
+        out.tiers_used = max(out.tiers_used, w.value_counts().len());
+        prune_layer(layer, linear, #{ sparsity: 0.5, bits: w });
+    }
+}
+out
+"#;
+    let out = eval_after_setup(&setup, text)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .cast::<rhai::Map>();
+    let f = |k: &str| out[k].as_float().unwrap();
+    assert!(f("error_pred") < 0.9 * f("uniform_pred"), "{out:?}");
+    for a in out["avg"].clone().into_array().unwrap() {
+        assert!((a.as_float().unwrap() - 3.0).abs() < 1e-6, "{out:?}");
+    }
+    // At a target that is a tier, the measured errors still make mixing pay.
+    assert!(out["tiers_used"].as_int().unwrap() >= 2, "{out:?}");
+
+    // Model-wide: one budget over every linear, weighted by rows.
+    let text = r#"
+let curves = pipeline::error_curves(m, "PLACEHOLDER", #{ nsamples: 8, seqlen: 64 }, #{ sparsity: 0.5 });
+let widths = allocate_model(curves, #{ target_avg: 3.0 });
+let bits = 0.0; let weights = 0;
+for k in curves.keys() {
+    bits += widths[k].sum() * curves[k].rows;
+    weights += curves[k].channels * curves[k].rows;
+}
+[curves.len(), bits / weights, widths.keys()]
+"#;
+    let data = common::fixtures()
+        .unwrap()
+        .join("data/wikitext2/wiki.valid.raw")
+        .to_string_lossy()
+        .into_owned();
+    let text = format!(
+        "import \"sparselab/pipeline\" as pipeline;\n{}",
+        text.replace("PLACEHOLDER", &data)
+    );
+    let out = eval_after_setup(&setup, &text)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_array()
+        .unwrap();
+    // opt-tiny: 4 layers × 6 linears.
+    assert_eq!(out[0].as_int().unwrap(), 24);
+    let avg = out[1].as_float().unwrap();
+    assert!((avg - 3.0).abs() < 1e-3, "average {avg} bits per weight");
+}
+
+#[test]
+fn error_curve_options_are_checked() {
+    let Some(setup) = setup() else { return };
+    let layer0 = "let layer = calib.next_layer();";
+    for (text, want) in [
+        (
+            r#"channel_errors(layer, "fc1", #{ weight: "obz" })"#,
+            "unknown error weight `obz`",
+        ),
+        (
+            r#"channel_errors(layer, "fc1", #{ sparsity: 0.5, prunen: 2, prunem: 4 })"#,
+            "not both",
+        ),
+        (
+            r#"allocate_bits(channel_errors(layer, "fc1", #{}), #{ target_avg: 3.0, tiers: [2, 4] })"#,
+            "option `tiers` does not apply to error curves",
+        ),
+        (
+            r#"allocate_bits(channel_errors(layer, "fc1", #{}), #{})"#,
+            "need `target_avg`",
+        ),
+        (
+            r#"allocate_bits(score_importance(layer, "fc1", "obs"), #{ target_avg: 3.0, weights: [1.0] })"#,
+            "option `weights` steers the error allocator",
+        ),
+        (
+            r#"allocate_model(#{ a: 1 }, #{ target_avg: 3.0 })"#,
+            "`a` must be error curves",
+        ),
+        (
+            r#"allocate_bits(channel_errors(layer, "fc1", #{}), #{ target_avg: 3.0, weights: [1.0] })"#,
+            "1 weights for",
+        ),
+    ] {
+        let e = eval_after_setup(&setup, &format!("{layer0}\n{text}")).unwrap_err();
+        assert!(e.contains(want), "{text}: {e}");
+    }
+}
+
+#[test]
+fn owl_sparsities_average_to_the_target_and_follow_outliers() {
+    let Some(setup) = setup() else { return };
+    let data = common::fixtures()
+        .unwrap()
+        .join("data/wikitext2/wiki.valid.raw")
+        .to_string_lossy()
+        .into_owned();
+    let text = format!(
+        r#"import "sparselab/pipeline" as pipeline;
+let owl = pipeline::owl_layer_sparsities(m, {data:?}, #{{ nsamples: 8, seqlen: 64 }}, 0.6, 5.0, 0.08);
+let c = pipeline::run_layer_sparsity(m, {data:?}, #{{ nsamples: 8, seqlen: 64 }}, #{{}}, owl.sparsities);
+let achieved = [];
+for r in c.reports() {{ achieved.push(r.sparsity); }}
+[owl.ratios, owl.sparsities, achieved]"#
+    );
+    let out = eval_after_setup(&setup, &text)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_array()
+        .unwrap();
+    let v = |i: usize| -> Vec<f64> {
+        out[i]
+            .clone()
+            .into_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_float().unwrap())
+            .collect()
+    };
+    let (ratios, sp, achieved) = (v(0), v(1), v(2));
+    assert_eq!(ratios.len(), 4);
+    assert!(ratios.iter().all(|r| (0.0..0.5).contains(r)), "{ratios:?}");
+    let mean = sp.iter().sum::<f64>() / sp.len() as f64;
+    assert!((mean - 0.6).abs() < 1e-6, "{sp:?}");
+    // The layer with the most outliers is pruned least, by λ below the target
+    // at the extremes.
+    let most = (0..4)
+        .max_by(|&a, &b| ratios[a].total_cmp(&ratios[b]))
+        .unwrap();
+    let least = (0..4)
+        .min_by(|&a, &b| ratios[a].total_cmp(&ratios[b]))
+        .unwrap();
+    assert!(
+        (sp[least] - sp[most] - 0.16).abs() < 1e-6,
+        "{ratios:?} {sp:?}"
+    );
+    // Every linear got its layer's sparsity (the sweep's threshold counts ties).
+    for (k, a) in achieved.iter().enumerate() {
+        assert!(
+            (a - sp[k / 6]).abs() < 0.01,
+            "linear {k}: {a} vs {}",
+            sp[k / 6]
+        );
+    }
+}

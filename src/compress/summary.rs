@@ -60,6 +60,8 @@ pub struct LinearLine {
     pub method: String,
     /// Input channels.
     pub channels: usize,
+    /// Output rows: the weights each channel holds.
+    pub rows: usize,
     /// Mean bits over the input channels; `None` when kept in float.
     pub avg_bits: Option<f64>,
     /// Channels per width, ascending (empty when kept in float).
@@ -115,6 +117,10 @@ pub struct Summary {
     pub tiers: Vec<TierCount>,
     /// Mean bits over the quantized channels.
     pub avg_bits: Option<f64>,
+    /// Mean bits per quantized weight: each channel weighted by its linear's
+    /// rows, what a memory budget counts and what the target is checked
+    /// against (equal to `avg_bits` when every linear meets the same average).
+    pub bits_per_weight: Option<f64>,
     /// The target, if the run had one.
     pub target_avg: Option<f64>,
     /// Whether the average missed the target by more than [`TARGET_TOLERANCE`].
@@ -146,6 +152,14 @@ impl Summary {
         let hist = merge_histograms(quantized.iter().map(|l| &l.bits_histogram));
         let tiers = tier_counts(&hist);
         let avg_bits = average(&hist);
+        let weights: f64 = quantized.iter().map(|l| (l.rows * l.channels) as f64).sum();
+        let bits_per_weight = (weights > 0.0).then(|| {
+            quantized
+                .iter()
+                .map(|l| l.avg_bits.unwrap_or(0.0) * (l.rows * l.channels) as f64)
+                .sum::<f64>()
+                / weights
+        });
 
         let bits_requested = intent.bits_requested || intent.target_avg.is_some();
         if bits_requested && quantized_channels == 0 {
@@ -170,7 +184,7 @@ impl Summary {
 
         let mut warnings = Vec::new();
         let mut missed_target = false;
-        if let (Some(target), Some(avg)) = (intent.target_avg, avg_bits) {
+        if let (Some(target), Some(avg)) = (intent.target_avg, bits_per_weight) {
             if (avg - target).abs() > TARGET_TOLERANCE {
                 missed_target = true;
                 let top = tiers
@@ -178,7 +192,7 @@ impl Summary {
                     .max_by(|a, b| a.channels.cmp(&b.channels).then(b.bits.cmp(&a.bits)))
                     .expect("quantized channels exist");
                 let msg = format!(
-                    "MISSED TARGET: average {avg:.2} bits against a target of {target:.2} \
+                    "MISSED TARGET: average {avg:.2} bits per weight against a target of {target:.2} \
                      ({:.1}% of channels at {} bits)",
                     top.percent, top.bits
                 );
@@ -222,6 +236,7 @@ impl Summary {
             quantized_channels,
             tiers,
             avg_bits,
+            bits_per_weight,
             target_avg: intent.target_avg,
             missed_target,
             warnings,
@@ -267,15 +282,20 @@ impl fmt::Display for Summary {
                 )?;
             }
         }
-        match (self.avg_bits, self.target_avg) {
-            (Some(a), Some(t)) => writeln!(
-                f,
-                "average bits: {a:.3} (target {t:.3}, {}{:.3})",
-                if a >= t { "+" } else { "" },
-                a - t
-            )?,
-            (Some(a), None) => writeln!(f, "average bits: {a:.3}")?,
-            (None, _) => writeln!(f, "average bits: none quantized")?,
+        match (self.avg_bits, self.bits_per_weight) {
+            (Some(a), Some(w)) => {
+                write!(f, "average bits: {a:.3} per channel, {w:.3} per weight")?;
+                match self.target_avg {
+                    Some(t) => writeln!(
+                        f,
+                        " (target {t:.3}, {}{:.3})",
+                        if w >= t { "+" } else { "" },
+                        w - t
+                    )?,
+                    None => writeln!(f)?,
+                }
+            }
+            _ => writeln!(f, "average bits: none quantized")?,
         }
         if !self.per_linear.is_empty() {
             writeln!(f, "per linear:")?;
@@ -355,6 +375,7 @@ fn line(r: &LinearReport) -> Result<LinearLine> {
         linear: r.linear.clone(),
         method: r.method.clone(),
         channels: r.columns,
+        rows: r.rows,
         avg_bits: average(&hist),
         bits_histogram: hist,
         importance: r.importance.clone(),

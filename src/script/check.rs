@@ -60,6 +60,13 @@ const GROUPINGS: fn() -> Vec<&'static str> = || vec!["quantile", "kmeans"];
 /// but missing here, or the reverse, fails it).
 pub const CLOSED_VALUES: &[ClosedSet] = &[
     ClosedSet {
+        function: "channel_errors",
+        slot: Slot::Key("weight"),
+        what: "error weight",
+        values: || crate::compress::ErrorWeight::NAMES.to_vec(),
+        any_case: false,
+    },
+    ClosedSet {
         function: "prune_layer",
         slot: Slot::Key("method"),
         what: "method",

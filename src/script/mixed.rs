@@ -200,6 +200,45 @@ pub mod mixed {
         Ok(Vector::from_f32(scores))
     }
 
+    /// OWL's outlier ratio of `layer`: the fraction of the weights of all its
+    /// linears whose Wanda score `|W_ij|·‖x_j‖` exceeds `m` times the mean score
+    /// over the layer (the paper's M, typically 3–10). Read it from a dense
+    /// statistics pass and turn the ratios into sparsities with `owl_sparsities`.
+    #[rhai_fn(return_raw)]
+    pub fn outlier_ratio(layer: LayerHandle, m: FLOAT) -> R<FLOAT> {
+        layer.with(|w| {
+            let mut parts = Vec::new();
+            for l in w.linears() {
+                let weight = w.weight(l)?;
+                let d = crate::compress::owl::hessian_diagonal(w.hessian(l)?)?;
+                parts.push((weight, d));
+            }
+            crate::compress::owl::outlier_ratio(&parts, m)
+        })
+    }
+
+    /// Per-layer sparsities from OWL outlier ratios (one per layer, in layer
+    /// order) with options `#{sparsity, lambda}`: ratios scaled linearly onto
+    /// `[0, 2·lambda]`, centred, subtracted from `sparsity`, so the mean is
+    /// exactly `sparsity` and layers with more outliers are pruned less
+    /// (`lambda` default 0.08, the paper's).
+    #[rhai_fn(return_raw)]
+    pub fn owl_sparsities(ratios: Array, options: Map) -> R<Array> {
+        let o = Opts::new("owl_sparsities", options)?;
+        let target = o.f64("sparsity")?.ok_or_else(|| -> Box<EvalAltResult> {
+            "owl_sparsities: `sparsity` (the mean target) is required".into()
+        })?;
+        let lambda = o.f64("lambda")?.unwrap_or(0.08);
+        let r: Vec<f64> = crate::script::vector::from_array(&ratios)?
+            .as_slice()
+            .iter()
+            .map(|&x| x as f64)
+            .collect();
+        let s = crate::compress::owl::owl_sparsities(&r, target, lambda)
+            .map_err(|e| -> Box<EvalAltResult> { format!("owl_sparsities: {e:#}").into() })?;
+        Ok(s.into_iter().map(Dynamic::from_float).collect())
+    }
+
     /// Group ids (0 = least important) splitting `scores` into `n_groups` groups
     /// of equal counts.
     #[rhai_fn(return_raw)]
@@ -408,6 +447,7 @@ pub mod mixed {
         };
         let a = allocate_min_error(&[&curves], target).map_err(super::script_err)?;
         let bits = a.bits.into_iter().next().unwrap_or_default();
+        crate::script::session::note_widths_computed("allocate_bits");
         if let Some(w) = allocation_warning(&bits, &curves.tiers, Some(target), MIN_ERROR_NOTE) {
             eprintln!("warning: allocate_bits (error): {w}");
         }
@@ -442,6 +482,7 @@ pub mod mixed {
         }
         let refs: Vec<&ErrorCurves> = sets.iter().collect();
         let a = allocate_min_error(&refs, target).map_err(super::script_err)?;
+        crate::script::session::note_widths_computed("allocate_model");
         let all: Vec<u32> = a.bits.iter().flatten().copied().collect();
         if let Some(tiers) = sets.first().map(|c| c.tiers.clone()) {
             // The target is checked on the weighted average, which is what it means.
