@@ -29,7 +29,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Perplexity of a model on a dataset, by the reference protocol.
+    /// Perplexity ± its standard error of a model on datasets (by the reference
+    /// protocol), KL divergence and top-1 agreement against a base, zero-shot tasks.
     Eval(EvalArgs),
     /// Compress a model layer by layer (SparseGPT, GPTQ, magnitude, Wanda) with
     /// one setting for every linear, then evaluate it.
@@ -431,17 +432,35 @@ struct EvalArgs {
     model: String,
     /// Dataset: `wikitext2`, `ptb`, `c4` with an optional `:split`, or a local
     /// .txt/.raw/.jsonl/.json.gz/.parquet file. Repeat for several.
-    #[arg(long, required = true)]
+    #[arg(long)]
     dataset: Vec<String>,
-    /// Window length (default: max_position_embeddings, at most 2048).
+    /// Window length (default: max_position_embeddings, at most 2048; with a
+    /// stored --kl-base, the base's).
     #[arg(long)]
     seqlen: Option<usize>,
-    /// Evaluate only the first N windows.
+    /// Evaluate only the first N windows (with a stored --kl-base: all it holds).
     #[arg(long)]
     nsamples: Option<usize>,
     /// Windows run together through each layer.
     #[arg(long, default_value_t = 8)]
     batch: usize,
+    /// KL divergence and top-1 agreement against a base: a file --save-kl-base
+    /// wrote, or a base model (directory, GGUF file or hub id) whose
+    /// log-probabilities are computed first.
+    #[arg(long, value_name = "FILE|MODEL")]
+    kl_base: Option<String>,
+    /// Store the base log-probabilities here (of the --kl-base model, else of
+    /// --model itself) for later `--kl-base FILE` runs; one --dataset only.
+    #[arg(long, value_name = "FILE")]
+    save_kl_base: Option<std::path::PathBuf>,
+    /// Zero-shot task NAME=FILE in lm-eval-harness JSONL layout (lambada, piqa,
+    /// arc_easy, arc_challenge, hellaswag, winogrande; wikitext2_lastword needs
+    /// no file). Repeatable.
+    #[arg(long, value_name = "NAME=FILE")]
+    task: Vec<String>,
+    /// Score only the first N documents of each --task.
+    #[arg(long)]
+    task_limit: Option<usize>,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -451,7 +470,7 @@ struct EvalArgs {
     /// Hub revision (branch, tag or commit).
     #[arg(long)]
     revision: Option<String>,
-    /// Print one JSON object per dataset instead of text.
+    /// Print one JSON object per dataset and task instead of text.
     #[arg(long)]
     json: bool,
     /// No progress output.
@@ -459,7 +478,36 @@ struct EvalArgs {
     quiet: bool,
 }
 
+/// Whether `spec` names a stored KL base file (by its first bytes).
+fn is_base_file(spec: &str) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 8];
+    std::fs::File::open(spec)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok_and(|_| &magic == sparselab::eval::kl::MAGIC)
+}
+
 fn eval(args: EvalArgs) -> Result<()> {
+    use sparselab::eval::{
+        dataset_tokens, default_seqlen, ensure_base, eval_tasks, kl::BaseFile, kl_divergence,
+        perplexity, TaskOptions, TaskSpec,
+    };
+    if args.dataset.is_empty() && args.task.is_empty() {
+        anyhow::bail!(
+            "nothing to evaluate: give --dataset D (perplexity, KL) and/or --task NAME=FILE"
+        );
+    }
+    if args.save_kl_base.is_some() && args.dataset.len() != 1 {
+        anyhow::bail!(
+            "--save-kl-base stores the base of one dataset, {} were given: run once per dataset",
+            args.dataset.len()
+        );
+    }
+    let tasks = args
+        .task
+        .iter()
+        .map(|t| TaskSpec::parse(t))
+        .collect::<Result<Vec<_>>>()?;
     let opts = LoadOptions {
         device: parse_device(&args.device)?,
         dtype: args.dtype.as_deref().map(parse_dtype).transpose()?,
@@ -467,35 +515,145 @@ fn eval(args: EvalArgs) -> Result<()> {
         ..LoadOptions::default()
     };
     let model = Model::load(&args.model, &opts)?;
+    let quiet = args.quiet || args.json;
+    // The base: a stored file, or a model whose base file is written first.
+    let base_file = args.kl_base.as_deref().filter(|b| is_base_file(b));
+    let base_model = match args.kl_base.as_deref() {
+        Some(spec) if base_file.is_none() => Some(Model::load(
+            spec,
+            &LoadOptions {
+                revision: None,
+                ..opts.clone()
+            },
+        )?),
+        _ => None,
+    };
+    let base_seqlen = base_file
+        .map(|f| BaseFile::open(std::path::Path::new(f)).map(|b| b.header.seqlen))
+        .transpose()?;
+    let seqlen = args
+        .seqlen
+        .or(base_seqlen)
+        .unwrap_or_else(|| default_seqlen(&model));
     let ppl_opts = PplOptions {
-        seqlen: args.seqlen,
+        seqlen: Some(seqlen),
         batch: args.batch,
         max_windows: args.nsamples,
-        quiet: args.quiet || args.json,
+        quiet,
     };
+    let scratch = tempfile::tempdir()?;
     for dataset in &args.dataset {
-        let r = eval_dataset(&model, dataset, &ppl_opts)?;
+        let tokens = dataset_tokens(&model, dataset, seqlen)?;
+        // The base file of this dataset, written first when it comes from a model.
+        let written = match (&base_model, &args.save_kl_base) {
+            (Some(b), path) => {
+                let path = path
+                    .clone()
+                    .unwrap_or_else(|| scratch.path().join("base.klb"));
+                let spec = args.kl_base.as_deref().unwrap_or_default();
+                Some(ensure_base(b, &tokens, &ppl_opts, &path, spec, dataset)?.0)
+            }
+            (None, Some(path)) if base_file.is_none() => {
+                Some(ensure_base(&model, &tokens, &ppl_opts, path, &args.model, dataset)?.0)
+            }
+            _ => None,
+        };
+        let kl_path = base_file.map(std::path::PathBuf::from).or_else(|| {
+            base_model
+                .as_ref()
+                .and(written.as_ref())
+                .map(|w| w.path.clone())
+        });
+        let mut out = serde_json::json!({
+            "model": args.model,
+            "dataset": dataset,
+            "seqlen": seqlen,
+            "dtype": dtype_name(model.dtype()),
+        });
+        let text = match &kl_path {
+            Some(path) => {
+                let r = kl_divergence(&model, path, &tokens, &ppl_opts)?;
+                out["windows"] = r.windows.into();
+                out["tokens"] = r.tokens.into();
+                out["ppl"] = r.ppl.into();
+                out["ppl_se"] = r.ppl_se.into();
+                out["seconds"] = r.seconds.into();
+                out["kl_base"] = args.kl_base.clone().into();
+                out["kl"] = serde_json::to_value(&r)?;
+                format!(
+                    "{} on {dataset}: ppl {} ({} windows of {seqlen} tokens, {}, {:.1}s)\n  \
+                     against {}: {}, base ppl {}",
+                    args.model,
+                    sparselab::eval::format_pm(r.ppl, r.ppl_se),
+                    r.windows,
+                    dtype_name(model.dtype()),
+                    r.seconds,
+                    args.kl_base.as_deref().unwrap_or_default(),
+                    r.text(),
+                    sparselab::eval::format_pm(r.base_ppl, r.base_ppl_se)
+                )
+            }
+            None => {
+                // --save-kl-base of the model itself computed its perplexity already.
+                let (ppl, ppl_se, windows, tokens_n, seconds) = match &written {
+                    Some(w) => (
+                        w.ppl,
+                        w.ppl_se,
+                        w.windows,
+                        w.windows * (seqlen - 1),
+                        w.seconds,
+                    ),
+                    None => {
+                        let r = perplexity(&model, &tokens, &ppl_opts)?;
+                        (r.ppl, r.ppl_se, r.windows, r.tokens, r.seconds)
+                    }
+                };
+                out["windows"] = windows.into();
+                out["tokens"] = tokens_n.into();
+                out["ppl"] = ppl.into();
+                out["ppl_se"] = ppl_se.into();
+                out["seconds"] = seconds.into();
+                format!(
+                    "{} on {dataset}: ppl {} ({windows} windows of {seqlen} tokens, {}, {seconds:.1}s)",
+                    args.model,
+                    sparselab::eval::format_pm(ppl, ppl_se),
+                    dtype_name(model.dtype()),
+                )
+            }
+        };
+        if let (Some(w), Some(path)) = (&written, &args.save_kl_base) {
+            out["saved_kl_base"] = path.display().to_string().into();
+            if !args.json {
+                eprintln!(
+                    "KL base stored in {} ({:.1} MB)",
+                    w.path.display(),
+                    w.bytes as f64 / 1e6
+                );
+            }
+        }
         if args.json {
-            let out = serde_json::json!({
-                "model": args.model,
-                "dataset": dataset,
-                "seqlen": r.seqlen,
-                "windows": r.windows,
-                "ppl": r.ppl,
-                "seconds": r.seconds,
-                "dtype": dtype_name(model.dtype()),
-            });
             println!("{out}");
         } else {
-            println!(
-                "{} on {dataset}: ppl {:.4} ({} windows of {} tokens, {}, {:.1}s)",
-                args.model,
-                r.ppl,
-                r.windows,
-                r.seqlen,
-                dtype_name(model.dtype()),
-                r.seconds
-            );
+            println!("{text}");
+        }
+    }
+    if !tasks.is_empty() {
+        let topts = TaskOptions {
+            limit: args.task_limit,
+            batch: args.batch,
+            quiet,
+        };
+        for r in eval_tasks(&model, &tasks, &topts)? {
+            if args.json {
+                let mut v = serde_json::to_value(&r)?;
+                v["model"] = args.model.clone().into();
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("loglikelihoods");
+                }
+                println!("{v}");
+            } else {
+                println!("{} {}", args.model, r.text());
+            }
         }
     }
     Ok(())

@@ -386,7 +386,23 @@ fn mixed_compares_allocations_at_equal_bits_per_weight() {
             (avg - 2.5).abs() < 0.005,
             "{allocation}: average {avg} bits per weight"
         );
-        let ppl = num(lines[n - 1].rsplit(':').next().unwrap().trim());
+        // `ppl NAME: Y ± E`, after one `kl NAME: K ± E, top-1 T ± E %`.
+        let ppl = num(lines[n - 1]
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap());
+        assert!(
+            lines[n - 1].contains(" ± "),
+            "{allocation}: {}",
+            lines[n - 1]
+        );
+        assert!(
+            lines[n - 3].starts_with("kl ") && lines[n - 3].contains("top-1"),
+            "{allocation}:\n{out}"
+        );
         assert!(ppl.is_finite() && ppl > 1.0, "{allocation}: ppl {ppl}");
         assert!(!out.contains("MISSED"), "{allocation}:\n{out}");
         loss.insert(

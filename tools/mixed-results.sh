@@ -38,9 +38,10 @@ for target in $targets; do
       /usr/bin/time -v "${cmd[@]}" >"$out/$tag.log" 2>"$out/$tag.err" || { echo "FAILED: $tag (see $out/$tag.err)" >&2; continue; }
       avg=$(sed -n 's/^average bits //p' "$out/$tag.log")
       ppl=$(sed -n 's/^ppl [^:]*: //p' "$out/$tag.log")
+      kl=$(sed -n 's/^kl [^:]*: //p' "$out/$tag.log")
       loss=$(sed -n 's/^OBS loss summed over linears \([^,]*\),.*/\1/p' "$out/$tag.log")
-      secs=$(sed -n 's/.*Elapsed (wall clock) time[^:]*: //p' "$out/$tag.err")
-      echo "| $target | $alloc | $seed | $avg | $loss | $ppl | $secs |" | tee -a "$out/table.md"
+      secs=$(sed -n 's/.*Elapsed (wall clock) time (h:mm:ss or m:ss): //p' "$out/$tag.err")
+      echo "| $target | $alloc | $seed | $avg | $loss | $ppl | $kl | $secs |" | tee -a "$out/table.md"
     done
   done
 done

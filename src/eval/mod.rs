@@ -1,64 +1,33 @@
-//! Perplexity as the reference protocol computes it.
+//! Evaluation: perplexity with its standard error ([`ppl`]), the KL divergence
+//! of a model's next-token distribution from a stored base model's ([`kl`]),
+//! and zero-shot tasks scored by log-likelihood from local files ([`tasks`]).
 //!
-//! The token stream is cut into n = ⌊tokens / seqlen⌋ non-overlapping windows
-//! from token 0. For each window the loss is the mean cross-entropy of
-//! `logits[:-1]` against `ids[1:]`, times seqlen; ppl = exp(Σ loss / (n·seqlen)).
-//! Windows are run stage by stage in batches, so only one decoder layer and one
-//! batch of activations are resident at a time.
+//! All of them run their token sequences through [`forward_batches`]: batches
+//! of equal-length sequences go stage by stage through the model, so only one
+//! decoder layer and one batch of activations are resident at a time (on an
+//! accelerator, as many batches as fit a fixed budget).
 
-use std::time::Instant;
+pub mod kl;
+pub mod ppl;
+pub mod stats;
+pub mod tasks;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use candle_core::{DType, Tensor, D};
-use serde::Serialize;
+use rayon::prelude::*;
 
-use crate::data::datasets::{eval_tokens, DatasetSpec, Split};
 use crate::model::Model;
 use crate::progress::Progress;
 
-/// Options of a perplexity run.
-#[derive(Debug, Clone)]
-pub struct PplOptions {
-    /// Window length; `None` = the model's `max_position_embeddings`, capped at 2048.
-    pub seqlen: Option<usize>,
-    /// Windows run together through each layer.
-    pub batch: usize,
-    /// Evaluate only the first `n` windows (`None` = all).
-    pub max_windows: Option<usize>,
-    /// No progress output.
-    pub quiet: bool,
-}
-
-impl Default for PplOptions {
-    fn default() -> Self {
-        Self {
-            seqlen: None,
-            batch: 8,
-            max_windows: None,
-            quiet: false,
-        }
-    }
-}
-
-/// The outcome of a perplexity run.
-#[derive(Debug, Clone, Serialize)]
-pub struct PplResult {
-    /// Perplexity.
-    pub ppl: f64,
-    /// Windows evaluated.
-    pub windows: usize,
-    /// Window length.
-    pub seqlen: usize,
-    /// Sum over windows of (mean CE · seqlen), as the reference accumulates it.
-    pub nll_sum: f64,
-    /// Wall time in seconds.
-    pub seconds: f64,
-}
-
-/// The window length the reference would use for `model`.
-pub fn default_seqlen(model: &Model) -> usize {
-    model.config.max_position_embeddings().min(2048)
-}
+pub use kl::{
+    ensure_base, kl_against_model, kl_divergence, write_base, BaseInfo, KlOptions, KlResult,
+};
+pub use ppl::{
+    dataset_tokens, default_seqlen, eval_dataset, perplexity, window_nll, PplOptions, PplResult,
+    HEAD_CHUNK,
+};
+pub use stats::{format_pm, Moments};
+pub use tasks::{eval_tasks, TaskOptions, TaskResult, TaskSpec};
 
 /// Bytes of hidden states an accelerator holds at once during evaluation.
 const DEVICE_HIDDEN_BUDGET: usize = 2 << 30;
@@ -77,48 +46,40 @@ fn chunks_per_group(model: &Model, batch: usize, seqlen: usize) -> usize {
     (DEVICE_HIDDEN_BUDGET / per_chunk.max(1)).max(1)
 }
 
-/// Perplexity of `model` on a token stream.
-pub fn perplexity(model: &Model, tokens: &[u32], opts: &PplOptions) -> Result<PplResult> {
-    let start = Instant::now();
-    let seqlen = opts.seqlen.unwrap_or_else(|| default_seqlen(model));
-    if seqlen < 2 {
-        bail!("seqlen must be at least 2 (got {seqlen})");
-    }
-    if seqlen > model.config.max_position_embeddings() {
-        bail!(
-            "seqlen {seqlen} exceeds the model's max_position_embeddings {}",
-            model.config.max_position_embeddings()
-        );
-    }
-    let mut windows = tokens.len() / seqlen;
-    if let Some(m) = opts.max_windows {
-        windows = windows.min(m);
-    }
-    if windows == 0 {
-        bail!(
-            "the evaluation text has {} tokens, fewer than one window of seqlen {seqlen}",
-            tokens.len()
-        );
-    }
-    let batch = opts.batch.max(1);
-    let chunks = windows.div_ceil(batch);
+/// One batch for [`forward_batches`]: `n` sequences of `ids.len() / n` tokens each.
+#[derive(Debug, Clone, Copy)]
+pub struct Batch<'a> {
+    /// The token ids, row-major `[n, t]`.
+    pub ids: &'a [u32],
+    /// Sequences in the batch.
+    pub n: usize,
+}
+
+/// Runs `batches` through `model` stage by stage and calls `each(i, hidden)`
+/// with batch `i`'s final hidden states `[n, t, hidden]`, in batch order.
+/// `label` names the progress bar (none when `quiet`).
+pub fn forward_batches(
+    model: &Model,
+    batches: &[Batch],
+    label: &str,
+    quiet: bool,
+    mut each: impl FnMut(usize, &Tensor) -> Result<()>,
+) -> Result<()> {
     let layers = model.num_layers();
-    let per_group = chunks_per_group(model, batch, seqlen);
-    let mut progress = Progress::new("perplexity", (chunks * (layers + 2)) as u64, opts.quiet);
-    let mut nll_sum = 0f64;
-    for g0 in (0..chunks).step_by(per_group) {
-        let group: Vec<(usize, usize)> = (g0..chunks.min(g0 + per_group))
-            .map(|c| (c * batch, batch.min(windows - c * batch)))
-            .collect();
+    let widest = batches.iter().map(|b| b.ids.len()).max().unwrap_or(1);
+    let per_group = chunks_per_group(model, 1, widest);
+    let mut progress = Progress::new(label, (batches.len() * (layers + 2)) as u64, quiet);
+    for g0 in (0..batches.len()).step_by(per_group) {
+        let group = &batches[g0..batches.len().min(g0 + per_group)];
         let mut hidden = Vec::with_capacity(group.len());
-        for &(first, n) in &group {
-            let ids = &tokens[first * seqlen..(first + n) * seqlen];
-            let ids = Tensor::from_slice(ids, (n, seqlen), &candle_core::Device::Cpu)?;
+        for b in group {
+            let ids =
+                Tensor::from_slice(b.ids, (b.n, b.ids.len() / b.n), &candle_core::Device::Cpu)?;
             hidden.push(model.embed(&ids)?);
             progress.inc(1);
         }
         // Layer-major within a group: each layer is brought to the device once
-        // for all of the group's windows.
+        // for all of the group's batches.
         for l in 0..layers {
             let layer = model.layer(l)?;
             for h in hidden.iter_mut() {
@@ -127,65 +88,74 @@ pub fn perplexity(model: &Model, tokens: &[u32], opts: &PplOptions) -> Result<Pp
                 progress.inc(1);
             }
         }
-        for (&(first, n), h) in group.iter().zip(&hidden) {
-            for w in 0..n {
-                let window = &tokens[(first + w) * seqlen..(first + w + 1) * seqlen];
-                nll_sum += window_nll(model, &h.narrow(0, w, 1)?, window)? * seqlen as f64;
-            }
+        for (i, h) in hidden.iter().enumerate() {
+            each(g0 + i, h)?;
             progress.inc(1);
         }
     }
     progress.finish();
-    let ppl = (nll_sum / (windows * seqlen) as f64).exp();
-    Ok(PplResult {
-        ppl,
-        windows,
-        seqlen,
-        nll_sum,
-        seconds: start.elapsed().as_secs_f64(),
-    })
+    Ok(())
 }
 
-/// Perplexity of `model` on a dataset named as [`DatasetSpec::parse`] accepts it
-/// (split defaults to `test`). Named datasets follow the reference protocol: its
-/// text joins, one leading BOS, C4 truncated to 256 windows.
-pub fn eval_dataset(model: &Model, dataset: &str, opts: &PplOptions) -> Result<PplResult> {
-    let spec = DatasetSpec::parse(dataset, Split::Test)?;
-    let seqlen = opts.seqlen.unwrap_or_else(|| default_seqlen(model));
-    let tokens = eval_tokens(&spec, model.tokenizer()?, model.named_bos(), seqlen)?;
-    let opts = PplOptions {
-        seqlen: Some(seqlen),
-        ..opts.clone()
-    };
-    perplexity(model, &tokens, &opts)
-}
-
-/// Positions per head call: bounds the `[positions, vocab]` logits held at once.
-const HEAD_CHUNK: usize = 512;
-
-/// Mean cross-entropy of the window's logits at positions 0…t−2 against ids 1…t−1,
-/// computed from its final hidden states `[1, t, hidden]` in chunks of positions.
-pub fn window_nll(model: &Model, hidden: &Tensor, ids: &[u32]) -> Result<f64> {
-    let t = ids.len();
-    let mut sum = 0f64;
-    for p0 in (0..t - 1).step_by(HEAD_CHUNK) {
-        let rows = HEAD_CHUNK.min(t - 1 - p0);
-        let logits = model.head(&hidden.narrow(1, p0, rows)?)?.squeeze(0)?;
-        sum += nll_sum(&logits, &ids[p0 + 1..p0 + 1 + rows])?;
-    }
-    Ok(sum / (t - 1) as f64)
-}
-
-/// Σ of −log softmax(logits[r])[targets[r]] over rows of `[rows, vocab]` logits.
-pub fn nll_sum(logits: &Tensor, targets: &[u32]) -> Result<f64> {
+/// −log softmax(logits[r])[targets[r]] for each row of `[rows, vocab]` logits.
+pub fn row_nlls(logits: &Tensor, targets: &[u32]) -> Result<Vec<f64>> {
+    let (rows, vocab) = logits.dims2()?;
+    anyhow::ensure!(
+        targets.len() == rows,
+        "row_nlls: {} targets for {rows} rows",
+        targets.len()
+    );
     if logits.device().is_cpu() {
-        return Ok(crate::model::kernels::nll_sum(logits, targets)?);
+        let logits = logits.to_dtype(DType::F32)?;
+        return Ok(crate::model::kernels::with_cpu_f32(&logits, |l| {
+            l.par_chunks(vocab)
+                .zip(targets.par_iter())
+                .map(|(row, &t)| log_sum_exp(row) - row[t as usize] as f64)
+                .collect()
+        })?);
     }
     let logits = logits.to_dtype(DType::F32)?;
     let targets = Tensor::from_slice(targets, targets.len(), logits.device())?;
     let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-    let picked = logp.gather(&targets.unsqueeze(1)?, 1)?;
-    Ok(-picked.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?)
+    let picked = logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?;
+    Ok(picked
+        .to_dtype(DType::F64)?
+        .to_vec1::<f64>()?
+        .into_iter()
+        .map(|x| -x)
+        .collect())
+}
+
+/// Σ of −log softmax(logits[r])[targets[r]] over rows of `[rows, vocab]` logits,
+/// summed in row order (the same weights always give the same bits).
+pub fn nll_sum(logits: &Tensor, targets: &[u32]) -> Result<f64> {
+    Ok(row_nlls(logits, targets)?.iter().sum())
+}
+
+/// log Σ exp(row), in f64 with the vectorized exponential of the kernels.
+pub fn log_sum_exp(row: &[f32]) -> f64 {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    max as f64 + crate::model::kernels::exp_sum_f64(row, max).ln()
+}
+
+/// The index of the first largest value (as torch's `argmax` picks it).
+pub fn argmax(row: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Logits `[rows, vocab]` on the host in f32, contiguous (for the scorers that
+/// read every entry).
+fn host_f32(logits: &Tensor) -> Result<Tensor> {
+    Ok(logits
+        .to_device(&candle_core::Device::Cpu)?
+        .to_dtype(DType::F32)?
+        .contiguous()?)
 }
 
 #[cfg(test)]

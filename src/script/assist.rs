@@ -238,7 +238,7 @@ pub fn general_help(session: &Session, front_end: &str) -> String {
          continues while a bracket is open. Tab completes names.\n\n\
          commands: :help [name], :load FILE, :vars, :reset, :quit\n\nprimitives:\n",
     );
-    for p in primitives {
+    for p in primitives.iter().chain(super::evaluation::EVALUATION) {
         if let Some(e) = index.get(*p) {
             for s in &e.signatures {
                 out += &format!("  {s}\n");

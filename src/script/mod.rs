@@ -27,6 +27,7 @@
 pub mod assist;
 pub mod check;
 pub mod errors;
+pub mod evaluation;
 pub mod handles;
 pub mod mixed;
 pub mod options;
@@ -90,6 +91,7 @@ pub fn new_engine(opts: &ScriptOptions) -> (Engine, Resolver) {
     engine.register_global_module(rhai::exported_module!(vector::vector_api).into());
     engine.register_global_module(rhai::exported_module!(primitives::primitives).into());
     engine.register_global_module(rhai::exported_module!(mixed::mixed).into());
+    engine.register_global_module(rhai::exported_module!(evaluation::evaluation).into());
 
     let mut search = opts.search_path.clone();
     search.extend(resolver::env_search_path());

@@ -96,6 +96,10 @@ pub const OPTION_KEYS: &[(&str, &[&str])] = &[
         ],
     ),
     ("eval_ppl", &["seqlen", "nsamples", "batch", "quiet"]),
+    ("eval_ppl_stats", &["seqlen", "nsamples", "batch", "quiet"]),
+    ("kl_base", &["seqlen", "nsamples", "batch", "quiet"]),
+    ("eval_kl", &["seqlen", "nsamples", "batch", "quiet"]),
+    ("eval_tasks", &["tasks", "limit", "batch", "quiet"]),
     ("save", &["overwrite", "format"]),
 ];
 
