@@ -13,22 +13,18 @@ const TRIM_THRESHOLD: i32 = 512 << 20;
 ///
 /// By default glibc raises the threshold (up to 32 MiB) each time a large
 /// block is freed; a layer-by-layer run frees tens of megabytes per linear
-/// from several threads, so the heaps grew until the process held hundreds of
-/// MiB it no longer used (OPT-125M-shaped prune benchmark: 281 MiB resident
-/// after the run against 41 MiB with a fixed threshold). A 1 MiB threshold
-/// returned every buffer at once but made every forward pass fault its
-/// temporaries in afresh: 30% of the run's time on the 2-core dev box (7.51 →
-/// 5.29 s for four layers), for a peak of 200 against 282 MiB. At 64 MiB the
-/// per-pass temporaries are reused from the heaps, buffers that size or larger
-/// (a 13B model's activations and Hessians) still map and unmap on their own,
-/// and [`trim`] hands the heaps' free pages back.
+/// from several threads, so with the default the heaps keep growing and the
+/// process holds hundreds of MiB it no longer uses. A small threshold (1 MiB)
+/// returns every buffer at once but makes every forward pass fault its
+/// temporaries in afresh, which costs nearly a third of the run's time. At
+/// 64 MiB the per-pass temporaries are reused from the heaps, buffers that
+/// size or larger (a 13B model's activations and Hessians) still map and unmap
+/// on their own, and [`trim`] hands the heaps' free pages back.
 ///
 /// It also raises glibc's trim threshold (128 KiB once the mmap threshold is
 /// fixed) to 512 MiB: otherwise `free` hands back the top of a heap as soon
 /// as a large temporary is released, and the next pass faults the same pages
-/// in again (the prune benchmark took 1.6 million page faults instead of 1.1
-/// million, and 8% longer). Memory comes back at the points that call
-/// [`trim`].
+/// in again. Memory comes back at the points that call [`trim`].
 /// Call it once, early in `main`. A no-op on other C libraries.
 pub fn return_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

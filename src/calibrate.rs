@@ -979,8 +979,8 @@ impl LayerWork {
         )?;
         // A sweep with large work matrices first hands the heaps' free pages
         // back: they are in pieces the matrices would not fit into, so the heap
-        // would grow past them. Trimming before every linear instead made the
-        // next ones fault their buffers in again (7% of the prune benchmark).
+        // would grow past them. Only large ones: a trim before every linear
+        // would make the next ones fault their buffers in again.
         if obs_bytes(rows, columns) >= TRIM_BEFORE_OBS_BYTES {
             crate::alloc::trim();
         }

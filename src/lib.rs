@@ -4,6 +4,20 @@
 //! be run one at a time over a batch of hidden states ([`model::Model`]). Datasets
 //! are tokenized and windowed exactly as the reference SparseGPT scripts do
 //! ([`data`]), and perplexity follows the reference protocol ([`eval`]).
+//!
+//! Layers, from the bottom up (the manual's source layout, `docs/manual.md`,
+//! names the files):
+//!
+//! - process services: [`alloc`], [`memory`], [`interrupt`], [`progress`],
+//!   [`device`];
+//! - models and data: [`model`] (configs, OPT/Llama layers, checkpoints, GGUF,
+//!   saving, the CPU kernels), [`data`] (datasets, tokenizers), [`hub`];
+//! - compression: [`compress`] (Hessians, the OBS sweep, quantizer, importance,
+//!   allocation, combination rules, summary), driven layer by layer by
+//!   [`calibrate`] with [`checkpoint`], [`calib_cache`] and [`report`];
+//!   [`eval`] measures the result; [`plot`] charts it;
+//! - front ends: [`script`] (the Rhai engine and primitives), [`repl`] and
+//!   [`kernel`] (Jupyter); the binary's commands are in `src/main.rs`.
 
 pub mod alloc;
 pub mod calib_cache;

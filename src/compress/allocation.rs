@@ -389,10 +389,10 @@ pub fn error_proxy(scores: &[f32], bits: &[u32]) -> f64 {
 pub const CONCENTRATION_WARNING: f64 = 0.9;
 
 /// What is suspicious about an allocation over `tiers`, if anything: all but a
-/// sliver of the channels in one tier although several were offered (the seed
-/// runs that put 93% of channels at 8 bits), or an average further than
-/// [`TARGET_TOLERANCE`](super::summary::TARGET_TOLERANCE) from `target`. `why`
-/// is appended: the reason the method at hand tends to do this.
+/// sliver of the channels in one tier although several were offered (as
+/// thresholds can do, putting most channels at the top width), or an average
+/// further than [`TARGET_TOLERANCE`](super::summary::TARGET_TOLERANCE) from
+/// `target`. `why` is appended: the reason the method at hand tends to do this.
 pub fn allocation_warning(
     bits: &[u32],
     tiers: &[u32],

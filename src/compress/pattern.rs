@@ -101,10 +101,10 @@ const RADIX_MIN: usize = 1 << 14;
 const RADIX_BITS: u32 = 12;
 
 /// The `k`-th smallest (from 0) of `xs` under `total_cmp`. One selection over
-/// a SparseGPT block is single-threaded (about 4 ms for fc1's 3072 × 128
-/// scores on the dev box); here a parallel histogram of the leading bits of
-/// each value's order key finds the bucket that holds the answer, and only
-/// that bucket is selected from (0.3 ms).
+/// a whole SparseGPT block is single-threaded and, for fc1's 3072 × 128
+/// scores, an order of magnitude slower than this: a parallel histogram of the
+/// leading bits of each value's order key finds the bucket that holds the
+/// answer, and only that bucket is selected from.
 fn kth_smallest(xs: &[f32], k: usize) -> f32 {
     if xs.len() < RADIX_MIN {
         let mut v = xs.to_vec();

@@ -1,12 +1,13 @@
 //! The end-of-run summary: channels per bit tier, the average against the
 //! target, one line per linear and aggregates per linear type, as text and JSON.
 //!
-//! Two silent failures shaped it. A run whose quantizer was never switched on
-//! printed "total channels: 0" and three identical perplexities; here, bits
-//! requested with nothing quantized is an error that says what is missing. A
-//! run put 93.3% of its channels at 8 bits (7.88 average against a 4.0 target)
-//! without a word; here, a miss of more than [`TARGET_TOLERANCE`] bits is the
-//! first line of the report, and an error under `strict`.
+//! It is loud about the two ways a mixed-precision run fails silently. A run
+//! whose quantizer was never switched on would print "total channels: 0" and
+//! identical perplexities; here, bits requested with nothing quantized is an
+//! error that says what is missing. Thresholds are not a bit budget and can
+//! put most channels in the top tier, far above the target; here, a miss of
+//! more than [`TARGET_TOLERANCE`] bits is the first line of the report, and an
+//! error under `strict`.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -271,9 +271,9 @@ pub fn matmul_xwt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 /// values; [`mirror_lower`] fills it in.
 ///
 /// Without `accumulate`, `h` is only written: a freshly zeroed `h` then takes
-/// its pages by plain write faults, where reading the zero page first made
-/// every first write a copy-on-write fault with a TLB shootdown (a fifth of
-/// the first batch's time on the 2-vCPU VM).
+/// its pages by plain write faults, where reading the zero page first would
+/// make every first write a copy-on-write fault with a TLB shootdown, a large
+/// part of the first batch's time.
 ///
 /// `h`'s storage is changed in place: every clone of `h` sees the update.
 pub fn gram_lower_add(
@@ -527,7 +527,7 @@ pub fn causal_attention_f32(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> R
 }
 
 /// `x ← e^(x − shift)` over `x`, returning the sum: the inner loop of softmax.
-/// libm's scalar `expf` cost more than the attention GEMMs around it; this is
+/// libm's scalar `expf` costs more than the attention GEMMs around it; this is
 /// Cephes' `expf` (range reduction by ln 2, degree-6 polynomial; relative error
 /// about 1e-7), written so that it vectorizes, and compiled for AVX-512 or
 /// AVX2 + FMA when the CPU has them. Meant for `x ≤ shift` (softmax); NaN stays
@@ -627,8 +627,8 @@ const EXP_SUM_CHUNK: usize = 1024;
 
 /// `Σ e^(x − shift)` over `x` (each term in (0, 1] for `shift = max x`): the
 /// exponentials vectorized ([`exp_sub_sum`]) in f32 over chunks of 1024, whose
-/// sums are added in f64. A 49152-entry vocabulary row in scalar libm `expf`
-/// with one f64 accumulator was two thirds of SmolLM2's evaluation time.
+/// sums are added in f64. Over a 49152-entry vocabulary row, scalar libm
+/// `expf` into one f64 accumulator would dominate the evaluation's time.
 pub fn exp_sum_f64(x: &[f32], shift: f32) -> f64 {
     let mut buf = [0f32; EXP_SUM_CHUNK];
     x.chunks(EXP_SUM_CHUNK)

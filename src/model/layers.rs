@@ -135,8 +135,8 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
 /// An additive causal mask `[t, t]` (0 on and below the diagonal, −∞ above).
 ///
 /// On an accelerator it is built there: filling `t²` floats on the host and
-/// copying them over for every layer of every window cost more than the
-/// attention itself (measured on an H200 at t = 2048).
+/// copying them over for every layer of every window costs more than the
+/// attention itself at t = 2048.
 pub fn causal_mask(t: usize, device: &Device) -> Result<Tensor> {
     if !device.is_cpu() {
         let idx = Tensor::arange(0u32, t as u32, device)?;

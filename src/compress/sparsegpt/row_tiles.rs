@@ -3,8 +3,8 @@
 //! Once a block's unstructured mask is chosen, rows are independent. Run one
 //! row at a time, each column is a scalar rounding followed by an update of at
 //! most `blocksize` later entries of that row: short loops, with the
-//! quantizer's rounding (a libm call on baseline x86-64) in between, and they
-//! took 8% of a whole prune. Here a tile of rows goes through the loop
+//! quantizer's rounding (a libm call on baseline x86-64) in between, that
+//! cannot use the vector units. Here a tile of rows goes through the loop
 //! together, transposed so that one column of the tile is one contiguous
 //! vector: the rounding is a vector operation, and the update of a later
 //! column is a vector multiply-subtract with one broadcast `Hinv` entry. The
@@ -12,7 +12,7 @@
 //!
 //! Every element goes through the same f32 operations in the same order as in
 //! the row-at-a-time loop (no fused multiply-add, updates in column order), so
-//! the results are the same bit for bit; only the layout changed.
+//! the results are the same bit for bit; only the layout differs.
 
 use rayon::prelude::*;
 
