@@ -1341,6 +1341,27 @@ fn channel_errors_match_a_direct_computation() -> Result<()> {
                 );
             }
         }
+        // Relative curves: divided by the dense output energy tr(W H Wᵀ).
+        let rel = channel_errors(
+            &w,
+            &acc,
+            &ChannelErrorOptions {
+                relative: true,
+                ..opts.clone()
+            },
+        )?;
+        let hd = p.h();
+        let mut energy = 0.0;
+        for i in 0..p.out {
+            for a in 0..p.inp {
+                for b2 in 0..p.inp {
+                    energy += p.w(i, a) * hd[a][b2] * p.w(i, b2);
+                }
+            }
+        }
+        for (r, a) in rel.errors.iter().zip(&c.errors) {
+            assert!((r - a / energy).abs() <= 1e-5 * (a / energy).abs() + 1e-15);
+        }
     }
     Ok(())
 }

@@ -70,6 +70,11 @@ pub struct ChannelErrorOptions {
     pub percdamp: f64,
     /// How squared weight error becomes output error.
     pub weight: ErrorWeight,
+    /// Divide every error by the linear's dense output energy `tr(W H Wᵀ)`,
+    /// making the curves *relative* output errors: scale-free, so that a
+    /// model-wide budget does not simply follow the residual stream's growth
+    /// with depth. Default `false` (absolute, the sweep's units).
+    pub relative: bool,
 }
 
 impl Default for ChannelErrorOptions {
@@ -82,6 +87,7 @@ impl Default for ChannelErrorOptions {
             blocksize: 128,
             percdamp: 0.01,
             weight: ErrorWeight::Obs,
+            relative: false,
         }
     }
 }
@@ -208,6 +214,7 @@ pub fn channel_errors(
         );
     }
     let (d, dead) = obs_denominators(acc.hessian(), opts.percdamp, ObsDenominator::Cholesky)?;
+    let m_dense = w.clone();
     let mut w = m.data;
     for (j, _) in dead.iter().enumerate().filter(|(_, d)| **d) {
         for r in 0..rows {
@@ -256,16 +263,43 @@ pub fn channel_errors(
                 a
             },
         );
+    let scale = if opts.relative {
+        let energy = output_energy(&m_dense, acc)?;
+        if !(energy.is_finite() && energy > 0.0) {
+            bail!("relative errors need a non-zero output energy tr(W H Wᵀ), got {energy}");
+        }
+        1.0 / energy
+    } else {
+        1.0
+    };
     let errors = sums
         .iter()
         .enumerate()
-        .map(|(k, s)| if dead[k / nt] { 0.0 } else { s * omega[k / nt] })
+        .map(|(k, s)| {
+            if dead[k / nt] {
+                0.0
+            } else {
+                s * omega[k / nt] * scale
+            }
+        })
         .collect();
     Ok(ErrorCurves {
         tiers: opts.tiers.clone(),
         rows,
         errors,
     })
+}
+
+/// `tr(W H Wᵀ)`: the energy of the linear's outputs on the calibration tokens,
+/// in the Hessian's scale.
+fn output_energy(w: &Tensor, acc: &HessianAccumulator) -> Result<f64> {
+    let h = acc.hessian();
+    let w = w.to_device(h.device())?.to_dtype(candle_core::DType::F32)?;
+    let e = (w.matmul(h)? * &w)?
+        .to_dtype(candle_core::DType::F64)?
+        .sum_all()?
+        .to_scalar::<f64>()?;
+    Ok(e)
 }
 
 /// `keep[r · cols + j]`: whether weight `(r, j)` survives the estimated mask.

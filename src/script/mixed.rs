@@ -359,8 +359,9 @@ pub mod mixed {
     /// prunem, sym, groupsize, blocksize, percdamp, weight}`: pass the same
     /// sparsity and quantizer settings as to `prune_layer`; `tiers` default
     /// [2, 3, 4, 6, 8]; `weight` "obs" (the loss SparseGPT's sweep books,
-    /// `(w − q)²/U_jj²`, default) or "diag" (`H_jj · (w − q)²`, no compensation).
-    /// Feed the curves to `allocate_bits` (one linear) or `allocate_model`.
+    /// `(w − q)²/U_jj²`, default) or "diag" (`H_jj · (w − q)²`, no compensation);
+    /// `relative: true` divides by the linear's output energy `tr(W H Wᵀ)`
+    /// (relative output error, comparable across layers). Feed the curves to `allocate_bits` (one linear) or `allocate_model`.
     #[rhai_fn(return_raw)]
     pub fn channel_errors(layer: LayerHandle, linear: &str, options: Map) -> R<ErrorCurves> {
         let o = Opts::new("channel_errors", options)?;
@@ -397,6 +398,9 @@ pub mod mixed {
         }
         if let Some(p) = o.f64("percdamp")? {
             opts.percdamp = p;
+        }
+        if let Some(r) = o.bool("relative")? {
+            opts.relative = r;
         }
         if let Some(w) = o.string("weight")? {
             opts.weight = ErrorWeight::parse(&w)

@@ -45,6 +45,7 @@ pub const OPTION_KEYS: &[(&str, &[&str])] = &[
             "blocksize",
             "percdamp",
             "weight",
+            "relative",
         ],
     ),
     ("allocate_model", &["target_avg"]),
