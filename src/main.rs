@@ -393,13 +393,18 @@ fn prune(args: PruneArgs) -> Result<()> {
         ..PplOptions::default()
     };
     let mut ppls = serde_json::Map::new();
+    let mut ppl_ses = serde_json::Map::new();
     for dataset in &args.eval {
         let r = eval_dataset(&model, dataset, &ppl_opts)?;
         println!(
-            "{} ({}) on {dataset}: ppl {:.4} ({} windows)",
-            args.model, calib.reports[0].method, r.ppl, r.windows
+            "{} ({}) on {dataset}: ppl {} ({} windows)",
+            args.model,
+            calib.reports[0].method,
+            sparselab::eval::format_pm(r.ppl, r.ppl_se),
+            r.windows
         );
         ppls.insert(dataset.clone(), serde_json::json!(r.ppl));
+        ppl_ses.insert(dataset.clone(), serde_json::json!(r.ppl_se));
     }
     let n = calib.reports.len() as f64;
     let mean = |f: &dyn Fn(&sparselab::calibrate::LinearReport) -> f64| {
@@ -418,6 +423,7 @@ fn prune(args: PruneArgs) -> Result<()> {
             "seconds": compress_seconds,
             "linears": calib.reports,
             "ppl": ppls,
+            "ppl_se": ppl_ses,
         });
         std::fs::write(path, serde_json::to_string_pretty(&out)?)
             .map_err(|e| anyhow::anyhow!("cannot write report {}: {e}", path.display()))?;
