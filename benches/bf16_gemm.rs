@@ -1,5 +1,5 @@
-//! GFLOP/s of the AVX512-BF16 GEMM (`sparselab::model::bf16_gemm`) against
-//! faer's f32 GEMM (`Par::rayon(0)`, as `model::kernels` calls it), best of 5,
+//! GFLOP/s of the AVX512-BF16 GEMM (`sparselab::compute::bf16_gemm`) against
+//! faer's f32 GEMM (`Par::rayon(0)`, as `compute::kernels` calls it), best of 5,
 //! on OPT-125M's MLP shapes: `x·wᵀ` for fc1 and fc2 over 4096 tokens, and the
 //! lower triangle of `XᵀX` (counted as n·d² FLOPs) for two Hessian shapes. Also
 //! the relative Frobenius error of the bf16 result against the f32 one.
@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use faer::linalg::matmul::triangular::BlockStructure;
 use faer::{Accum, MatMut, MatRef, Par};
-use sparselab::model::bf16_gemm::{self, StridedMut, StridedRef};
+use sparselab::compute::bf16_gemm::{self, StridedMut, StridedRef};
 
 fn random(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;

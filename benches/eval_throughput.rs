@@ -15,17 +15,17 @@ mod common;
 use anyhow::{Context, Result};
 use candle_core::DType;
 use common::peak_rss_mib;
-use sparselab::device::{parse_device, parse_dtype};
 use sparselab::eval::{perplexity, PplOptions};
 use sparselab::model::random::{opt_config, write_random_model};
 use sparselab::model::{LoadOptions, Model};
+use sparselab::runtime::device::{parse_device, parse_dtype};
 
 fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
 }
 
 fn main() -> Result<()> {
-    sparselab::alloc::return_freed_memory();
+    sparselab::runtime::alloc::return_freed_memory();
     // The measured run happens in a fresh child process, so that the memory used
     // to write the random checkpoint does not count towards its peak.
     if let Ok(dir) = std::env::var("SPARSELAB_BENCH_CHILD") {
@@ -81,7 +81,7 @@ fn measure(dir: &Path) -> Result<()> {
     println!(
         "sparselab  OPT-125M-shaped, {windows} x {seqlen} tokens, {dtype:?}, {} ({threads} threads): \
          {:.0} tokens/s, {:.2} s, peak RSS {:.0} MiB, ppl {:.1}",
-        sparselab::device::device_name(model.device()),
+        sparselab::runtime::device::device_name(model.device()),
         (windows * seqlen) as f64 / r.seconds,
         r.seconds,
         peak_rss_mib(),

@@ -25,7 +25,7 @@ use candle_core::{DType, Device, Tensor};
 use common::{peak_rss_mib, rss_split_mib};
 use sparselab::calibrate::{uniform_policy, CalibOptions, Calibration, LayerFilter, Method};
 use sparselab::compress::{BitWidths, QuantOptions, SparseGptOptions, SparsityPattern};
-use sparselab::model::kernels::CpuGemm;
+use sparselab::compute::kernels::CpuGemm;
 use sparselab::model::random::{opt_config, write_random_model};
 use sparselab::model::{LoadOptions, Model};
 
@@ -37,7 +37,7 @@ fn env_or(name: &str, default: usize) -> usize {
 }
 
 fn device() -> Result<Device> {
-    sparselab::device::parse_device(
+    sparselab::runtime::device::parse_device(
         &std::env::var("SPARSELAB_BENCH_DEVICE").unwrap_or_else(|_| "cpu".into()),
     )
 }
@@ -80,7 +80,7 @@ fn gemm_rate(device: &Device) -> Result<f64> {
 }
 
 fn main() -> Result<()> {
-    sparselab::alloc::return_freed_memory();
+    sparselab::runtime::alloc::return_freed_memory();
     // The measured run happens in a fresh child process, so that the memory used
     // to write the random checkpoint does not count towards its peak.
     if let Ok(dir) = std::env::var("SPARSELAB_BENCH_CHILD") {
@@ -110,7 +110,7 @@ fn main() -> Result<()> {
     std::fs::write(dir.join("windows.json"), serde_json::to_string(&ids)?)?;
     let mut gemms = vec!["f32"];
     // The bf16 option where it can run: the same job, with its numerics.
-    if device()?.is_cpu() && sparselab::model::bf16_gemm::available() {
+    if device()?.is_cpu() && sparselab::compute::bf16_gemm::available() {
         gemms.push("bf16");
     }
     if let Ok(only) = std::env::var("SPARSELAB_BENCH_GEMMS") {
@@ -137,7 +137,7 @@ fn measure(dir: &Path) -> Result<()> {
     let device = device()?;
     let gemm = gemm_rate(&device)?;
     // Its buffers stay in the allocator's heaps otherwise, counted below.
-    sparselab::alloc::trim();
+    sparselab::runtime::alloc::trim();
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     let baseline = common::status_mib("VmRSS:");
 
@@ -218,7 +218,7 @@ fn measure(dir: &Path) -> Result<()> {
     println!(
         "sparselab  OPT-125M-shaped ({layers} layers), {windows} x {seqlen} tokens, 50% + 4 bits, f32 weights, {} GEMMs, {} ({} threads)",
         precision.name(),
-        sparselab::device::device_name(&device),
+        sparselab::runtime::device::device_name(&device),
         rayon::current_num_threads()
     );
     println!(
@@ -275,7 +275,7 @@ fn torch_baseline(dir: &Path) -> Result<()> {
         return Ok(());
     }
     let script = common::baseline_script("torch_sparsegpt.py");
-    let device = sparselab::device::device_name(&device()?);
+    let device = sparselab::runtime::device::device_name(&device()?);
     let out = Command::new(&python)
         .arg(script)
         .arg(dir)

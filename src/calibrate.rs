@@ -12,7 +12,7 @@
 //! instead (the next layer's inputs are the dense layer's outputs), and with a
 //! `cache` directory each layer's statistics and inputs are stored and reused
 //! by a later calibration whose prefix of compressed layers is the same
-//! ([`crate::calib_cache`]). Long loops poll [`crate::interrupt`].
+//! ([`crate::calib_cache`]). Long loops poll [`crate::runtime::interrupt`].
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
@@ -25,10 +25,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::calib_cache::{chain_next, layer_weights_hash, StatCache};
 use crate::checkpoint::{Checkpoint, Manifest};
-use crate::interrupt;
-use crate::model::kernels::CpuGemm;
+use crate::compute::kernels::CpuGemm;
 use crate::model::packed::BitMask;
 use crate::model::CompressedInfo;
+use crate::runtime::interrupt;
 
 use crate::compress::importance::{score_importance, ImportanceOptions};
 use crate::compress::reservoir::{ActivationReservoir, DEFAULT_RESERVOIR_CAPACITY};
@@ -38,10 +38,10 @@ use crate::compress::{
 };
 use crate::data::datasets::{calibration_windows, DatasetSpec, Split};
 use crate::eval::default_seqlen;
-use crate::memory::{locate, MemoryLimit, OutOfMemory, Stage};
 use crate::model::layers::StopForward;
 use crate::model::{DecoderLayer, Model};
-use crate::progress::Progress;
+use crate::runtime::memory::{locate, MemoryLimit, OutOfMemory, Stage};
+use crate::runtime::progress::Progress;
 
 /// Settings of a calibration run.
 #[derive(Debug, Clone)]
@@ -86,7 +86,7 @@ pub struct CalibOptions {
     /// Host memory limit in bytes for the calibration's large buffers (the
     /// layer inputs and outputs, the Hessians, the OBS work matrices): a buffer
     /// that would pass it fails with an out-of-memory error naming the layer
-    /// and linear ([`crate::memory::OutOfMemory`]) before it is allocated,
+    /// and linear ([`crate::runtime::memory::OutOfMemory`]) before it is allocated,
     /// instead of the process being killed. Model weights (memory-mapped) are
     /// not counted. Default `None`: no limit.
     pub memory_limit: Option<u64>,
@@ -557,7 +557,7 @@ impl Calibration {
         work.reservoirs = Vec::new();
         // The forward pass's temporaries come from the worker threads' heaps;
         // the sweeps' buffers freed into this one would otherwise stay resident.
-        crate::alloc::trim();
+        crate::runtime::alloc::trim();
         let k = work.index;
         let last = k + 1 == model.num_layers();
         let start = Instant::now();
@@ -673,7 +673,7 @@ impl Calibration {
         self.reports.extend(work.reports);
         self.next += 1;
         // The layer's temporaries are free now: give the pages back.
-        crate::alloc::trim();
+        crate::runtime::alloc::trim();
         Ok(())
     }
 
@@ -982,7 +982,7 @@ impl LayerWork {
         // would grow past them. Only large ones: a trim before every linear
         // would make the next ones fault their buffers in again.
         if obs_bytes(rows, columns) >= TRIM_BEFORE_OBS_BYTES {
-            crate::alloc::trim();
+            crate::runtime::alloc::trim();
         }
         let mut percdamp_used = None;
         let result: CompressResult = match method {

@@ -22,11 +22,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::calibrate::{CalibOptions, LinearReport};
 use crate::compress::QuantGrid;
-use crate::device::dtype_name;
 use crate::model::packed::BitMask;
 use crate::model::st_write::{st_dtype, tensor_bytes, write_safetensors, Planned};
 use crate::model::staging::{write_file_atomic, Budget};
 use crate::model::{CompressedInfo, Model};
+use crate::runtime::device::dtype_name;
 
 const MANIFEST: &str = "manifest.json";
 const FORMAT: &str = "sparselab-checkpoint";

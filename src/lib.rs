@@ -8,32 +8,30 @@
 //! Layers, from the bottom up (the manual's source layout, `docs/manual.md`,
 //! names the files):
 //!
-//! - process services: [`alloc`], [`memory`], [`interrupt`], [`progress`],
-//!   [`device`];
+//! - process services: [`runtime`] (allocator settings, devices, memory
+//!   limits, the interrupt flag, progress);
+//! - compute kernels: [`compute`] (f32 and bf16 GEMMs, softmax, NLL);
 //! - models and data: [`model`] (configs, OPT/Llama layers, checkpoints, GGUF,
-//!   saving, the CPU kernels), [`data`] (datasets, tokenizers), [`hub`];
+//!   saving), [`data`] (datasets, tokenizers), [`hub`];
 //! - compression: [`compress`] (Hessians, the OBS sweep, quantizer, importance,
 //!   allocation, combination rules, summary), driven layer by layer by
 //!   [`calibrate`] with [`checkpoint`], [`calib_cache`] and [`report`];
 //!   [`eval`] measures the result; [`plot`] charts it;
 //! - front ends: [`script`] (the Rhai engine and primitives), [`repl`] and
-//!   [`kernel`] (Jupyter); the binary's commands are in `src/main.rs`.
+//!   [`jupyter`] (the Jupyter kernel); the binary's commands are in `src/main.rs`.
 
-pub mod alloc;
 pub mod calib_cache;
 pub mod calibrate;
 pub mod checkpoint;
 pub mod compress;
+pub mod compute;
 pub mod data;
-pub mod device;
 pub mod eval;
 pub mod hub;
-pub mod interrupt;
-pub mod kernel;
-pub mod memory;
+pub mod jupyter;
 pub mod model;
 pub mod plot;
-pub mod progress;
 pub mod repl;
 pub mod report;
+pub mod runtime;
 pub mod script;

@@ -7,12 +7,12 @@ use clap::{Args, Parser, Subcommand};
 use sparselab::calibrate::{uniform_policy, CalibOptions, Calibration, LayerFilter, Method};
 use sparselab::compress::rules::{Front, Settings};
 use sparselab::compress::BitWidths;
-use sparselab::device::{dtype_name, parse_device, parse_dtype};
+use sparselab::compute::kernels::CpuGemm;
 use sparselab::eval::{eval_dataset, PplOptions};
-use sparselab::model::kernels::CpuGemm;
 use sparselab::model::save::check_target;
 use sparselab::model::{LoadOptions, Model, SaveFormat, SaveOptions};
 use sparselab::report::{compression_report, method_settings, RunInfo};
+use sparselab::runtime::device::{dtype_name, parse_device, parse_dtype};
 use sparselab::script::{check_file, parse_set, run_file, ScriptOptions};
 
 #[derive(Parser)]
@@ -209,7 +209,7 @@ struct PruneArgs {
     checkpoint: Option<std::path::PathBuf>,
     /// Host memory limit for the calibration's large buffers (e.g. 20G): one
     /// that would pass it is an out-of-memory error naming the layer and linear.
-    #[arg(long, value_parser = sparselab::memory::parse_size)]
+    #[arg(long, value_parser = sparselab::runtime::memory::parse_size)]
     memory_limit: Option<u64>,
     /// Precision of the CPU GEMMs in the forward passes and Hessians: f32, or
     /// bf16 (bf16 inputs, f32 accumulation) on CPUs with AVX512-BF16.
@@ -694,7 +694,7 @@ fn repl(args: SessionArgs) -> Result<()> {
 }
 
 fn kernel(args: KernelArgs) -> Result<()> {
-    use sparselab::kernel::spec::{install, InstallTarget};
+    use sparselab::jupyter::spec::{install, InstallTarget};
     if let Some(KernelAction::Install(i)) = args.action {
         let target = match i.prefix {
             Some(p) => InstallTarget::Prefix(p),
@@ -703,8 +703,8 @@ fn kernel(args: KernelArgs) -> Result<()> {
         let dir = install(&target)?;
         println!(
             "installed kernelspec `{}` (\"{}\") in {}",
-            sparselab::kernel::spec::KERNEL_NAME,
-            sparselab::kernel::spec::DISPLAY_NAME,
+            sparselab::jupyter::spec::KERNEL_NAME,
+            sparselab::jupyter::spec::DISPLAY_NAME,
             dir.display()
         );
         return Ok(());
@@ -715,11 +715,11 @@ fn kernel(args: KernelArgs) -> Result<()> {
              `sparselab kernel install` registers the kernel with Jupyter"
         );
     };
-    sparselab::kernel::run(&file, args.session.options()?)
+    sparselab::jupyter::run(&file, args.session.options()?)
 }
 
 fn main() -> ExitCode {
-    sparselab::alloc::return_freed_memory();
+    sparselab::runtime::alloc::return_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Eval(args)) => eval(args),

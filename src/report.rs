@@ -8,8 +8,8 @@ use serde_json::{json, Value};
 
 use crate::calibrate::{Calibration, LinearReport, Method};
 use crate::compress::{BitWidths, SparsityPattern};
-use crate::device::{device_name, dtype_name};
 use crate::model::Model;
+use crate::runtime::device::{device_name, dtype_name};
 
 /// The `format` field of `compression.json`.
 pub const REPORT_FORMAT: &str = "sparselab-compression-report";

@@ -270,23 +270,24 @@ fn spilled_compressed_weights_give_the_same_model() {
 fn bf16_gemms_stay_close_to_f32() {
     let Some(fx) = common::fixtures() else { return };
     let method = sparsegpt(HALF, Some(4));
-    let run = |gemm: sparselab::model::kernels::CpuGemm| -> anyhow::Result<(Model, f64, Vec<f64>)> {
-        let mut model = load(&fx, "opt-tiny");
-        let opts = CalibOptions {
-            gemm,
-            ..calib_opts(&fx)
+    let run =
+        |gemm: sparselab::compute::kernels::CpuGemm| -> anyhow::Result<(Model, f64, Vec<f64>)> {
+            let mut model = load(&fx, "opt-tiny");
+            let opts = CalibOptions {
+                gemm,
+                ..calib_opts(&fx)
+            };
+            let mut calib = Calibration::new(&model, opts)?;
+            calib.run(
+                &mut model,
+                uniform_policy(method.clone(), LayerFilter::default()),
+            )?;
+            let errors = calib.reports.iter().map(|r| r.rel_error).collect();
+            let ppl = test_ppl(&fx, &model);
+            Ok((model, ppl, errors))
         };
-        let mut calib = Calibration::new(&model, opts)?;
-        calib.run(
-            &mut model,
-            uniform_policy(method.clone(), LayerFilter::default()),
-        )?;
-        let errors = calib.reports.iter().map(|r| r.rel_error).collect();
-        let ppl = test_ppl(&fx, &model);
-        Ok((model, ppl, errors))
-    };
-    use sparselab::model::kernels::CpuGemm;
-    if !sparselab::model::bf16_gemm::available() {
+    use sparselab::compute::kernels::CpuGemm;
+    if !sparselab::compute::bf16_gemm::available() {
         let e = run(CpuGemm::Bf16).err().expect("bf16 must be refused");
         assert!(e.to_string().contains("AVX512-BF16"), "{e}");
         eprintln!("this CPU has no AVX512-BF16: only the refusal was checked");

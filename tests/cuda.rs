@@ -354,7 +354,7 @@ fn running_out_of_device_memory_names_the_device_and_layer() {
     println!("{msg}");
     let oom = err
         .chain()
-        .find_map(|c| c.downcast_ref::<sparselab::memory::OutOfMemory>())
+        .find_map(|c| c.downcast_ref::<sparselab::runtime::memory::OutOfMemory>())
         .unwrap_or_else(|| panic!("not reported as out of memory: {msg}"));
     assert_eq!(oom.device, "cuda:0", "{msg}");
     assert_eq!(oom.layer, Some(0), "{msg}");

@@ -1,4 +1,4 @@
-//! Ctrl-C inside a primitive: the one flag (`sparselab::interrupt::INTERRUPT`,
+//! Ctrl-C inside a primitive: the one flag (`sparselab::runtime::interrupt::INTERRUPT`,
 //! the same as `sparselab::script::INTERRUPT`) set from another thread stops a
 //! running calibration, compression or evaluation with "interrupted (Ctrl-C)",
 //! nothing half-written, and the session goes on. The tests share the global
@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use sparselab::calibrate::{CalibOptions, Calibration};
 use sparselab::eval::{perplexity, PplOptions};
-use sparselab::interrupt::{is_interrupted, INTERRUPT};
 use sparselab::model::{LoadOptions, Model};
+use sparselab::runtime::interrupt::{is_interrupted, INTERRUPT};
 use sparselab::script::session::Session;
 use sparselab::script::ScriptOptions;
 
@@ -36,9 +36,9 @@ fn entries(dir: &Path) -> Vec<PathBuf> {
 fn the_script_flag_is_the_core_flag() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     sparselab::script::INTERRUPT.store(true, Ordering::SeqCst);
-    assert!(sparselab::interrupt::check().is_err());
+    assert!(sparselab::runtime::interrupt::check().is_err());
     INTERRUPT.store(false, Ordering::SeqCst);
-    assert!(sparselab::interrupt::check().is_ok());
+    assert!(sparselab::runtime::interrupt::check().is_ok());
 }
 
 #[test]

@@ -1728,7 +1728,7 @@ fn out_of_memory_is_a_typed_error_with_the_layer() {
         )
         .unwrap_err();
     let oom = err
-        .downcast_ref::<sparselab::memory::OutOfMemory>()
+        .downcast_ref::<sparselab::runtime::memory::OutOfMemory>()
         .unwrap_or_else(|| panic!("not an OutOfMemory: {err:#}"));
     assert_eq!(oom.device, "cpu");
     assert_eq!(oom.layer, Some(0));

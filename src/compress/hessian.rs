@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 
-use crate::model::kernels;
+use crate::compute::kernels;
 
 /// Running accumulation of one linear's input statistics over calibration batches.
 ///

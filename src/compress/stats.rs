@@ -20,9 +20,9 @@ pub fn relative_output_error(w: &Tensor, w_hat: &Tensor, h: &Tensor) -> Result<f
     if h.dims() != [cols, cols] {
         bail!("the Hessian must be [{cols}, {cols}], got {:?}", h.dims());
     }
-    if crate::model::kernels::is_cpu_f32(w)
-        && crate::model::kernels::is_cpu_f32(w_hat)
-        && crate::model::kernels::is_cpu_f32(h)
+    if crate::compute::kernels::is_cpu_f32(w)
+        && crate::compute::kernels::is_cpu_f32(w_hat)
+        && crate::compute::kernels::is_cpu_f32(h)
     {
         let (num, den) = quadratic_forms_cpu(w, w_hat, h, rows, cols)?;
         return ratio(num, den);
@@ -63,7 +63,7 @@ fn quadratic_forms_cpu(
     rows: usize,
     cols: usize,
 ) -> Result<(f64, f64)> {
-    use crate::model::kernels::with_cpu_f32;
+    use crate::compute::kernels::with_cpu_f32;
     use faer::linalg::matmul::triangular::{matmul, BlockStructure};
     use faer::{Accum, MatMut, MatRef, Par};
     let quad = |s: &[f32], n: usize, hs: &[f32], sl: &mut [f32]| -> f64 {

@@ -220,7 +220,7 @@ pub fn write_base(
                     );
                     let targets = &ids[p0 + 1..p0 + 1 + rows];
                     let records: Vec<(Vec<u8>, f64)> =
-                        crate::model::kernels::with_cpu_f32(&logits, |l| {
+                        crate::compute::kernels::with_cpu_f32(&logits, |l| {
                             l.par_chunks(vocab)
                                 .zip(targets.par_iter())
                                 .map(|(row, &t)| encode_row(row, t))
@@ -590,7 +590,7 @@ pub fn kl_divergence(
                     .read_exact(&mut buf)
                     .with_context(|| format!("reading KL base file {}", base.path.display()))?;
                 let targets = &ids[p0 + 1..p0 + 1 + rows];
-                let out: Vec<TokenKl> = crate::model::kernels::with_cpu_f32(&logits, |l| {
+                let out: Vec<TokenKl> = crate::compute::kernels::with_cpu_f32(&logits, |l| {
                     l.par_chunks(vocab)
                         .zip(buf.par_chunks(rec_bytes))
                         .zip(targets.par_iter())

@@ -17,7 +17,7 @@ use candle_core::{DType, Tensor, D};
 use rayon::prelude::*;
 
 use crate::model::Model;
-use crate::progress::Progress;
+use crate::runtime::progress::Progress;
 
 pub use kl::{
     ensure_base, kl_against_model, kl_divergence, write_base, BaseInfo, KlOptions, KlResult,
@@ -83,7 +83,7 @@ pub fn forward_batches(
         for l in 0..layers {
             let layer = model.layer(l)?;
             for h in hidden.iter_mut() {
-                crate::interrupt::check()?;
+                crate::runtime::interrupt::check()?;
                 *h = layer.forward(h)?;
                 progress.inc(1);
             }
@@ -107,7 +107,7 @@ pub fn row_nlls(logits: &Tensor, targets: &[u32]) -> Result<Vec<f64>> {
     );
     if logits.device().is_cpu() {
         let logits = logits.to_dtype(DType::F32)?;
-        return Ok(crate::model::kernels::with_cpu_f32(&logits, |l| {
+        return Ok(crate::compute::kernels::with_cpu_f32(&logits, |l| {
             l.par_chunks(vocab)
                 .zip(targets.par_iter())
                 .map(|(row, &t)| log_sum_exp(row) - row[t as usize] as f64)
@@ -135,7 +135,7 @@ pub fn nll_sum(logits: &Tensor, targets: &[u32]) -> Result<f64> {
 /// log Σ exp(row), in f64 with the vectorized exponential of the kernels.
 pub fn log_sum_exp(row: &[f32]) -> f64 {
     let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    max as f64 + crate::model::kernels::exp_sum_f64(row, max).ln()
+    max as f64 + crate::compute::kernels::exp_sum_f64(row, max).ln()
 }
 
 /// The index of the first largest value (as torch's `argmax` picks it).

@@ -504,7 +504,7 @@ pub fn score_requests(
                     .squeeze(0)?,
             )?;
             let vocab = logits.dims2()?.1;
-            let (ll, greedy) = crate::model::kernels::with_cpu_f32(&logits, |l| {
+            let (ll, greedy) = crate::compute::kernels::with_cpu_f32(&logits, |l| {
                 l.chunks(vocab).zip(&cont[cont.len() - k..]).fold(
                     (0f64, true),
                     |(ll, g), (r, &t)| {

@@ -20,7 +20,7 @@ pub struct Linear {
     pub name: &'static str,
     inner: candle_nn::Linear,
     /// Precision of its GEMM when it runs on the CPU in f32.
-    gemm: super::kernels::CpuGemm,
+    gemm: crate::compute::kernels::CpuGemm,
 }
 
 impl Linear {
@@ -29,12 +29,12 @@ impl Linear {
         Self {
             name,
             inner: candle_nn::Linear::new(weight, bias),
-            gemm: super::kernels::CpuGemm::F32,
+            gemm: crate::compute::kernels::CpuGemm::F32,
         }
     }
 
-    /// Sets the precision of its CPU GEMM (see [`super::kernels::CpuGemm`]).
-    pub fn set_cpu_gemm(&mut self, gemm: super::kernels::CpuGemm) {
+    /// Sets the precision of its CPU GEMM (see [`crate::compute::kernels::CpuGemm`]).
+    pub fn set_cpu_gemm(&mut self, gemm: crate::compute::kernels::CpuGemm) {
         self.gemm = gemm;
     }
 
@@ -76,16 +76,17 @@ impl Linear {
             h(self.name, x)?;
         }
         let w = self.weight();
-        if super::kernels::is_cpu_f32(x) && super::kernels::is_cpu_f32(w) {
+        if crate::compute::kernels::is_cpu_f32(x) && crate::compute::kernels::is_cpu_f32(w) {
             let dims = x.dims().to_vec();
             let k = dims[dims.len() - 1];
             let rows = x.elem_count() / k;
             let x2 = x.reshape((rows, k))?;
             let y = match self.bias() {
-                Some(b) if !super::kernels::is_cpu_f32(b) => {
-                    super::kernels::linear_cpu(&x2, w, None, self.gemm)?.broadcast_add(b)?
+                Some(b) if !crate::compute::kernels::is_cpu_f32(b) => {
+                    crate::compute::kernels::linear_cpu(&x2, w, None, self.gemm)?
+                        .broadcast_add(b)?
                 }
-                b => super::kernels::linear_cpu(&x2, w, b, self.gemm)?,
+                b => crate::compute::kernels::linear_cpu(&x2, w, b, self.gemm)?,
             };
             let mut out_dims = dims;
             *out_dims.last_mut().expect("rank ≥ 1") = w.dim(0)?;
@@ -104,9 +105,9 @@ pub fn layer_norm(
     eps: f64,
 ) -> Result<Tensor> {
     let dtype = x.dtype();
-    let affine_f32 = |t: Option<&Tensor>| t.is_none_or(super::kernels::is_cpu_f32);
-    if super::kernels::is_cpu_f32(x) && affine_f32(weight) && affine_f32(bias) {
-        return super::kernels::layer_norm_f32(x, weight, bias, eps);
+    let affine_f32 = |t: Option<&Tensor>| t.is_none_or(crate::compute::kernels::is_cpu_f32);
+    if crate::compute::kernels::is_cpu_f32(x) && affine_f32(weight) && affine_f32(bias) {
+        return crate::compute::kernels::layer_norm_f32(x, weight, bias, eps);
     }
     let x = x.to_dtype(DType::F32)?;
     let mean = x.mean_keepdim(D::Minus1)?;
@@ -163,8 +164,8 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Resul
     let rep = heads / kv_heads;
     let k = candle_transformers::utils::repeat_kv(k.contiguous()?, rep)?;
     let v = candle_transformers::utils::repeat_kv(v.contiguous()?, rep)?;
-    let out = if super::kernels::is_cpu_f32(q) {
-        super::kernels::causal_attention_f32(
+    let out = if crate::compute::kernels::is_cpu_f32(q) {
+        crate::compute::kernels::causal_attention_f32(
             &q.reshape((b * heads, t, d))?,
             &k.reshape((b * heads, t, d))?,
             &v.reshape((b * heads, t, d))?,
@@ -208,7 +209,8 @@ fn cpu_causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Resul
         let qb = q.narrow(1, r0, rows)?.contiguous()?;
         let kb = k.narrow(1, 0, keys)?.contiguous()?;
         let scores = qb.matmul(&kb.t()?)?.to_dtype(DType::F32)?;
-        let probs = super::kernels::causal_softmax(&scores, r0, scale as f32)?.to_dtype(dtype)?;
+        let probs =
+            crate::compute::kernels::causal_softmax(&scores, r0, scale as f32)?.to_dtype(dtype)?;
         outs.push(probs.matmul(&v.narrow(1, 0, keys)?.contiguous()?)?);
     }
     Tensor::cat(&outs, 1)

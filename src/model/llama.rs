@@ -141,11 +141,12 @@ impl LlamaLayer {
         let h = rms_norm(&x, &self.post_attn_norm, self.eps)?;
         let g = gate.forward(&h, hook)?;
         let u = up.forward(&h, hook)?;
-        let gu = if super::kernels::is_cpu_f32(&g) && super::kernels::is_cpu_f32(&u) {
-            super::kernels::silu_mul_f32(&g.contiguous()?, &u.contiguous()?)?
-        } else {
-            (candle_nn::ops::silu(&g)? * u)?
-        };
+        let gu =
+            if crate::compute::kernels::is_cpu_f32(&g) && crate::compute::kernels::is_cpu_f32(&u) {
+                crate::compute::kernels::silu_mul_f32(&g.contiguous()?, &u.contiguous()?)?
+            } else {
+                (candle_nn::ops::silu(&g)? * u)?
+            };
         Ok((x + down.forward(&gu, hook)?)?)
     }
 }
@@ -191,7 +192,7 @@ impl LlamaOuter {
     pub fn head(&self, x: &Tensor) -> Result<Tensor> {
         let x = rms_norm(x, &self.norm, self.eps)?;
         let (b, t, h) = x.dims3()?;
-        super::kernels::xwt(&x.reshape((b * t, h))?, &self.lm_head)?
+        crate::compute::kernels::xwt(&x.reshape((b * t, h))?, &self.lm_head)?
             .to_dtype(DType::F32)?
             .reshape((b, t, ()))
     }

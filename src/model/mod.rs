@@ -5,10 +5,8 @@
 //! compute device; [`Model::layer`] brings one decoder layer onto the device for as
 //! long as the caller holds it.
 
-pub mod bf16_gemm;
 pub mod config;
 pub mod gguf;
-pub mod kernels;
 pub mod layers;
 pub mod llama;
 pub mod opt;
@@ -104,8 +102,8 @@ impl DecoderLayer {
     }
 
     /// Sets the precision of every linear's CPU GEMM (see
-    /// [`kernels::CpuGemm`]).
-    pub fn set_cpu_gemm(&mut self, gemm: kernels::CpuGemm) {
+    /// [`crate::compute::kernels::CpuGemm`]).
+    pub fn set_cpu_gemm(&mut self, gemm: crate::compute::kernels::CpuGemm) {
         let linears = match self {
             DecoderLayer::Opt(l) => &mut l.linears,
             DecoderLayer::Llama(l) => &mut l.linears,

@@ -223,7 +223,7 @@ fn embed(
     let (b, t) = ids.dims2()?;
     let mut x = tokens.index_select(&ids.flatten_all()?, 0)?;
     if let Some(w) = project_in {
-        x = super::kernels::xwt(&x, w)?;
+        x = crate::compute::kernels::xwt(&x, w)?;
     }
     let x = x.reshape((b, t, ()))?;
     let pos = positions.narrow(0, POSITION_OFFSET, t)?;
@@ -240,9 +240,9 @@ impl OptOuter {
         let (b, t, h) = x.dims3()?;
         let mut x = x.reshape((b * t, h))?;
         if let Some(w) = &self.project_out {
-            x = super::kernels::xwt(&x, w)?;
+            x = crate::compute::kernels::xwt(&x, w)?;
         }
-        super::kernels::xwt(&x, &self.lm_head)?
+        crate::compute::kernels::xwt(&x, &self.lm_head)?
             .to_dtype(DType::F32)?
             .reshape((b, t, ()))
     }

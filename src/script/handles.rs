@@ -19,23 +19,23 @@ use anyhow::Result;
 use rhai::{Array, Dynamic, EvalAltResult, Position};
 
 use crate::calibrate::{Calibration, LayerWork, LinearReport};
-use crate::device::{device_name, dtype_name};
 use crate::model::Model;
-use crate::progress::Progress;
+use crate::runtime::device::{device_name, dtype_name};
+use crate::runtime::progress::Progress;
 
 type R<T> = Result<T, Box<EvalAltResult>>;
 
 /// An anyhow error as a script error (with its whole context chain). An
-/// interruption ([`crate::interrupt`]) ends the script as the engine's own
+/// interruption ([`crate::runtime::interrupt`]) ends the script as the engine's own
 /// Ctrl-C check does: `ErrorTerminated`, which `try`/`catch` cannot swallow.
 /// The flag stays set, so that even a `catch` around a script function that
 /// called the primitive (Rhai lets that one catch it) stops at its next step,
 /// where the engine clears it; a front end clears it when the input ends
 /// ([`super::session::Session::eval`], the REPL).
 pub(crate) fn script_err(e: anyhow::Error) -> Box<EvalAltResult> {
-    if crate::interrupt::is_interrupted(&e) {
+    if crate::runtime::interrupt::is_interrupted(&e) {
         return Box::new(EvalAltResult::ErrorTerminated(
-            crate::interrupt::Interrupted.to_string().into(),
+            crate::runtime::interrupt::Interrupted.to_string().into(),
             Position::NONE,
         ));
     }

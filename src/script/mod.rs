@@ -53,8 +53,8 @@ pub use vector::Vector as NativeVector;
 /// Set (by a front end's Ctrl-C handler, or a notebook kernel's interrupt) to
 /// stop the running script: long primitives poll it and fail with
 /// "interrupted (Ctrl-C)", and the engine stops at its next step, clearing it.
-/// The same flag as [`crate::interrupt::INTERRUPT`], which the core polls.
-pub use crate::interrupt::INTERRUPT;
+/// The same flag as [`crate::runtime::interrupt::INTERRUPT`], which the core polls.
+pub use crate::runtime::interrupt::INTERRUPT;
 
 /// How to build an engine.
 #[derive(Debug, Clone, Default)]

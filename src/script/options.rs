@@ -203,7 +203,7 @@ impl Opts {
     }
 
     /// A size in bytes: an integer, or a string such as `"512M"` or `"8G"`
-    /// ([`crate::memory::parse_size`]).
+    /// ([`crate::runtime::memory::parse_size`]).
     pub fn size(&self, key: &str) -> R<Option<u64>> {
         match self.value(key) {
             None => Ok(None),
@@ -211,7 +211,7 @@ impl Opts {
                 (Ok(i), _) if i >= 0 => Ok(Some(i as u64)),
                 (_, true) => {
                     let text = v.clone().into_string().unwrap_or_default();
-                    crate::memory::parse_size(&text)
+                    crate::runtime::memory::parse_size(&text)
                         .map(Some)
                         .or_else(|e| err(format!("{}: option `{key}`: {e}", self.function)))
                 }

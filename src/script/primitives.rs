@@ -20,11 +20,11 @@ use crate::calibrate::{CalibOptions, Calibration, LinearReport, Method};
 use crate::compress::rules::{Front, Settings};
 use crate::compress::summary::TARGET_TOLERANCE;
 use crate::compress::BitWidths;
-use crate::device::{device_name, dtype_name, parse_device, parse_dtype};
+use crate::compute::kernels::CpuGemm;
 use crate::eval::{eval_dataset, PplOptions};
-use crate::model::kernels::CpuGemm;
 use crate::model::{LoadOptions, Model, SaveFormat, SaveOptions};
 use crate::report::{compression_report, RunInfo};
+use crate::runtime::device::{device_name, dtype_name, parse_device, parse_dtype};
 
 type R<T> = Result<T, Box<EvalAltResult>>;
 

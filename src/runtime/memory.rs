@@ -23,7 +23,7 @@ use std::fmt;
 use anyhow::Result;
 use candle_core::Device;
 
-use crate::device::device_name;
+use crate::runtime::device::device_name;
 
 /// What the calibration was doing when memory ran out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
