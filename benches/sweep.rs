@@ -21,7 +21,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use sparselab::calibrate::{CalibOptions, Calibration, LayerWork, Method};
+use sparselab::calibrate::{CalibOptions, Calibration, LayerWork};
+use sparselab::compress::Method;
 use sparselab::compress::{
     allocate_bits, AllocMethod, AllocOptions, BitWidths, ImportanceOptions, QuantOptions,
     SparseGptOptions, SparsityPattern,

@@ -5,24 +5,29 @@
 //! are tokenized and windowed exactly as the reference SparseGPT scripts do
 //! ([`data`]), and perplexity follows the reference protocol ([`eval`]).
 //!
-//! Layers, from the bottom up (the manual's source layout, `docs/manual.md`,
-//! names the files):
+//! Layers, from the bottom up; a module uses only modules on its own line or
+//! above it (the manual's source layout, `docs/manual.md`, names the files):
 //!
 //! - process services: [`runtime`] (allocator settings, devices, memory
-//!   limits, the interrupt flag, progress);
-//! - compute kernels: [`compute`] (f32 and bf16 GEMMs, softmax, NLL);
-//! - models and data: [`model`] (configs, OPT/Llama layers, checkpoints, GGUF,
-//!   saving), [`data`] (datasets, tokenizers), [`hub`];
-//! - compression: [`compress`] (Hessians, the OBS sweep, quantizer, importance,
-//!   allocation, combination rules, summary), driven layer by layer by
-//!   [`calibrate`] with [`checkpoint`], [`calib_cache`] and [`report`];
-//!   [`eval`] measures the result; [`plot`] charts it;
-//! - front ends: [`script`] (the Rhai engine and primitives), [`repl`] and
-//!   [`jupyter`] (the Jupyter kernel); the binary's commands are in `src/main.rs`.
+//!   limits, the interrupt flag, progress); compute kernels: [`compute`] (f32
+//!   and bf16 GEMMs, softmax, NLL); report records: [`report`] (per-linear
+//!   reports, the run summary); [`hub`];
+//! - data: [`data`] (datasets, tokenizers);
+//! - compression: [`compress`] (Hessians, the OBS sweep, quantizer, the method
+//!   dispatch, importance, allocation, combination rules);
+//! - models: [`model`] (configs, OPT/Llama layers, checkpoints, GGUF, saving);
+//!   [`eval`] measures them;
+//! - calibration: [`calibrate`] (the layer loop, the commit, the statistics
+//!   hook, the statistics cache, checkpoints, `compression.json`);
+//! - front ends: [`plot`] (charts), [`script`] (the Rhai engine and
+//!   primitives), [`repl`] and [`jupyter`] (the Jupyter kernel); the binary's
+//!   commands are in `src/main.rs`.
+//!
+//! One edge still points up: `compress::rules` takes its "did you mean"
+//! suggestions from `script::suggest`; and [`plot`] and [`script`] use each
+//! other.
 
-pub mod calib_cache;
 pub mod calibrate;
-pub mod checkpoint;
 pub mod compress;
 pub mod compute;
 pub mod data;

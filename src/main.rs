@@ -4,14 +4,17 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
-use sparselab::calibrate::{uniform_policy, CalibOptions, Calibration, LayerFilter, Method};
+use sparselab::calibrate::compression_report;
+use sparselab::calibrate::{uniform_policy, CalibOptions, Calibration, LayerFilter};
+use sparselab::compress::method::method_settings;
 use sparselab::compress::rules::{Front, Settings};
 use sparselab::compress::BitWidths;
+use sparselab::compress::Method;
 use sparselab::compute::kernels::CpuGemm;
 use sparselab::eval::{eval_dataset, PplOptions};
 use sparselab::model::save::check_target;
 use sparselab::model::{LoadOptions, Model, SaveFormat, SaveOptions};
-use sparselab::report::{compression_report, method_settings, RunInfo};
+use sparselab::report::RunInfo;
 use sparselab::runtime::device::{dtype_name, parse_device, parse_dtype};
 use sparselab::script::{check_file, parse_set, run_file, ScriptOptions};
 
@@ -407,7 +410,7 @@ fn prune(args: PruneArgs) -> Result<()> {
         ppl_ses.insert(dataset.clone(), serde_json::json!(r.ppl_se));
     }
     let n = calib.reports.len() as f64;
-    let mean = |f: &dyn Fn(&sparselab::calibrate::LinearReport) -> f64| {
+    let mean = |f: &dyn Fn(&sparselab::report::LinearReport) -> f64| {
         calib.reports.iter().map(f).sum::<f64>() / n
     };
     println!(

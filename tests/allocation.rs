@@ -12,7 +12,6 @@ use std::time::Instant;
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};
-use sparselab::calibrate::{ImportanceNote, LinearReport};
 use sparselab::compress::allocation::{average_bits, error_proxy, DEFAULT_TIERS};
 use sparselab::compress::channel_error::{
     allocate_min_error, channel_errors, ChannelErrorOptions, ErrorCurves, ErrorWeight,
@@ -23,8 +22,9 @@ use sparselab::compress::importance::{
 use sparselab::compress::{
     allocate_bits, group_channels, normalize_mean1, score_importance, split_per_linear,
     ActivationReservoir, AllocMethod, AllocOptions, GroupMethod, HessianAccumulator,
-    ImportanceOptions, RunIntent, SparsityPattern, Summary,
+    ImportanceOptions, SparsityPattern,
 };
+use sparselab::report::{ImportanceNote, LinearReport, RunIntent, Summary};
 
 // ------------------------------------------------------------------ data
 

@@ -9,7 +9,8 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use candle_core::Tensor;
-use sparselab::calibrate::{CalibOptions, Calibration, LayerWork, Method};
+use sparselab::calibrate::{CalibOptions, Calibration, LayerWork};
+use sparselab::compress::Method;
 use sparselab::compress::{BitWidths, QuantOptions, SparseGptOptions, SparsityPattern};
 use sparselab::model::{LoadOptions, Model};
 

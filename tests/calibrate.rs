@@ -5,7 +5,8 @@ mod common;
 
 use std::path::Path;
 
-use sparselab::calibrate::{uniform_policy, CalibOptions, Calibration, LayerFilter, Method};
+use sparselab::calibrate::{uniform_policy, CalibOptions, Calibration, LayerFilter};
+use sparselab::compress::Method;
 use sparselab::compress::{
     fasterprune, magnitude_prune, relative_output_error, wanda_prune, BitWidths, QuantOptions,
     SparseGptOptions, SparsityPattern,

@@ -8,7 +8,8 @@ mod common;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use sparselab::calibrate::{uniform_policy, Calibration, LayerFilter, Method};
+use sparselab::calibrate::{uniform_policy, Calibration, LayerFilter};
+use sparselab::compress::Method;
 use sparselab::compress::{
     fasterprune, BitWidths, QuantOptions, SparseGptOptions, SparsityPattern,
 };

@@ -248,7 +248,8 @@ fn reference_figures_reproduce_with_the_installed_transformers() {
 
 // ---- standard errors, KL divergence, zero-shot tasks ---------------------
 
-use sparselab::calibrate::{uniform_policy, Calibration, LayerFilter, Method};
+use sparselab::calibrate::{uniform_policy, Calibration, LayerFilter};
+use sparselab::compress::Method;
 use sparselab::compress::SparsityPattern;
 use sparselab::eval::kl::BaseFile;
 use sparselab::eval::tasks::{load_docs, score_task, wikitext_last_word_docs};

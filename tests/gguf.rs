@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use candle_core::{Device, Tensor};
-use sparselab::calibrate::{CalibOptions, Calibration, Method};
+use sparselab::calibrate::{CalibOptions, Calibration};
+use sparselab::compress::Method;
 use sparselab::compress::{
     fasterprune, magnitude_prune, relative_output_error, SparseGptOptions, SparsityPattern,
 };

@@ -7,13 +7,14 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use rand_mt::Mt64;
-use sparselab::calibrate::{score_dense, CalibOptions, Calibration, Method};
+use sparselab::calibrate::{score_dense, CalibOptions, Calibration};
 use sparselab::compress::allocation::{allocate_bits, split_per_linear, AllocMethod, AllocOptions};
 use sparselab::compress::importance::{importance_note, ImportanceOptions};
-use sparselab::compress::summary::{RunIntent, Summary};
+use sparselab::compress::Method;
 use sparselab::compress::{BitWidths, QuantOptions, SparseGptOptions, SparsityPattern};
 use sparselab::eval::{perplexity, PplOptions};
 use sparselab::model::{LoadOptions, Model};
+use sparselab::report::summary::{RunIntent, Summary};
 
 fn load(fx: &Path) -> Model {
     let dir = fx.join("models/opt-tiny");

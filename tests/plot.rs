@@ -7,17 +7,17 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::process::Command;
 
-use sparselab::calibrate::{
-    uniform_policy, CalibOptions, Calibration, ImportanceNote, LayerFilter, LinearReport, Method,
-};
+use sparselab::calibrate::{uniform_policy, CalibOptions, Calibration, LayerFilter};
 use sparselab::compress::allocation::{allocate_bits, AllocOptions};
-use sparselab::compress::summary::{RunIntent, Summary};
+use sparselab::compress::Method;
 use sparselab::compress::{BitWidths, QuantOptions, SparseGptOptions, SparsityPattern};
 use sparselab::model::{LoadOptions, Model};
 use sparselab::plot::{
     bits_chart, compare_chart, histogram, layers_chart, CompareTable, HistOptions, Plot,
     PlotFormat, RichDisplay, DEFAULT_SIZE, LAYER_FIELDS,
 };
+use sparselab::report::summary::{RunIntent, Summary};
+use sparselab::report::{ImportanceNote, LinearReport};
 
 fn report(layer: usize, linear: &str, hist: Vec<(u32, usize)>, err: f64) -> LinearReport {
     let columns = hist.iter().map(|(_, c)| c).sum::<usize>();

@@ -10,7 +10,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use sparselab::compress::summary::TARGET_TOLERANCE;
+use sparselab::report::summary::TARGET_TOLERANCE;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sparselab");
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");

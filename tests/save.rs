@@ -10,16 +10,16 @@ use std::process::Command;
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
-use sparselab::calibrate::{
-    uniform_policy, CalibOptions, Calibration, LayerFilter, LayerWork, Method,
-};
+use sparselab::calibrate::compression_report;
+use sparselab::calibrate::{uniform_policy, CalibOptions, Calibration, LayerFilter, LayerWork};
+use sparselab::compress::Method;
 use sparselab::compress::{
     BitWidths, QuantOptions, QuantizerConfig, SparseGptOptions, SparsityPattern,
 };
 use sparselab::eval::{perplexity, PplOptions};
 use sparselab::model::random::{llama_config, opt_config, write_random_model};
 use sparselab::model::{LoadOptions, Model, SaveFormat, SaveOptions};
-use sparselab::report::{bits_from_rle, compression_report, RunInfo};
+use sparselab::report::{bits_from_rle, RunInfo};
 
 // ------------------------------------------------------------------ helpers
 

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use candle_core::{DType, Device};
-use sparselab::calibrate::{uniform_policy, CalibOptions, Calibration, LayerFilter, Method};
+use sparselab::calibrate::{uniform_policy, CalibOptions, Calibration, LayerFilter};
+use sparselab::compress::Method;
 use sparselab::compress::{SparseGptOptions, SparsityPattern};
 use sparselab::eval::{eval_dataset, PplOptions};
 use sparselab::model::{LoadOptions, Model};

@@ -257,7 +257,7 @@ print("done");
     let last = out.lines().rev().find(|l| !l.trim().is_empty()).unwrap();
     assert!(last.starts_with("MISSED TARGET: average"), "{out}");
     assert_eq!(
-        sparselab::compress::summary::TARGET_TOLERANCE,
+        sparselab::report::summary::TARGET_TOLERANCE,
         run_value("target_tolerance()")
     );
 }

@@ -391,7 +391,7 @@ pub const CONCENTRATION_WARNING: f64 = 0.9;
 /// What is suspicious about an allocation over `tiers`, if anything: all but a
 /// sliver of the channels in one tier although several were offered (as
 /// thresholds can do, putting most channels at the top width), or an average
-/// further than [`TARGET_TOLERANCE`](super::summary::TARGET_TOLERANCE) from
+/// further than [`TARGET_TOLERANCE`](crate::report::TARGET_TOLERANCE) from
 /// `target`. `why` is appended: the reason the method at hand tends to do this.
 pub fn allocation_warning(
     bits: &[u32],
@@ -406,7 +406,7 @@ pub fn allocation_warning(
     let avg = average_bits(bits);
     let mut problems = Vec::new();
     if let Some(t) = target {
-        if (avg - t).abs() > super::summary::TARGET_TOLERANCE {
+        if (avg - t).abs() > crate::report::TARGET_TOLERANCE {
             problems.push(format!(
                 "the average is {avg:.3} bits against a target of {t} (off by {:+.3})",
                 avg - t

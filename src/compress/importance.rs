@@ -18,7 +18,7 @@ use rayon::prelude::*;
 use super::matrix::{to_host, HostMatrix};
 use super::sparsegpt::NotPositiveDefinite;
 use super::HessianAccumulator;
-use crate::calibrate::ImportanceNote;
+use crate::report::ImportanceNote;
 
 /// An importance metric. Below, `W` is the weight `[out, in]`, `H` the
 /// accumulated Hessian `2/n · Σ XᵀX` ([`HessianAccumulator::hessian`]) and `x_j`
@@ -828,7 +828,7 @@ pub fn score_range(scores: &[f32]) -> Result<(f32, f32)> {
         }))
 }
 
-/// The note a report carries ([`crate::calibrate::LayerWork::set_importance`]):
+/// The note a report carries (the calibration's `LayerWork::set_importance`):
 /// the metric's name and the range of the scores normalised to mean 1.
 pub fn importance_note(metric: &str, scores: &[f32]) -> Result<ImportanceNote> {
     let mut s = scores.to_vec();

@@ -1,7 +1,7 @@
 //! The numerical core of compression: Hessians, the OBS sweep (SparseGPT/GPTQ),
 //! the min-max quantizer, magnitude and Wanda pruning, error statistics, and
-//! mixed precision: activation reservoirs, channel importance, bit allocation
-//! and the run summary.
+//! mixed precision: activation reservoirs, channel importance and bit
+//! allocation; the method dispatch ([`Method`]) with its damping retry.
 //!
 //! Everything here works on one weight matrix `W` (`[rows, columns]`, as
 //! `nn.Linear.weight` stores it) and, where needed, the Hessian of its inputs
@@ -20,6 +20,7 @@ pub mod channel_error;
 pub mod hessian;
 pub mod importance;
 pub mod magnitude;
+pub mod method;
 pub mod owl;
 pub mod pattern;
 pub mod quant;
@@ -27,7 +28,6 @@ pub mod reservoir;
 pub mod rules;
 pub mod sparsegpt;
 pub mod stats;
-pub mod summary;
 pub mod wanda;
 
 mod matrix;
@@ -44,12 +44,12 @@ pub use importance::{
     importance_note, normalize_mean1, score_importance, score_range, ImportanceOptions, Metric,
 };
 pub use magnitude::magnitude_prune;
+pub use method::{compress_weight, Method};
 pub use pattern::SparsityPattern;
 pub use quant::{BitWidths, QuantGrid, QuantizerConfig};
 pub use reservoir::{ActivationReservoir, DEFAULT_RESERVOIR_CAPACITY};
 pub use sparsegpt::{fasterprune, NotPositiveDefinite, QuantOptions, SparseGptOptions};
 pub use stats::relative_output_error;
-pub use summary::{RunIntent, Summary};
 pub use wanda::wanda_prune;
 
 use candle_core::Tensor;

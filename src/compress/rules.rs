@@ -15,8 +15,7 @@
 
 use anyhow::Result;
 
-use super::{BitWidths, QuantOptions, QuantizerConfig, SparseGptOptions, SparsityPattern};
-use crate::calibrate::Method;
+use super::{BitWidths, Method, QuantOptions, QuantizerConfig, SparseGptOptions, SparsityPattern};
 
 /// The compression methods, by the names both front ends take.
 pub const METHODS: [&str; 4] = ["sparsegpt", "gptq", "magnitude", "wanda"];

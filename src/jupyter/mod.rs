@@ -102,7 +102,7 @@ pub fn bundle_of(engine: &rhai::Engine, v: &Dynamic) -> Vec<(&'static str, Strin
     if let Some(p) = v.read_lock::<Plot>() {
         return p.mime_bundle();
     }
-    if let Some(s) = v.read_lock::<crate::compress::summary::Summary>() {
+    if let Some(s) = v.read_lock::<crate::report::summary::Summary>() {
         return RichDisplay::mime_bundle(&*s);
     }
     if let Some(t) = v.read_lock::<CompareTable>() {

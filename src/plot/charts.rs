@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 
 use super::render::{fmt_num, BarsSpec, HistSpec, LinesSpec, Spec};
 use super::{CompareTable, Plot, DEFAULT_SIZE};
-use crate::compress::summary::{LinearLine, Summary};
+use crate::report::summary::{LinearLine, Summary};
 
 /// Settings of [`histogram`].
 #[derive(Debug, Clone, PartialEq)]
@@ -126,7 +126,7 @@ pub fn bits_chart(summary: &Summary) -> Result<Plot> {
     }
     let widths: Vec<u32> = summary.tiers.iter().map(|t| t.bits).collect();
     let categories = widths.iter().map(|b| format!("{b} bits")).collect();
-    let share = |tiers: &[crate::compress::summary::TierCount]| -> Vec<Option<f64>> {
+    let share = |tiers: &[crate::report::summary::TierCount]| -> Vec<Option<f64>> {
         widths
             .iter()
             .map(|b| tiers.iter().find(|t| t.bits == *b).map(|t| t.percent))

@@ -21,7 +21,7 @@ use std::io::{self, Write};
 
 use super::table::fmt_cell;
 use super::{CompareTable, Plot};
-use crate::compress::summary::Summary;
+use crate::report::summary::Summary;
 use crate::script::vector::{format_num, Kind, Vector};
 
 /// A value that a notebook can show richly.
@@ -185,7 +185,7 @@ fn bits(a: Option<f64>) -> String {
         .unwrap_or_else(|| "float".to_string())
 }
 
-fn tiers_text(tiers: &[crate::compress::summary::TierCount]) -> String {
+fn tiers_text(tiers: &[crate::report::summary::TierCount]) -> String {
     tiers
         .iter()
         .map(|t| format!("{}b {:.1}%", t.bits, t.percent))

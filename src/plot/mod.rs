@@ -17,7 +17,7 @@
 //! `evcxr_display` method the evcxr Jupyter kernel calls, and the same bundles
 //! for a native kernel.
 //!
-//! [`Summary`]: crate::compress::summary::Summary
+//! [`Summary`]: crate::report::summary::Summary
 
 mod charts;
 pub mod display;

@@ -1,15 +1,76 @@
-//! `compression.json`: what a compression run did, per linear and per run, with
-//! enough detail (settings, calibration, program version) to reproduce it.
+//! What a compression run did: one record per compressed linear
+//! ([`LinearReport`], with its [`ImportanceNote`]), the run's context
+//! ([`RunInfo`]), the end-of-run [`summary`], and the fields of
+//! `compression.json` that name the program. The file itself is written from a
+//! calibration by [`crate::calibrate::compression_report`].
+//!
+//! The records are plain data: this module depends on nothing else in the
+//! crate, so that the compression methods, the calibration and the front ends
+//! can all use it.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
-use serde::Serialize;
-use serde_json::{json, Value};
+pub mod summary;
 
-use crate::calibrate::{Calibration, LinearReport, Method};
-use crate::compress::{BitWidths, SparsityPattern};
-use crate::model::Model;
-use crate::runtime::device::{device_name, dtype_name};
+pub use summary::{RunIntent, Summary, TARGET_TOLERANCE};
+
+/// What compressing one linear did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LinearReport {
+    /// Decoder layer.
+    pub layer: usize,
+    /// Linear within the layer (`self_attn.q_proj`, `fc1`, …).
+    pub linear: String,
+    /// Method name.
+    pub method: String,
+    /// Output rows.
+    pub rows: usize,
+    /// Input columns (channels).
+    pub columns: usize,
+    /// Fraction of weights the mask removed.
+    pub sparsity: f64,
+    /// For n:m patterns, whether every group satisfies it.
+    pub nm_valid: Option<bool>,
+    /// Mean bits per input channel, when quantized.
+    pub avg_bits: Option<f64>,
+    /// Input channels per bit width `(bits, channels)`, ascending; empty when
+    /// the linear kept float weights.
+    pub bits_histogram: Vec<(u32, usize)>,
+    /// Bits of every input channel, run-length encoded as `(bits, run)` pairs
+    /// ([`bits_from_rle`] expands it); empty when not quantized.
+    #[serde(default)]
+    pub bits_rle: Vec<(u32, usize)>,
+    /// The method's settings: pattern (mask structure), and for SparseGPT/GPTQ
+    /// block size, damping, order and quantizer ([`crate::compress::method::method_settings`]).
+    #[serde(default)]
+    pub settings: serde_json::Value,
+    /// The importance metric that chose this linear's widths and the range of its
+    /// (mean-normalised) scores, when a policy recorded one
+    /// ([`crate::calibrate::LayerWork::set_importance`]).
+    pub importance: Option<ImportanceNote>,
+    /// The OBS loss as the reference prints it (SparseGPT/GPTQ only).
+    pub loss: Option<f64>,
+    /// ‖WX − ŴX‖² / ‖WX‖² on the calibration inputs (through the Hessian).
+    pub rel_error: f64,
+    /// Input channels never activated by the calibration data.
+    pub dead_columns: usize,
+    /// The damping that succeeded (SparseGPT/GPTQ), after any retries.
+    pub percdamp: Option<f64>,
+    /// Seconds spent compressing this linear.
+    pub seconds: f64,
+}
+
+/// Which importance metric a policy used for a linear, and its score range.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ImportanceNote {
+    /// Metric name (`magnitude`, `wanda`, `mi`, …).
+    pub metric: String,
+    /// Smallest score.
+    pub min: f64,
+    /// Largest score.
+    pub max: f64,
+}
 
 /// The `format` field of `compression.json`.
 pub const REPORT_FORMAT: &str = "sparselab-compression-report";
@@ -44,45 +105,6 @@ pub fn bits_from_rle(rle: &[(u32, usize)]) -> Vec<u32> {
         .collect()
 }
 
-/// A sparsity pattern as JSON: `{"structure": "dense" | "unstructured" | "n:m", …}`.
-pub fn pattern_json(p: &SparsityPattern) -> Value {
-    match *p {
-        SparsityPattern::Dense => json!({"structure": "dense"}),
-        SparsityPattern::Unstructured { sparsity } => {
-            json!({"structure": "unstructured", "sparsity": sparsity})
-        }
-        SparsityPattern::NM { n, m } => json!({"structure": "n:m", "n": n, "m": m}),
-    }
-}
-
-/// The settings of a method as JSON: pattern, and for SparseGPT/GPTQ the block
-/// size, damping, order and quantizer.
-pub fn method_settings(method: &Method) -> Value {
-    match method {
-        Method::SparseGpt(o) => json!({
-            "pattern": pattern_json(&o.pattern),
-            "blocksize": o.blocksize,
-            "percdamp": o.percdamp,
-            "act_order": o.act_order,
-            "quantizer": o.quant.as_ref().map(|q| json!({
-                "bits": match &q.bits {
-                    BitWidths::Uniform(b) => json!(b),
-                    BitWidths::PerColumn(_) => json!("per-channel"),
-                },
-                "sym": q.quantizer.sym,
-                "mse": q.quantizer.mse,
-                "norm": q.quantizer.norm,
-                "grid": q.quantizer.grid,
-                "maxshrink": q.quantizer.maxshrink,
-                "groupsize": q.groupsize,
-                "static_groups": q.static_groups,
-                "range": "per-row min-max containing 0",
-            })),
-        }),
-        Method::Magnitude(p) | Method::Wanda(p) => json!({"pattern": pattern_json(p)}),
-    }
-}
-
 /// What the caller knows about a run that the calibration does not: the
 /// script, its `--set` values, the command line, the wall time.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -99,97 +121,6 @@ pub struct RunInfo {
     pub wall_seconds: Option<f64>,
     /// Anything else worth keeping (perplexities, …).
     pub extra: Option<Value>,
-}
-
-/// One linear's entry: the report, the saved tensor's name, and its mask
-/// structure pulled up from the settings.
-fn linear_json(model: &Model, r: &LinearReport) -> Value {
-    let canonical = model.linear_weight_name(r.layer, &r.linear);
-    let stored = model
-        .weights()
-        .meta(&canonical)
-        .map(|m| m.stored_name.clone())
-        .unwrap_or(canonical);
-    let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
-    if let Value::Object(o) = &mut v {
-        o.insert("tensor".into(), stored.into());
-        let structure = r
-            .settings
-            .pointer("/pattern/structure")
-            .cloned()
-            .unwrap_or(Value::Null);
-        o.insert("mask_structure".into(), structure);
-    }
-    v
-}
-
-/// The whole `compression.json` for a model compressed by `calib`.
-pub fn compression_report(model: &Model, calib: &Calibration, run: &RunInfo) -> Value {
-    let reports = &calib.reports;
-    let weights: f64 = reports.iter().map(|r| (r.rows * r.columns) as f64).sum();
-    let weighted = |f: &dyn Fn(&LinearReport) -> f64| {
-        if weights == 0.0 {
-            0.0
-        } else {
-            reports
-                .iter()
-                .map(|r| f(r) * (r.rows * r.columns) as f64)
-                .sum::<f64>()
-                / weights
-        }
-    };
-    let quantized: Vec<&LinearReport> = reports.iter().filter(|r| r.avg_bits.is_some()).collect();
-    let qweights: f64 = quantized.iter().map(|r| (r.rows * r.columns) as f64).sum();
-    let avg_bits = (qweights > 0.0).then(|| {
-        quantized
-            .iter()
-            .map(|r| r.avg_bits.unwrap_or(0.0) * (r.rows * r.columns) as f64)
-            .sum::<f64>()
-            / qweights
-    });
-    let created = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    json!({
-        "format": REPORT_FORMAT,
-        "version": 1,
-        "sparselab": {"version": version(), "git_revision": git_revision()},
-        "created_unix": created,
-        "model": {
-            "spec": model.spec,
-            "architecture": format!("{:?}", model.arch()),
-            "layers": model.num_layers(),
-            "source_format": format!("{:?}", model.weights().format()),
-            "dtype": dtype_name(model.dtype()),
-            "device": device_name(model.device()),
-        },
-        "calibration": {
-            "dataset": calib.opts.dataset,
-            "nsamples": calib.windows(),
-            "seqlen": calib.seqlen(),
-            "seed": calib.opts.seed,
-            "batch": calib.opts.windows_per_pass(calib.seqlen()),
-            "true_sequential": calib.opts.true_sequential,
-            "reservoir": calib.opts.reservoir,
-            "gemm": calib.opts.gemm.name(),
-            "checkpoint": calib.opts.checkpoint.as_ref().map(|p| p.display().to_string()),
-            "policy_fingerprint": (!calib.opts.fingerprint.is_empty()).then(|| calib.opts.fingerprint.clone()),
-            "resumed_after_layers": calib.resumed_layers,
-        },
-        "run": run,
-        "timings": calib.timings,
-        "summary": {
-            "linears": reports.len(),
-            "weights": weights,
-            "sparsity": weighted(&|r| r.sparsity),
-            "avg_bits": avg_bits,
-            "rel_error_mean": if reports.is_empty() { 0.0 } else {
-                reports.iter().map(|r| r.rel_error).sum::<f64>() / reports.len() as f64
-            },
-        },
-        "linears": reports.iter().map(|r| linear_json(model, r)).collect::<Vec<_>>(),
-    })
 }
 
 #[cfg(test)]

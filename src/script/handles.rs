@@ -18,8 +18,9 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 use anyhow::Result;
 use rhai::{Array, Dynamic, EvalAltResult, Position};
 
-use crate::calibrate::{Calibration, LayerWork, LinearReport};
+use crate::calibrate::{Calibration, LayerWork};
 use crate::model::Model;
+use crate::report::LinearReport;
 use crate::runtime::device::{device_name, dtype_name};
 use crate::runtime::progress::Progress;
 

@@ -151,11 +151,11 @@ pub mod mixed {
     const MIN_ERROR_NOTE: &str = "the measured error curves make the other tiers worth less \
         than their bits at this budget (the allocation is still the optimum of the curves)";
     use crate::compress::importance::{importance_note, ImportanceOptions};
-    use crate::compress::summary::{RunIntent, Summary};
     use crate::plot::{
         bits_chart, compare_chart, histogram, layers_chart, CompareTable, HistOptions, Plot,
         XyOptions,
     };
+    use crate::report::summary::{RunIntent, Summary};
     use crate::script::handles::{CalibHandle, LayerHandle};
     use crate::script::options::{IntOrInts, Opts};
     use crate::script::vector::{err, Vector};
@@ -494,7 +494,7 @@ pub mod mixed {
             if let Some(w) = concentrated {
                 eprintln!("warning: allocate_model: {w}");
             }
-            if (a.avg_bits - target).abs() > crate::compress::summary::TARGET_TOLERANCE {
+            if (a.avg_bits - target).abs() > crate::report::summary::TARGET_TOLERANCE {
                 eprintln!(
                     "warning: allocate_model: the average is {:.3} bits against a target of {target}",
                     a.avg_bits

@@ -76,7 +76,7 @@ pub fn register_types(engine: &mut Engine) {
         .register_type_with_name::<CalibHandle>("Calibration")
         .register_type_with_name::<LayerHandle>("Layer")
         .register_type_with_name::<LayerIter>("Layers")
-        .register_type_with_name::<crate::compress::summary::Summary>("Summary")
+        .register_type_with_name::<crate::report::summary::Summary>("Summary")
         .register_type_with_name::<crate::compress::ErrorCurves>("ErrorCurves")
         .register_type_with_name::<crate::plot::Plot>("Plot")
         .register_type_with_name::<crate::plot::CompareTable>("CompareTable")

@@ -20,12 +20,13 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::calibrate::{CalibOptions, LinearReport};
+use super::CalibOptions;
 use crate::compress::QuantGrid;
 use crate::model::packed::BitMask;
 use crate::model::st_write::{st_dtype, tensor_bytes, write_safetensors, Planned};
 use crate::model::staging::{write_file_atomic, Budget};
 use crate::model::{CompressedInfo, Model};
+use crate::report::LinearReport;
 use crate::runtime::device::dtype_name;
 
 const MANIFEST: &str = "manifest.json";

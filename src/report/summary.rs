@@ -15,7 +15,7 @@ use std::fmt;
 use anyhow::{bail, Result};
 use serde::Serialize;
 
-use crate::calibrate::{ImportanceNote, LinearReport};
+use super::{ImportanceNote, LinearReport};
 
 /// How far (in bits) the achieved average may be from the target before it
 /// counts as missed: the one tolerance of the summary, of the scripts'

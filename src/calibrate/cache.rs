@@ -22,7 +22,7 @@
 //! is ignored with a warning and replaced, never used. Entries are written into
 //! a temporary sibling directory and renamed into place, so an interrupted or
 //! failed write leaves no entry behind. The tensors use the checkpoint's
-//! safetensors writer and reader ([`crate::checkpoint`]).
+//! safetensors writer and reader ([`super::checkpoint`]).
 //!
 //! Size: a layer's inputs are `nsamples · seqlen · hidden` values (0.8 GB for
 //! OPT-125M at 128 × 2048 in f32) plus its Hessians (`Σ columns²` f32) and
@@ -35,7 +35,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{
+use super::checkpoint::{
     fnv1a, hash_words, read_batches, write_batches, write_json, write_tensors, Manifest,
 };
 use crate::compress::reservoir::ActivationReservoir;
