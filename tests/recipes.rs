@@ -310,7 +310,15 @@ fn vicuna_mi_reports_the_target_and_both_calibration_modes() {
         let p = out
             .lines()
             .find(|l| l.starts_with(&format!("ppl {d}: ")))
-            .map(|l| num(l.split(": ").nth(1).unwrap().split_whitespace().next().unwrap()))
+            .map(|l| {
+                num(l
+                    .split(": ")
+                    .nth(1)
+                    .unwrap()
+                    .split_whitespace()
+                    .next()
+                    .unwrap())
+            })
             .unwrap();
         let gap = out
             .lines()
