@@ -17,8 +17,9 @@ use rhai::{Dynamic, Map, FLOAT, INT};
 
 use super::handles::{script_err, ModelHandle};
 use super::options::Opts;
+use super::primitives::{engine_quiet, ppl_options};
 use super::vector::err;
-use crate::eval::{KlResult, PplOptions};
+use crate::eval::KlResult;
 
 type R<T> = Result<T, Box<EvalAltResult>>;
 
@@ -30,24 +31,6 @@ pub const EVALUATION: &[&str] = &[
     "eval_tasks",
     "fmt_pm",
 ];
-
-/// Whether the engine runs quietly (no progress output): its tag's `quiet`.
-fn engine_quiet(ctx: &NativeCallContext) -> bool {
-    ctx.tag()
-        .and_then(|t| t.read_lock::<Map>().and_then(|m| m.get("quiet").cloned()))
-        .and_then(|q| q.as_bool().ok())
-        .unwrap_or(false)
-}
-
-/// `seqlen`, `nsamples`, `batch`, `quiet` of an options map.
-fn ppl_options(ctx: &NativeCallContext, o: &Opts) -> R<PplOptions> {
-    Ok(PplOptions {
-        seqlen: o.usize("seqlen")?,
-        batch: o.usize("batch")?.unwrap_or(PplOptions::default().batch),
-        max_windows: o.usize("nsamples")?,
-        quiet: o.bool("quiet")?.unwrap_or_else(|| engine_quiet(ctx)),
-    })
-}
 
 fn float(x: f64) -> Dynamic {
     Dynamic::from_float(x as FLOAT)

@@ -54,11 +54,22 @@ pub const PRIMITIVES: &[&str] = &[
 ];
 
 /// Whether the engine runs quietly (no progress output): its tag's `quiet`.
-fn engine_quiet(ctx: &NativeCallContext) -> bool {
+pub(crate) fn engine_quiet(ctx: &NativeCallContext) -> bool {
     ctx.tag()
         .and_then(|t| t.read_lock::<Map>().and_then(|m| m.get("quiet").cloned()))
         .and_then(|q| q.as_bool().ok())
         .unwrap_or(false)
+}
+
+/// The evaluation settings `seqlen`, `nsamples`, `batch`, `quiet` of an options
+/// map, as every evaluation function takes them.
+pub(crate) fn ppl_options(ctx: &NativeCallContext, o: &Opts) -> R<PplOptions> {
+    Ok(PplOptions {
+        seqlen: o.usize("seqlen")?,
+        batch: o.usize("batch")?.unwrap_or(PplOptions::default().batch),
+        max_windows: o.usize("nsamples")?,
+        quiet: o.bool("quiet")?.unwrap_or_else(|| engine_quiet(ctx)),
+    })
 }
 
 /// A value that may be absent: `()` for `None`.
@@ -599,13 +610,7 @@ pub mod primitives {
         options: Map,
     ) -> R<FLOAT> {
         let o = Opts::new("eval_ppl", options)?;
-        let d = PplOptions::default();
-        let opts = PplOptions {
-            seqlen: o.usize("seqlen")?,
-            batch: o.usize("batch")?.unwrap_or(d.batch),
-            max_windows: o.usize("nsamples")?,
-            quiet: o.bool("quiet")?.unwrap_or_else(|| engine_quiet(&ctx)),
-        };
+        let opts = super::ppl_options(&ctx, &o)?;
         let m = model.settled()?;
         Ok(eval_dataset(&m, dataset, &opts).map_err(script_err)?.ppl)
     }
