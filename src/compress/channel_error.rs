@@ -224,10 +224,7 @@ pub fn channel_errors(
     let keep = estimate_mask(&w, rows, cols, &d, opts);
     let omega: Vec<f64> = match opts.weight {
         ErrorWeight::Obs => d.iter().map(|d| 1.0 / d).collect(),
-        ErrorWeight::Diag => {
-            let h = to_host(acc.hessian(), "Hessian")?;
-            (0..cols).map(|j| h.data[j * cols + j] as f64).collect()
-        }
+        ErrorWeight::Diag => acc.diagonal()?,
     };
     let nt = opts.tiers.len();
     let maxqs: Vec<f32> = opts.tiers.iter().map(|&b| maxq(b)).collect();

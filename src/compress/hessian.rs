@@ -179,6 +179,20 @@ impl HessianAccumulator {
         self.columns
     }
 
+    /// `diag H` in f64, gathered on the Hessian's device (no full copy to the
+    /// host).
+    pub fn diagonal(&self) -> Result<Vec<f64>> {
+        let h = self.hessian();
+        let n = self.columns;
+        let idx: Vec<u32> = (0..n).map(|j| (j * (n + 1)) as u32).collect();
+        let idx = Tensor::from_vec(idx, n, h.device())?;
+        let d = h
+            .flatten_all()?
+            .index_select(&idx, 0)?
+            .to_dtype(DType::F64)?;
+        Ok(d.to_vec1::<f64>()?)
+    }
+
     /// An accumulator restored from its parts (a statistics cache): the Hessian
     /// `[columns, columns]`, the Wanda scale `[columns]` and the sequences seen.
     pub fn from_parts(h: Tensor, scaler_row: Tensor, nsamples: usize) -> Result<Self> {

@@ -465,7 +465,8 @@ impl Scorer<'_> {
                         .map(|v| (v as f64).max(0.0).sqrt())
                         .collect()
                 } else {
-                    self.h_diag()?
+                    self.acc
+                        .diagonal()?
                         .into_iter()
                         .map(|h| h.max(0.0).sqrt())
                         .collect()
@@ -473,7 +474,8 @@ impl Scorer<'_> {
             }
             Metric::Wanda => {
                 let s: Vec<f64> = self
-                    .h_diag()?
+                    .acc
+                    .diagonal()?
                     .into_iter()
                     .map(|h| h.max(0.0).sqrt())
                     .collect();
@@ -534,16 +536,6 @@ impl Scorer<'_> {
             }
         };
         Ok(scores)
-    }
-
-    /// `diag H` in f64, gathered on the Hessian's device (no full copy).
-    fn h_diag(&self) -> Result<Vec<f64>> {
-        let h = self.acc.hessian();
-        let n = self.acc.columns();
-        let idx: Vec<u32> = (0..n).map(|j| (j * (n + 1)) as u32).collect();
-        let idx = Tensor::from_vec(idx, n, h.device())?;
-        let d = h.flatten_all()?.index_select(&idx, 0)?;
-        Ok(host_vec(&d)?.into_iter().map(|v| v as f64).collect())
     }
 
     /// [`obs_denominators`] with this scorer's damping and form.

@@ -12,20 +12,6 @@ use anyhow::{bail, Result};
 use candle_core::Tensor;
 
 use super::matrix::to_host;
-use super::HessianAccumulator;
-
-/// The diagonal of the accumulated Hessian, in f64.
-pub fn hessian_diagonal(acc: &HessianAccumulator) -> Result<Vec<f64>> {
-    let h = acc.hessian();
-    let n = acc.columns();
-    let idx: Vec<u32> = (0..n).map(|j| (j * (n + 1)) as u32).collect();
-    let idx = Tensor::from_vec(idx, n, h.device())?;
-    let d = h
-        .flatten_all()?
-        .index_select(&idx, 0)?
-        .to_dtype(candle_core::DType::F64)?;
-    Ok(d.to_vec1::<f64>()?)
-}
 
 /// The fraction (0–1) of the weights of `linears` (each a weight `[rows,
 /// columns]` with the diagonal of its input Hessian) whose score

@@ -210,7 +210,7 @@ pub mod mixed {
             let mut parts = Vec::new();
             for l in w.linears() {
                 let weight = w.weight(l)?;
-                let d = crate::compress::owl::hessian_diagonal(w.hessian(l)?)?;
+                let d = w.hessian(l)?.diagonal()?;
                 parts.push((weight, d));
             }
             crate::compress::owl::outlier_ratio(&parts, m)
