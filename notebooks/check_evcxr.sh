@@ -137,7 +137,8 @@ edition = "2021"
 publish = false
 
 [dependencies]
-sparselab = { path = "$repo" }
+# As the notebook's :dep line: the library without the command-line front ends.
+sparselab = { path = "$repo", default-features = false }
 
 # As the crate's own release profile, so that its dependencies' builds are reused.
 [profile.release]

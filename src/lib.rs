@@ -19,13 +19,20 @@
 //!   [`eval`] measures them;
 //! - calibration: [`calibrate`] (the layer loop, the commit, the statistics
 //!   hook, the statistics cache, checkpoints, `compression.json`);
-//! - front ends: [`plot`] (charts), [`script`] (the Rhai engine and
-//!   primitives), [`repl`] and [`jupyter`] (the Jupyter kernel); the binary's
-//!   commands are in `src/main.rs`.
+//! - charts: [`plot`] (charts, and the notebook display of charts, summaries
+//!   and tables);
+//! - front ends: [`script`] (the Rhai engine and primitives); behind cargo
+//!   features, `repl` (the line-editing REPL; feature `repl`) and `jupyter`
+//!   (the Jupyter kernel; feature `jupyter`); the binary's commands are in
+//!   `src/main.rs` (feature `cli`, which turns on both).
+//!
+//! The features are on by default, so `cargo build` and `cargo test` build the
+//! binary and test the front ends. A library user turns them off to compile
+//! no rustyline, tokio or ZeroMQ: an evcxr notebook's first cell is
+//! `:dep sparselab = { path = "..", default-features = false }`.
 //!
 //! One edge still points up: `compress::rules` takes its "did you mean"
-//! suggestions from `script::suggest`; and [`plot`] and [`script`] use each
-//! other.
+//! suggestions from `script::suggest`.
 
 pub mod calibrate;
 pub mod compress;
@@ -33,9 +40,11 @@ pub mod compute;
 pub mod data;
 pub mod eval;
 pub mod hub;
+#[cfg(feature = "jupyter")]
 pub mod jupyter;
 pub mod model;
 pub mod plot;
+#[cfg(feature = "repl")]
 pub mod repl;
 pub mod report;
 pub mod runtime;

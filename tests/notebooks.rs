@@ -5,6 +5,9 @@
 //! Needs Python with nbconvert, nbclient and jupyter_client (`.ci/run`
 //! installs them). Under CI a missing Jupyter fails these tests; elsewhere
 //! they print why they were skipped.
+//!
+//! Also checks that the evcxr notebook depends on the library without the
+//! command-line front ends (no tokio, ZeroMQ or rustyline in its build).
 
 mod common;
 
@@ -332,4 +335,84 @@ fn vicuna_mi_notebook_runs_on_the_fixture_model() {
     assert!(html
         .iter()
         .any(|h| h.contains("sparselab-compare") && h.contains("dense")));
+}
+
+/// The crates that only the interactive front ends need (the REPL's line
+/// editor, the Jupyter kernel's runtime and transport).
+const FRONT_END_CRATES: [&str; 5] = [
+    "rustyline",
+    "tokio",
+    "zeromq",
+    "jupyter-protocol",
+    "jupyter-zmq-client",
+];
+
+/// The crate names in this package's normal dependency tree, as
+/// `cargo tree -e normal` prints them, with `extra` arguments.
+fn dependency_names(extra: &[&str]) -> Vec<String> {
+    let out = Command::new(option_env!("CARGO").unwrap_or("cargo"))
+        .args([
+            "tree",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+            "--manifest-path",
+        ])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect()
+}
+
+/// An evcxr notebook depends on the library alone: its `:dep` line (and the
+/// Cargo.toml that `check_evcxr.sh --compile-only` writes) turns the default
+/// features off, and without them no front-end crate is in the tree, so
+/// evcxr's first cell compiles no tokio, ZeroMQ or rustyline.
+#[test]
+fn evcxr_dep_builds_no_front_end_crates() {
+    let nb = notebook("notebooks/quickstart_evcxr.ipynb");
+    let deps: Vec<String> = code_cells(&nb)
+        .iter()
+        .flat_map(|c| {
+            text(&c["source"])
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .filter(|l| l.trim_start().starts_with(":dep sparselab"))
+        .collect();
+    assert_eq!(deps.len(), 1, "{deps:?}");
+    assert!(deps[0].contains("default-features = false"), "{}", deps[0]);
+    let script = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("notebooks/check_evcxr.sh"),
+    )
+    .unwrap();
+    assert!(
+        script.contains("sparselab = { path = \"$repo\", default-features = false }"),
+        "check_evcxr.sh should build the notebook as its :dep line does"
+    );
+
+    let lib = dependency_names(&["--no-default-features"]);
+    assert!(lib.iter().any(|n| n == "candle-core"), "{lib:?}");
+    for name in FRONT_END_CRATES {
+        assert!(
+            !lib.iter().any(|n| n == name),
+            "{name} in the library's tree"
+        );
+    }
+    // The default features (the binary) still have them all.
+    let all = dependency_names(&[]);
+    for name in FRONT_END_CRATES {
+        assert!(all.iter().any(|n| n == name), "{name} missing with `cli`");
+    }
 }

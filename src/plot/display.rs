@@ -1,6 +1,8 @@
 //! Rich display in notebooks: MIME bundles and evcxr's content blocks.
 //!
-//! Each displayable type ([`Plot`], [`Summary`], [`CompareTable`]) has
+//! Each displayable type ([`Plot`], [`Summary`], [`CompareTable`], and the
+//! script layer's `Vector`, which uses `rich_display!` from its own module so
+//! that charts do not depend on scripts) has
 //! - `mime_bundle()`: `(MIME type, data)` pairs, richest first, binary data
 //!   base64-encoded as Jupyter's `display_data` wants it (a native kernel sends
 //!   these as they are);
@@ -22,7 +24,6 @@ use std::io::{self, Write};
 use super::table::fmt_cell;
 use super::{CompareTable, Plot};
 use crate::report::summary::Summary;
-use crate::script::vector::{format_num, Kind, Vector};
 
 /// A value that a notebook can show richly.
 pub trait RichDisplay {
@@ -61,89 +62,46 @@ pub(crate) fn escape(s: &str) -> String {
 }
 
 /// Inherent `mime_bundle`/`write_evcxr`/`evcxr_display` (so that evcxr finds
-/// `evcxr_display` without a trait import) and the two trait impls.
+/// `evcxr_display` without a trait import) and the two trait impls, for a type
+/// with an inherent `mime_bundle()`.
 macro_rules! rich_display {
     ($t:ty) => {
         impl $t {
             /// The value as evcxr content blocks (see the [module docs](crate::plot::display)).
-            pub fn write_evcxr(&self, w: &mut dyn Write) -> io::Result<()> {
-                write_evcxr_blocks(w, &self.mime_bundle())
+            pub fn write_evcxr(&self, w: &mut dyn ::std::io::Write) -> ::std::io::Result<()> {
+                $crate::plot::display::write_evcxr_blocks(w, &self.mime_bundle())
             }
 
             /// Shows the value in an evcxr notebook: [`write_evcxr`](Self::write_evcxr)
             /// on stdout.
             pub fn evcxr_display(&self) {
-                let stdout = io::stdout();
+                let stdout = ::std::io::stdout();
                 let mut lock = stdout.lock();
                 // A closed stdout has nowhere to report to.
                 let _ = self.write_evcxr(&mut lock);
             }
         }
 
-        impl RichDisplay for $t {
+        impl $crate::plot::display::RichDisplay for $t {
             fn mime_bundle(&self) -> Vec<(&'static str, String)> {
                 <$t>::mime_bundle(self)
             }
         }
 
-        impl evcxr_runtime::Display for $t {
+        impl ::evcxr_runtime::Display for $t {
             fn evcxr_display(&self) {
                 for (mime, data) in <$t>::mime_bundle(self) {
-                    evcxr_runtime::mime_type(mime).text(data);
+                    ::evcxr_runtime::mime_type(mime).text(data);
                 }
             }
         }
     };
 }
+pub(crate) use rich_display;
 
 rich_display!(Plot);
 rich_display!(Summary);
 rich_display!(CompareTable);
-rich_display!(Vector);
-
-impl Vector {
-    /// `text/html` (a table of its length, kind and statistics, then its first
-    /// values) and `text/plain` (what `print(v)` shows).
-    pub fn mime_bundle(&self) -> Vec<(&'static str, String)> {
-        vec![("text/html", self.html()), ("text/plain", self.to_string())]
-    }
-
-    /// The vector as HTML: length, kind, and for a non-empty one min, mean,
-    /// std and max, then up to 10 leading values. Well-formed (XHTML).
-    pub fn html(&self) -> String {
-        let n = self.len();
-        let mut h = format!(
-            "<table class=\"sparselab-vector\"><caption>Vector&lt;{}&gt; of {n}</caption><tbody>",
-            self.kind().name()
-        );
-        if n > 0 {
-            for (name, v) in [
-                ("min", self.min() as f64),
-                ("mean", self.mean()),
-                ("std", self.std()),
-                ("max", self.max() as f64),
-            ] {
-                let _ = write!(h, "<tr>{TDL}{name}</td>{TD}{}</td></tr>", format_num(v));
-            }
-            let head: Vec<String> = self.as_slice()[..n.min(10)]
-                .iter()
-                .map(|&x| match self.kind() {
-                    Kind::Float => format_num(x as f64),
-                    Kind::Int => format!("{}", x as i64),
-                    Kind::Mask => format!("{}", x != 0.0),
-                })
-                .collect();
-            let more = if n > 10 { ", …" } else { "" };
-            let _ = write!(
-                h,
-                "<tr>{TDL}values</td>{TDL}{}{more}</td></tr>",
-                escape(&head.join(", "))
-            );
-        }
-        h += "</tbody></table>";
-        h
-    }
-}
 
 impl Plot {
     /// `image/png` (base64), `image/svg+xml` and `text/plain`.
@@ -177,8 +135,10 @@ impl CompareTable {
     }
 }
 
-const TD: &str = "<td style=\"text-align:right\">";
-const TDL: &str = "<td style=\"text-align:left\">";
+/// An HTML table cell aligned right (numbers).
+pub(crate) const TD: &str = "<td style=\"text-align:right\">";
+/// An HTML table cell aligned left (names, lists).
+pub(crate) const TDL: &str = "<td style=\"text-align:left\">";
 
 fn bits(a: Option<f64>) -> String {
     a.map(|a| format!("{a:.2}"))
@@ -326,32 +286,6 @@ mod tests {
             "EVCXR_BEGIN_CONTENT text/html\n<b>x</b>\nEVCXR_END_CONTENT\n\
              EVCXR_BEGIN_CONTENT text/plain\na\nb\nEVCXR_END_CONTENT\n"
         );
-    }
-
-    #[test]
-    fn vector_blocks_exactly() {
-        let v = Vector::from_f32(vec![1.0, 2.0, 3.0, 6.0]);
-        let mut out = Vec::new();
-        v.write_evcxr(&mut out).unwrap();
-        let expected = "EVCXR_BEGIN_CONTENT text/html\n\
-             <table class=\"sparselab-vector\"><caption>Vector&lt;f32&gt; of 4</caption><tbody>\
-             <tr><td style=\"text-align:left\">min</td><td style=\"text-align:right\">1</td></tr>\
-             <tr><td style=\"text-align:left\">mean</td><td style=\"text-align:right\">3</td></tr>\
-             <tr><td style=\"text-align:left\">std</td><td style=\"text-align:right\">1.8708</td></tr>\
-             <tr><td style=\"text-align:left\">max</td><td style=\"text-align:right\">6</td></tr>\
-             <tr><td style=\"text-align:left\">values</td><td style=\"text-align:left\">1, 2, 3, 6</td></tr>\
-             </tbody></table>\n\
-             EVCXR_END_CONTENT\n\
-             EVCXR_BEGIN_CONTENT text/plain\n\
-             Vector<f32>[4] [1, 2, 3, 6]\n\
-             EVCXR_END_CONTENT\n";
-        assert_eq!(String::from_utf8(out).unwrap(), expected);
-        // The HTML is well-formed XML.
-        roxmltree::Document::parse(&v.html()).unwrap();
-        // Masks and integers show as such; an empty vector has no statistics.
-        let m = Vector::with_kind(vec![1.0, 0.0], Kind::Mask);
-        assert!(m.html().contains("true, false"));
-        assert!(!Vector::from_f32(vec![]).html().contains("min"));
     }
 
     #[test]

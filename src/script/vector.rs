@@ -1171,3 +1171,90 @@ pub mod vector_api {
         Ok(a.unary(Kind::Mask, |x| (x == 0.0) as i32 as f32))
     }
 }
+
+/// Rich display in notebooks (`text/html` and `text/plain`), with the glue
+/// `plot::display` gives its own types; it lives here so that `plot` need not
+/// know about scripts.
+mod display {
+    use std::fmt::Write as _;
+
+    use super::{format_num, Kind, Vector};
+    use crate::plot::display::{escape, rich_display, TD, TDL};
+
+    rich_display!(Vector);
+
+    impl Vector {
+        /// `text/html` (a table of its length, kind and statistics, then its first
+        /// values) and `text/plain` (what `print(v)` shows).
+        pub fn mime_bundle(&self) -> Vec<(&'static str, String)> {
+            vec![("text/html", self.html()), ("text/plain", self.to_string())]
+        }
+
+        /// The vector as HTML: length, kind, and for a non-empty one min, mean,
+        /// std and max, then up to 10 leading values. Well-formed (XHTML).
+        pub fn html(&self) -> String {
+            let n = self.len();
+            let mut h = format!(
+                "<table class=\"sparselab-vector\"><caption>Vector&lt;{}&gt; of {n}</caption><tbody>",
+                self.kind().name()
+            );
+            if n > 0 {
+                for (name, v) in [
+                    ("min", self.min() as f64),
+                    ("mean", self.mean()),
+                    ("std", self.std()),
+                    ("max", self.max() as f64),
+                ] {
+                    let _ = write!(h, "<tr>{TDL}{name}</td>{TD}{}</td></tr>", format_num(v));
+                }
+                let head: Vec<String> = self.as_slice()[..n.min(10)]
+                    .iter()
+                    .map(|&x| match self.kind() {
+                        Kind::Float => format_num(x as f64),
+                        Kind::Int => format!("{}", x as i64),
+                        Kind::Mask => format!("{}", x != 0.0),
+                    })
+                    .collect();
+                let more = if n > 10 { ", …" } else { "" };
+                let _ = write!(
+                    h,
+                    "<tr>{TDL}values</td>{TDL}{}{more}</td></tr>",
+                    escape(&head.join(", "))
+                );
+            }
+            h += "</tbody></table>";
+            h
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn vector_blocks_exactly() {
+            let v = Vector::from_f32(vec![1.0, 2.0, 3.0, 6.0]);
+            let mut out = Vec::new();
+            v.write_evcxr(&mut out).unwrap();
+            let expected = "EVCXR_BEGIN_CONTENT text/html\n\
+                 <table class=\"sparselab-vector\"><caption>Vector&lt;f32&gt; of 4</caption><tbody>\
+                 <tr><td style=\"text-align:left\">min</td><td style=\"text-align:right\">1</td></tr>\
+                 <tr><td style=\"text-align:left\">mean</td><td style=\"text-align:right\">3</td></tr>\
+                 <tr><td style=\"text-align:left\">std</td><td style=\"text-align:right\">1.8708</td></tr>\
+                 <tr><td style=\"text-align:left\">max</td><td style=\"text-align:right\">6</td></tr>\
+                 <tr><td style=\"text-align:left\">values</td><td style=\"text-align:left\">1, 2, 3, 6</td></tr>\
+                 </tbody></table>\n\
+                 EVCXR_END_CONTENT\n\
+                 EVCXR_BEGIN_CONTENT text/plain\n\
+                 Vector<f32>[4] [1, 2, 3, 6]\n\
+                 EVCXR_END_CONTENT\n";
+            assert_eq!(String::from_utf8(out).unwrap(), expected);
+            // The HTML is well-formed XML.
+            roxmltree::Document::parse(&v.html()).unwrap();
+            // Masks and integers show as such; an empty vector has no statistics.
+            let m = Vector::with_kind(vec![1.0, 0.0], Kind::Mask);
+            assert!(m.html().contains("true, false"));
+            assert!(!Vector::from_f32(vec![]).html().contains("min"));
+        }
+    }
+}
