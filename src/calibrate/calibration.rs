@@ -3,7 +3,7 @@
 //! the caller's policy, and the commit ([`commit`](super::commit)).
 
 use std::cell::Cell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use serde::Serialize;
 
-use super::cache::{layer_weights_hash, StatCache};
+use super::cache::{layer_weights_hash, StatCache, StoreOptions};
 use super::checkpoint::{Checkpoint, Manifest};
 use super::{CalibOptions, LayerWork};
 use crate::data::datasets::{calibration_windows, DatasetSpec, Split};
@@ -217,6 +217,16 @@ impl Calibration {
         Ok(())
     }
 
+    /// Sets how the statistics cache writes its entries (the stored dtype, and
+    /// whether layer inputs are stored; [`StoreOptions`]); an error without a
+    /// cache. Takes effect from the next layer on.
+    pub fn set_cache_options(&mut self, options: StoreOptions) -> Result<()> {
+        match &mut self.cache {
+            Some(c) => c.set_options(options),
+            None => bail!("this calibration has no statistics cache"),
+        }
+    }
+
     /// Window length.
     pub fn seqlen(&self) -> usize {
         self.seqlen
@@ -336,12 +346,15 @@ impl Calibration {
         }
         self.count(|c| c.computed += 1);
         if let (Some(cache), Some(key)) = (&self.cache, &cache_key) {
-            let owner: BTreeMap<String, usize> = work
-                .owner
-                .iter()
-                .map(|(n, i)| (n.to_string(), *i))
+            let owner: Vec<(String, usize)> = work
+                .linears()
+                .into_iter()
+                .filter_map(|n| work.owner.get(n).map(|i| (n.to_string(), *i)))
                 .collect();
-            cache.store(key, &work.accs, &work.reservoirs, owner, &work.inputs)?;
+            let inputs = cache
+                .stores_inputs(index, model.num_layers())
+                .then_some(work.inputs.as_slice());
+            cache.store(key, &work.accs, &work.reservoirs, &owner, inputs)?;
         }
         Ok(Some(work))
     }

@@ -39,7 +39,8 @@ impl Calibration {
         let last = k + 1 == model.num_layers();
         let start = Instant::now();
         // The chain link after this layer, and whether the cache already holds
-        // the next layer's statistics and inputs after exactly this prefix.
+        // the next layer's statistics after exactly this prefix, and what a
+        // later commit may need of that layer's inputs.
         let mut next_chain = None;
         let mut next_entry = None;
         if let Some(cache) = &self.cache {
@@ -51,7 +52,7 @@ impl Calibration {
             next_chain = Some(chain);
             if !last {
                 let nh = layer_weights_hash(&model.layer(k + 1)?)?;
-                next_entry = cache.find(&cache.key(k + 1, chain, nh));
+                next_entry = cache.skip_to(model, k + 1, chain, nh)?;
             }
         }
         // Nothing reads the inputs after the last layer, nor inputs the cache
