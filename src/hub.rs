@@ -85,6 +85,27 @@ impl RepoSpec {
     }
 }
 
+/// Whether a model spec is a hub id rather than a local path: it names nothing
+/// that exists, does not start with `/`, `.` or `~`, and has exactly one `/`
+/// (and no backslash).
+pub fn looks_like_hub_id(spec: &str) -> bool {
+    !Path::new(spec).exists()
+        && !spec.starts_with(['/', '.', '~'])
+        && spec.matches('/').count() == 1
+        && !spec.contains('\\')
+}
+
+/// Splits `org/name[@revision]:FILE` into the repository part and the file it
+/// names (a file of the repository, or a quantization tag such as `Q4_K_M`, as
+/// llama.cpp's `-hf org/name:quant` takes it); no file without a `:`.
+pub fn split_file(spec: &str) -> (&str, Option<&str>) {
+    match spec.split_once(':') {
+        Some((repo, file)) if !file.is_empty() => (repo, Some(file)),
+        Some((repo, _)) => (repo, None),
+        None => (spec, None),
+    }
+}
+
 /// The snapshot folder of `repo` in the cache, if that revision was downloaded.
 /// A revision is a ref name (`refs/<revision>` holds the commit) or a commit hash.
 pub fn cached_snapshot(cache_dir: &Path, kind: RepoType, repo: &RepoSpec) -> Option<PathBuf> {
@@ -190,6 +211,19 @@ mod tests {
         assert_eq!(RepoSpec::parse("a/b").unwrap().revision, "main");
         assert!(RepoSpec::parse("opt").is_err());
         assert!(RepoSpec::parse("a/b/c").is_err());
+    }
+
+    #[test]
+    fn splits_a_file_off_a_hub_id() {
+        assert_eq!(
+            split_file("a/b@v1:m.Q4_K_M.gguf"),
+            ("a/b@v1", Some("m.Q4_K_M.gguf"))
+        );
+        assert_eq!(split_file("a/b:Q8_0"), ("a/b", Some("Q8_0")));
+        assert_eq!(split_file("a/b"), ("a/b", None));
+        assert_eq!(split_file("a/b:"), ("a/b", None));
+        assert!(looks_like_hub_id("org/never-a-local-dir-xyz"));
+        assert!(!looks_like_hub_id("./x/y") && !looks_like_hub_id("a/b/c"));
     }
 
     #[test]

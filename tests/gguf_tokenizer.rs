@@ -244,3 +244,130 @@ fn smollm2_gguf_matches_transformers() {
     // No BOS: SmolLM2's GGUF says add_bos_token = false.
     assert_eq!(ids(&c["hi_with_special_tokens"]), tok.encode("Hi").unwrap());
 }
+
+/// llama.cpp's `tokenizer.ggml.*` metadata for the byte-level BPE vocabulary and
+/// merges of `tokenizer` (a `tokenizer.json`), with pre-tokenizer name `pre`
+/// and no BOS added.
+fn byte_level_bpe_as_gguf(tokenizer: &Json, pre: &str) -> HashMap<String, Value> {
+    let vocab = tokenizer["model"]["vocab"].as_object().unwrap();
+    let mut tokens = vec![String::new(); vocab.len()];
+    for (s, id) in vocab {
+        tokens[id.as_u64().unwrap() as usize] = s.clone();
+    }
+    let merges: Vec<Value> = tokenizer["model"]["merges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            Value::String(match m {
+                Json::String(s) => s.clone(),
+                pair => format!(
+                    "{} {}",
+                    pair[0].as_str().unwrap(),
+                    pair[1].as_str().unwrap()
+                ),
+            })
+        })
+        .collect();
+    let special: Vec<u64> = tokenizer["added_tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_u64().unwrap())
+        .collect();
+    let s = |x: &str| Value::String(x.to_owned());
+    let mut m = HashMap::new();
+    m.insert("tokenizer.ggml.model".into(), s("gpt2"));
+    m.insert("tokenizer.ggml.pre".into(), s(pre));
+    m.insert(
+        "tokenizer.ggml.tokens".into(),
+        Value::Array(tokens.iter().map(|t| s(t)).collect()),
+    );
+    m.insert("tokenizer.ggml.merges".into(), Value::Array(merges));
+    m.insert(
+        "tokenizer.ggml.token_type".into(),
+        Value::Array(
+            (0..tokens.len() as u64)
+                .map(|i| Value::I32(if special.contains(&i) { 3 } else { 1 }))
+                .collect(),
+        ),
+    );
+    m.insert("tokenizer.ggml.add_bos_token".into(), Value::Bool(false));
+    m
+}
+
+/// The pre-tokenizers llama.cpp names `gpt2`, `smollm` and `llama-bpe`, as
+/// GPT-2's, SmolLM2's and Llama-3's `tokenizer.json` state them (copied from
+/// those files, independently of the source); Llama-3's BPE also ignores
+/// merges.
+fn reference_pre_tokenizers() -> Vec<(&'static str, Json, bool)> {
+    let gpt2 = serde_json::json!({"type": "ByteLevel", "add_prefix_space": false,
+        "trim_offsets": true, "use_regex": true});
+    let smollm = serde_json::json!({"type": "Sequence", "pretokenizers": [
+        {"type": "Digits", "individual_digits": true},
+        {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}
+    ]});
+    let llama3 = serde_json::json!({"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex":
+            "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"},
+         "behavior": "Isolated", "invert": false},
+        {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}
+    ]});
+    vec![
+        ("gpt2", gpt2, false),
+        ("smollm", smollm, false),
+        ("llama-bpe", llama3, true),
+    ]
+}
+
+/// A GGUF byte-level BPE tokenizer with each supported pre-tokenizer gives the
+/// ids of the Hugging Face tokenizer (the `tokenizers` library reading a
+/// `tokenizer.json`) with the same vocabulary, merges and that model family's
+/// pre-tokenizer, on the WikiText prefix and the tricky strings; an unknown
+/// pre-tokenizer is an error naming it. The vocabulary is llama-tiny's (GPT-2
+/// style), so this runs without the real models.
+#[test]
+fn byte_level_pre_tokenizers_match_their_tokenizer_json() {
+    let Some(fx) = common::fixtures() else {
+        return;
+    };
+    let path = fx.join("models/llama-tiny/tokenizer.json");
+    let base: Json = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let text = wiki_prefix(&fx);
+    for (pre, pre_json, ignore_merges) in reference_pre_tokenizers() {
+        let mut json = base.clone();
+        json["pre_tokenizer"] = pre_json;
+        json["model"]["ignore_merges"] = ignore_merges.into();
+        json["post_processor"] = Json::Null;
+        let reference: tokenizers::Tokenizer = json.to_string().parse().unwrap();
+        let encode = |s: &str| reference.encode(s, false).unwrap().get_ids().to_vec();
+        let ours = from_gguf(&byte_level_bpe_as_gguf(&base, pre)).unwrap();
+        if let Some(d) = difference(&ours.encode(&text).unwrap(), &encode(&text)) {
+            panic!("pre-tokenizer {pre}, WikiText prefix: {d}");
+        }
+        for s in STRINGS {
+            assert_eq!(ours.encode(s).unwrap(), encode(s), "{pre}: {s:?}");
+        }
+    }
+    // The three really differ on these strings (else the test shows nothing).
+    let ids: Vec<Vec<u32>> = ["gpt2", "smollm", "llama-bpe"]
+        .iter()
+        .map(|pre| {
+            let tok = from_gguf(&byte_level_bpe_as_gguf(&base, pre)).unwrap();
+            STRINGS
+                .iter()
+                .flat_map(|s| tok.encode(s).unwrap())
+                .collect()
+        })
+        .collect();
+    assert!(ids[0] != ids[1] && ids[0] != ids[2] && ids[1] != ids[2]);
+
+    let err = from_gguf(&byte_level_bpe_as_gguf(&base, "qwen2"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("\"qwen2\"") && err.contains("smollm, llama-bpe"),
+        "{err}"
+    );
+}

@@ -8,6 +8,19 @@
 //! model and the Hugging Face model it came from are the same model here. The
 //! header is read with candle's GGUF reader; tensor data is read from the file
 //! on each access, one tensor at a time, like the other checkpoint formats.
+//!
+//! RoPE scaling is read as llama.cpp applies it: `rope.scaling.type` linear
+//! (also when the type is absent) with `rope.scaling.factor`, and Llama-3's
+//! frequency-dependent scaling, which llama.cpp's converter stores as the
+//! per-frequency factors of a `rope_freqs.weight` tensor; those factors are
+//! turned back into the `rope_scaling` (`llama3`) that reproduces them, so that
+//! a saved model runs the same RoPE in transformers. Any other scaling is
+//! refused by name.
+//!
+//! A hub id whose cached snapshot holds GGUF files and no Hugging Face
+//! checkpoint loads the GGUF file ([`locate`]); `org/name[@revision]:FILE`
+//! picks one of several by file name or by quantization tag (`:Q4_K_M`), as
+//! llama.cpp's `-hf` does.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -18,17 +31,59 @@ use anyhow::{anyhow, bail, Context, Result};
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
+use hf_hub::RepoType;
 
 use super::config::{LlamaConfig, ModelConfig, RopeScaling};
+use super::llama::scaled_inv_freq;
+use super::LoadOptions;
+use crate::hub::{self, RepoSpec};
 
 /// The `general.architecture` values that can be read.
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama"];
 
-/// Tensor types whose blocks candle can dequantize.
-const DEQUANTIZABLE: &[&str] = &[
+/// Tensor types whose blocks candle can read from a file and dequantize: every
+/// type llama.cpp stores weights in but the i-quants and ternary types. (Q8_1
+/// and Q8_K, llama.cpp's types for activations, candle names but cannot read.)
+pub const DEQUANTIZABLE: &[&str] = &[
     "F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
     "Q6_K",
 ];
+
+/// The name of the tensor type ggml numbers `id` (`ggml_type`), for the types
+/// candle cannot read, so that the error names what the file holds.
+fn ggml_type_name(id: u32) -> Option<&'static str> {
+    Some(match id {
+        4 => "Q4_2",
+        5 => "Q4_3",
+        16 => "IQ2_XXS",
+        17 => "IQ2_XS",
+        18 => "IQ3_XXS",
+        19 => "IQ1_S",
+        20 => "IQ4_NL",
+        21 => "IQ3_S",
+        22 => "IQ2_S",
+        23 => "IQ4_XS",
+        24 => "I8",
+        25 => "I16",
+        26 => "I32",
+        27 => "I64",
+        28 => "F64",
+        29 => "IQ1_M",
+        31..=33 => "Q4_0_4_4/Q4_0_4_8/Q4_0_8_8",
+        34 => "TQ1_0",
+        35 => "TQ2_0",
+        36..=38 => "IQ4_NL_4_4/IQ4_NL_4_8/IQ4_NL_8_8",
+        39 => "MXFP4",
+        _ => return None,
+    })
+}
+
+/// llama.cpp's tensor of per-frequency RoPE factors (Llama-3.1's scaling).
+const ROPE_FREQS: &str = "rope_freqs.weight";
+
+/// Relative tolerance when matching `rope_freqs.weight` (stored in f32, made
+/// from f32 frequencies) against a Llama-3 scaling.
+const ROPE_FACTOR_TOL: f64 = 1e-5;
 
 /// Where a canonical (transformers) tensor lives in the GGUF file.
 #[derive(Debug, Clone)]
@@ -44,6 +99,8 @@ pub struct GgufCheckpoint {
     path: PathBuf,
     content: Content,
     entries: HashMap<String, Entry>,
+    /// Whether the file has `rope_freqs.weight` (read by [`Self::config`]).
+    has_rope_freqs: bool,
 }
 
 impl std::fmt::Debug for GgufCheckpoint {
@@ -96,16 +153,37 @@ impl GgufCheckpoint {
             File::open(path).with_context(|| format!("cannot open {}", path.display()))?,
         );
         let content = Content::read(&mut file).map_err(|e| {
-            anyhow!(
-                "cannot read the GGUF header of {}: {e} (readable tensor types: {})",
-                path.display(),
-                DEQUANTIZABLE.join(", ")
-            )
+            // candle stops at the first tensor type it does not know, by number.
+            // (Its message may go on with a backtrace after the first line.)
+            let msg = e.to_string();
+            let named = msg
+                .lines()
+                .next()
+                .unwrap_or("")
+                .strip_prefix("unknown dtype for tensor ")
+                .and_then(|id| id.trim().parse::<u32>().ok())
+                .map(|id| match ggml_type_name(id) {
+                    Some(name) => format!("a tensor has type {name} (ggml type {id})"),
+                    None => format!("a tensor has the unknown ggml type {id}"),
+                });
+            match named {
+                Some(what) => anyhow!(
+                    "{}: {what}, which cannot be read; readable tensor types: {}",
+                    path.display(),
+                    DEQUANTIZABLE.join(", ")
+                ),
+                None => anyhow!(
+                    "cannot read the GGUF header of {}: {e} (readable tensor types: {})",
+                    path.display(),
+                    DEQUANTIZABLE.join(", ")
+                ),
+            }
         })?;
         let mut ck = Self {
             path: path.to_path_buf(),
             content,
             entries: HashMap::new(),
+            has_rope_freqs: false,
         };
         let arch = ck.architecture()?;
         if !SUPPORTED_ARCHITECTURES.contains(&arch.as_str()) {
@@ -134,19 +212,16 @@ impl GgufCheckpoint {
                     DEQUANTIZABLE.join(", ")
                 );
             }
+            if name == ROPE_FREQS {
+                // Not a weight: part of the config (see `rope_scaling`).
+                ck.has_rope_freqs = true;
+                continue;
+            }
             let canonical = canonical_name(name).with_context(|| {
-                if name == "rope_freqs.weight" {
-                    format!(
-                        "{}: the model scales RoPE by per-frequency factors (rope_freqs.weight, \
-                         as llama.cpp stores Llama-3.1's rope scaling), which is not supported",
-                        path.display()
-                    )
-                } else {
-                    format!(
-                        "{}: tensor {name} has no counterpart in a {arch} model",
-                        path.display()
-                    )
-                }
+                format!(
+                    "{}: tensor {name} has no counterpart in a {arch} model",
+                    path.display()
+                )
             })?;
             let is = |kind: &str| {
                 name.ends_with(&format!("{kind}.weight")) || name.ends_with(&format!("{kind}.bias"))
@@ -269,25 +344,10 @@ impl GgufCheckpoint {
                 .and_then(|s| s.first().copied())
                 .context("GGUF file has no token_embd.weight")?,
         };
-        let scaling_kind = match self.value(&key("rope.scaling.type")) {
-            Some(v) => v
-                .to_string()
-                .map_err(|e| anyhow!("{}: {e}", key("rope.scaling.type")))?
-                .clone(),
-            None => "none".to_string(),
-        };
-        let rope_scaling = match scaling_kind.as_str() {
-            "none" => RopeScaling::Default,
-            "linear" => RopeScaling::Linear {
-                factor: self
-                    .opt_f64_key(&key("rope.scaling.factor"))?
-                    .context("linear RoPE scaling without rope.scaling.factor")?,
-            },
-            other => bail!(
-                "{}: RoPE scaling `{other}` is not supported; supported: none, linear",
-                self.path.display()
-            ),
-        };
+        let rope_theta = self
+            .opt_f64_key(&key("rope.freq_base"))?
+            .unwrap_or(10_000.0);
+        let rope_scaling = self.rope_scaling(&arch, rope_theta, head_dim)?;
         let intermediate = self.usize_key(&key("feed_forward_length"))?;
         let config = LlamaConfig {
             vocab_size: vocab,
@@ -300,9 +360,7 @@ impl GgufCheckpoint {
             rms_norm_eps: self
                 .opt_f64_key(&key("attention.layer_norm_rms_epsilon"))?
                 .context("GGUF metadata has no attention.layer_norm_rms_epsilon")?,
-            rope_theta: self
-                .opt_f64_key(&key("rope.freq_base"))?
-                .unwrap_or(10_000.0),
+            rope_theta,
             rope_scaling,
             max_position_embeddings: self.opt_usize_key(&key("context_length"))?.unwrap_or(2048),
             tie_word_embeddings: !self.entries.contains_key("lm_head.weight"),
@@ -315,6 +373,66 @@ impl GgufCheckpoint {
         let config = ModelConfig::Llama(config);
         config.validate()?;
         Ok(config)
+    }
+
+    /// RoPE scaling as llama.cpp applies it to this file: `rope.scaling.type`
+    /// (linear when absent, as llama.cpp reads it) with `rope.scaling.factor`
+    /// (or the older `rope.scale_linear`; 0 or 1 is no scaling), and the
+    /// per-frequency factors of `rope_freqs.weight`, which are turned back into
+    /// the Llama-3 scaling that gives them.
+    fn rope_scaling(&self, arch: &str, theta: f64, head_dim: usize) -> Result<RopeScaling> {
+        let key = |k: &str| format!("{arch}.{k}");
+        let kind = match self.value(&key("rope.scaling.type")) {
+            Some(v) => Some(
+                v.to_string()
+                    .map_err(|e| anyhow!("{}: {e}", key("rope.scaling.type")))?
+                    .clone(),
+            ),
+            None => None,
+        };
+        let factor = match self.opt_f64_key(&key("rope.scaling.factor"))? {
+            Some(f) => Some(f),
+            None => self.opt_f64_key(&key("rope.scale_linear"))?,
+        };
+        let linear = match kind.as_deref() {
+            None | Some("linear") => factor.filter(|&f| f != 0.0 && f != 1.0),
+            Some("none") => None,
+            Some(other) => bail!(
+                "{}: RoPE scaling `{other}` ({}) is not supported; supported: none, linear, and \
+                 Llama-3's per-frequency factors ({ROPE_FREQS})",
+                self.path.display(),
+                key("rope.scaling.type")
+            ),
+        };
+        if !self.has_rope_freqs {
+            return Ok(match linear {
+                Some(factor) => RopeScaling::Linear { factor },
+                None => RopeScaling::Default,
+            });
+        }
+        if let Some(f) = linear {
+            bail!(
+                "{}: RoPE scaled both linearly (factor {f}) and by per-frequency factors \
+                 ({ROPE_FREQS}); that combination is not supported",
+                self.path.display()
+            );
+        }
+        let factors = self.rope_freqs()?;
+        let original = self.opt_usize_key(&key("rope.scaling.original_context_length"))?;
+        llama3_from_factors(theta, head_dim, &factors, original)
+            .with_context(|| format!("{}: {ROPE_FREQS}", self.path.display()))
+    }
+
+    /// The values of `rope_freqs.weight`.
+    fn rope_freqs(&self) -> Result<Vec<f32>> {
+        let info = &self.content.tensor_infos[ROPE_FREQS];
+        let mut file = File::open(&self.path)
+            .with_context(|| format!("cannot open {}", self.path.display()))?;
+        let t = info
+            .read(&mut file, self.content.tensor_data_offset, &Device::Cpu)
+            .and_then(|q| q.dequantize(&Device::Cpu))
+            .map_err(|e| anyhow!("cannot read {ROPE_FREQS} from {}: {e}", self.path.display()))?;
+        Ok(t.flatten_all()?.to_vec1::<f32>()?)
     }
 
     /// A special token id from `tokenizer.ggml.<kind>_token_id`.
@@ -402,6 +520,101 @@ impl GgufCheckpoint {
     }
 }
 
+/// The Llama-3 RoPE scaling (transformers' `rope_type: llama3`) whose
+/// per-frequency factors are `factors`: llama.cpp divides the i-th inverse
+/// frequency of base `theta` by `factors[i]` (its converter writes them from the
+/// Hugging Face `rope_scaling`). `RopeScaling::Default` when every factor is 1.
+///
+/// Llama-3.1 to 3.3 use low/high frequency factors 1 and 4 over an original
+/// context of 8192 (or `original_context`): tried first, so that a saved
+/// config.json has the model's own numbers. Otherwise the parameters are fitted
+/// to the factors between the two bands, where `1/factor` is linear in the
+/// frequency. Either way the result must reproduce every factor (to 1e-5), or
+/// it is an error: other per-frequency scalings are not supported.
+pub fn llama3_from_factors(
+    theta: f64,
+    head_dim: usize,
+    factors: &[f32],
+    original_context: Option<usize>,
+) -> Result<RopeScaling> {
+    let half = head_dim / 2;
+    if factors.len() != half {
+        bail!(
+            "{} factors for {half} rotary frequencies (head dim {head_dim})",
+            factors.len()
+        );
+    }
+    let r: Vec<f64> = factors.iter().map(|&x| x as f64).collect();
+    if let Some(i) = r.iter().position(|x| !x.is_finite() || *x <= 0.0) {
+        bail!("factor {i} is {}", r[i]);
+    }
+    if r.iter().all(|x| (x - 1.0).abs() <= ROPE_FACTOR_TOL) {
+        return Ok(RopeScaling::Default);
+    }
+    let base = scaled_inv_freq(theta, head_dim, &RopeScaling::Default);
+    let factor = r.iter().copied().fold(1.0, f64::max);
+    let old = original_context.unwrap_or(8192);
+    let reproduces = |s: &RopeScaling| {
+        let scaled = scaled_inv_freq(theta, head_dim, s);
+        base.iter()
+            .zip(&scaled)
+            .zip(&r)
+            .all(|((b, s), r)| (b / s / r - 1.0).abs() <= ROPE_FACTOR_TOL)
+    };
+    let llama3 = |low: f64, high: f64| RopeScaling::Llama3 {
+        factor,
+        low_freq_factor: low,
+        high_freq_factor: high,
+        original_max_position_embeddings: old,
+    };
+    let canonical = llama3(1.0, 4.0);
+    if reproduces(&canonical) {
+        return Ok(canonical);
+    }
+    // Between the bands transformers interpolates 1/r = (1 - s)/factor + s with
+    // s = (old/(2π) · f − low)/(high − low): s is linear in the frequency f.
+    let band: Vec<(f64, f64)> = base
+        .iter()
+        .zip(&r)
+        .filter(|(_, &r)| r > 1.0 + ROPE_FACTOR_TOL && r < factor * (1.0 - ROPE_FACTOR_TOL))
+        .map(|(&f, &r)| (f, (1.0 / r - 1.0 / factor) / (1.0 - 1.0 / factor)))
+        .collect();
+    if band.len() >= 2 {
+        let n = band.len() as f64;
+        let mf = band.iter().map(|p| p.0).sum::<f64>() / n;
+        let ms = band.iter().map(|p| p.1).sum::<f64>() / n;
+        let sff: f64 = band.iter().map(|p| (p.0 - mf).powi(2)).sum();
+        let sfs: f64 = band.iter().map(|p| (p.0 - mf) * (p.1 - ms)).sum();
+        let slope = sfs / sff;
+        let intercept = ms - slope * mf;
+        if slope > 0.0 {
+            let width = old as f64 / (2.0 * std::f64::consts::PI * slope);
+            let low = -intercept * width;
+            // Rounded to 7 significant digits where that still reproduces the
+            // factors, so that config.json shows 4 rather than 3.9999996.
+            let round = |x: f64| {
+                let scale = 10f64.powi(6 - x.abs().log10().floor() as i32);
+                (x * scale).round() / scale
+            };
+            for fitted in [
+                llama3(round(low), round(low + width)),
+                llama3(low, low + width),
+            ] {
+                if low > 0.0 && reproduces(&fitted) {
+                    return Ok(fitted);
+                }
+            }
+        }
+    }
+    let (min, max) = r
+        .iter()
+        .fold((f64::INFINITY, 0.0f64), |(a, b), &x| (a.min(x), b.max(x)));
+    bail!(
+        "per-frequency RoPE factors from {min} to {max} that no Llama-3 scaling \
+         (rope_type llama3) reproduces; other per-frequency scalings are not supported"
+    )
+}
+
 /// Inverts llama.cpp's q/k row permutation: the converter stores
 /// `W.reshape(heads, 2, d/2, in).swapaxes(1, 2)`, each head's rows interleaved
 /// pair-wise; transformers' RoPE wants the two halves one after the other.
@@ -468,6 +681,181 @@ pub fn find_gguf(spec: &Path) -> Result<Option<PathBuf>> {
                 .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
                 .collect::<Vec<_>>()
                 .join(", ")
+        ),
+    }
+}
+
+fn is_gguf_name(name: &str) -> bool {
+    name.rsplit('.')
+        .next()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}
+
+/// The GGUF file a model spec names, if any: a local `.gguf` file or a
+/// directory holding one ([`find_gguf`]), or a hub id
+/// `org/name[@revision][:FILE]` whose snapshot (from the cache, else
+/// downloaded unless offline) holds GGUF files and no Hugging Face checkpoint.
+/// `FILE` picks one of several GGUF files: a file name of the repository, or a
+/// quantization tag matched against the names (`:Q4_K_M` picks
+/// `….Q4_K_M.gguf`); with it the GGUF file is loaded even beside a Hugging Face
+/// checkpoint. `Ok(None)` for every other spec (a Hugging Face directory or
+/// repository).
+pub fn locate(spec: &str, opts: &LoadOptions) -> Result<Option<PathBuf>> {
+    let (repo_part, wanted) = hub::split_file(spec);
+    if Path::new(spec).exists() || !hub::looks_like_hub_id(repo_part) {
+        return find_gguf(Path::new(spec));
+    }
+    let mut repo = RepoSpec::parse(repo_part)?;
+    if let Some(rev) = &opts.revision {
+        repo.revision = rev.clone();
+    }
+    let cache = &opts.hub.cache_dir;
+    if let Some(snap) = hub::cached_snapshot(cache, RepoType::Model, &repo) {
+        let names = snapshot_files(&snap)?;
+        match wanted {
+            Some(w) => match pick_gguf(&names, w) {
+                Ok(name) => return Ok(Some(snap.join(name))),
+                Err(e) if opts.hub.offline => {
+                    return Err(e.context(format!(
+                        "in the cached snapshot {} of {} (HF_HUB_OFFLINE is set)",
+                        snap.display(),
+                        repo.id
+                    )))
+                }
+                Err(_) => {}
+            },
+            None => {
+                let has_hf = snap.join("config.json").is_file()
+                    && super::weights::find_checkpoint(&snap).is_ok();
+                if has_hf {
+                    return Ok(None);
+                }
+                if let Some(name) = only_gguf(&names, &repo)? {
+                    return Ok(Some(snap.join(name)));
+                }
+            }
+        }
+    }
+    if opts.hub.offline {
+        return match wanted {
+            Some(w) => bail!(
+                "{w} of {} is not in the hub cache {} (revision `{}`), and HF_HUB_OFFLINE is set",
+                repo.id,
+                cache.display(),
+                repo.revision
+            ),
+            None => Ok(None),
+        };
+    }
+    let choose = |files: &[String]| -> Result<Vec<String>> {
+        if let Some(w) = wanted {
+            return Ok(vec![pick_gguf(files, w)?]);
+        }
+        let hf_weights = files.iter().any(|f| {
+            !f.contains('/') && (f.ends_with(".safetensors") || f.starts_with("pytorch_model"))
+        });
+        if files.iter().any(|f| f == "config.json") && hf_weights {
+            return Ok(Vec::new());
+        }
+        Ok(only_gguf(files, &repo)?.into_iter().collect())
+    };
+    match hub::download(&opts.hub, RepoType::Model, &repo, &choose) {
+        Ok(paths) => Ok(paths.into_iter().next()),
+        Err(e) if wanted.is_some() => Err(e),
+        // Not a GGUF repository as far as can be told: the Hugging Face
+        // resolution reports what is wrong.
+        Err(_) => Ok(None),
+    }
+}
+
+/// Every file of a snapshot, as paths relative to it with `/`.
+fn snapshot_files(snap: &Path) -> Result<Vec<String>> {
+    fn walk(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<()> {
+        for entry in
+            std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?
+        {
+            let path = entry?.path();
+            let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+                continue;
+            };
+            let rel = format!("{prefix}{name}");
+            if path.is_dir() {
+                walk(&path, &format!("{rel}/"), out)?;
+            } else if path.is_file() {
+                out.push(rel);
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(snap, "", &mut out)?;
+    out.sort();
+    Ok(out)
+}
+
+/// The GGUF file of a repository's `files` when there is exactly one; `None`
+/// for none; an error listing them for several.
+fn only_gguf(files: &[String], repo: &RepoSpec) -> Result<Option<String>> {
+    let ggufs: Vec<&String> = files.iter().filter(|f| is_gguf_name(f)).collect();
+    match ggufs[..] {
+        [] => Ok(None),
+        [one] => Ok(Some(one.clone())),
+        _ => bail!(
+            "hub repository {} holds {} GGUF files ({}); name one as {}:FILE (a file name or a \
+             quantization tag such as Q4_K_M)",
+            repo.id,
+            ggufs.len(),
+            ggufs
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            repo.id
+        ),
+    }
+}
+
+/// The file of `files` that `wanted` names: that file itself, else the one
+/// GGUF file whose name ends with the tag `wanted` (`….Q4_K_M.gguf`), else the
+/// one whose name contains it (case-insensitively).
+fn pick_gguf(files: &[String], wanted: &str) -> Result<String> {
+    if files.iter().any(|f| f == wanted) {
+        if !is_gguf_name(wanted) {
+            bail!("{wanted} is not a GGUF file");
+        }
+        return Ok(wanted.to_string());
+    }
+    let ggufs: Vec<&String> = files.iter().filter(|f| is_gguf_name(f)).collect();
+    let w = wanted.to_ascii_lowercase();
+    let containing: Vec<&String> = ggufs
+        .iter()
+        .copied()
+        .filter(|f| f.to_ascii_lowercase().contains(&w))
+        .collect();
+    let ending: Vec<&String> = containing
+        .iter()
+        .copied()
+        .filter(|f| {
+            let stem = f.to_ascii_lowercase();
+            let stem = &stem[..stem.len() - ".gguf".len()];
+            stem.strip_suffix(&w)
+                .is_some_and(|head| head.is_empty() || head.ends_with(['.', '-', '_', '/']))
+        })
+        .collect();
+    let list = |v: &[&String]| v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
+    match (&ending[..], &containing[..]) {
+        ([one], _) | ([], [one]) => Ok((*one).clone()),
+        (_, []) => bail!(
+            "no file named or tagged `{wanted}`; GGUF files: {}",
+            if ggufs.is_empty() {
+                "none".to_string()
+            } else {
+                list(&ggufs)
+            }
+        ),
+        (_, several) => bail!(
+            "`{wanted}` matches several GGUF files ({}); name one in full",
+            list(several)
         ),
     }
 }

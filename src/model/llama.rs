@@ -8,11 +8,17 @@ use super::layers::{causal_attention, rms_norm, split_heads, Linear, LinearHook}
 
 /// RoPE inverse frequencies as transformers computes them for `cfg`.
 pub fn inv_freq(cfg: &LlamaConfig) -> Vec<f64> {
-    let dim = cfg.head_dim;
+    scaled_inv_freq(cfg.rope_theta, cfg.head_dim, &cfg.rope_scaling)
+}
+
+/// RoPE inverse frequencies of base `theta` over `head_dim` dimensions, scaled
+/// as `scaling` says (transformers' `ROPE_INIT_FUNCTIONS`).
+pub fn scaled_inv_freq(theta: f64, head_dim: usize, scaling: &RopeScaling) -> Vec<f64> {
+    let dim = head_dim;
     let base: Vec<f64> = (0..dim / 2)
-        .map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f64 / dim as f64))
+        .map(|i| 1.0 / theta.powf((2 * i) as f64 / dim as f64))
         .collect();
-    match &cfg.rope_scaling {
+    match scaling {
         RopeScaling::Default => base,
         RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
         RopeScaling::Llama3 {

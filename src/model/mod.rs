@@ -153,9 +153,10 @@ pub struct Model {
 
 impl Model {
     /// Loads a model from a local directory, a GGUF file (or a directory
-    /// whose only model file is one), or a hub id `org/name[@revision]`.
+    /// whose only model file is one), or a hub id `org/name[@revision]`
+    /// (`org/name[@revision]:FILE` for one GGUF file of it; [`gguf::locate`]).
     pub fn load(spec: &str, opts: &LoadOptions) -> Result<Self> {
-        if let Some(file) = gguf::find_gguf(Path::new(spec))? {
+        if let Some(file) = gguf::locate(spec, opts)? {
             return Self::load_gguf(spec, &file, opts)
                 .with_context(|| format!("loading GGUF model {}", file.display()));
         }
