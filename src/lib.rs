@@ -8,6 +8,9 @@
 //! Layers, from the bottom up; a module uses only modules on its own line or
 //! above it (the manual's source layout, `docs/manual.md`, names the files):
 //!
+//! - declared options: [`options`] (each operation's options declared once,
+//!   the "did you mean" suggestions every front end and the combination rules
+//!   use);
 //! - process services: [`runtime`] (allocator settings, devices, memory
 //!   limits, the interrupt flag, progress); compute kernels: [`compute`] (f32
 //!   and bf16 GEMMs, softmax, NLL); report records: [`report`] (per-linear
@@ -30,9 +33,6 @@
 //! binary and test the front ends. A library user turns them off to compile
 //! no rustyline, tokio or ZeroMQ: an evcxr notebook's first cell is
 //! `:dep sparselab = { path = "..", default-features = false }`.
-//!
-//! One edge still points up: `compress::rules` takes its "did you mean"
-//! suggestions from `script::suggest`.
 
 pub mod calibrate;
 pub mod compress;
@@ -43,6 +43,7 @@ pub mod hub;
 #[cfg(feature = "jupyter")]
 pub mod jupyter;
 pub mod model;
+pub mod options;
 pub mod plot;
 #[cfg(feature = "repl")]
 pub mod repl;

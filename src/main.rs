@@ -8,7 +8,6 @@ use sparselab::calibrate::compression_report;
 use sparselab::calibrate::{uniform_policy, CalibOptions, Calibration, LayerFilter};
 use sparselab::compress::method::method_settings;
 use sparselab::compress::rules::{Front, Settings};
-use sparselab::compress::BitWidths;
 use sparselab::compress::Method;
 use sparselab::compute::kernels::CpuGemm;
 use sparselab::eval::{eval_dataset, PplOptions};
@@ -16,6 +15,7 @@ use sparselab::model::save::check_target;
 use sparselab::model::{LoadOptions, Model, SaveFormat, SaveOptions};
 use sparselab::report::RunInfo;
 use sparselab::runtime::device::{dtype_name, parse_device, parse_dtype};
+use sparselab::script::options::EvalOptions;
 use sparselab::script::{check_file, parse_set, run_file, ScriptOptions};
 
 #[derive(Parser)]
@@ -126,42 +126,10 @@ struct PruneArgs {
     /// Model directory, GGUF file (`x.gguf`) or hub id `org/name[@revision]`.
     #[arg(long)]
     model: String,
-    /// sparsegpt (the default: pruning, with --bits also quantization), gptq
-    /// (quantization only: --bits, no pruning), magnitude or wanda.
-    #[arg(long)]
-    method: Option<String>,
-    /// Fraction of weights to prune, in [0, 1).
-    #[arg(long)]
-    sparsity: Option<f64>,
-    /// n of n:m structured sparsity (with --prunem).
-    #[arg(long)]
-    prunen: Option<usize>,
-    /// m of n:m structured sparsity (with --prunen).
-    #[arg(long)]
-    prunem: Option<usize>,
-    /// Quantize to this many bits (1..=16); sparsegpt or gptq only.
-    #[arg(long)]
-    bits: Option<u32>,
-    /// Symmetric quantization grid (with --bits).
-    #[arg(long)]
-    sym: bool,
-    /// Quantization group size in columns (with --bits).
-    #[arg(long)]
-    groupsize: Option<usize>,
-    /// Every group's grid computed up front on the original column order
-    /// (with --bits and --groupsize).
-    #[arg(long)]
-    static_groups: bool,
-    /// Sweep columns by descending Hessian diagonal (GPTQ act-order; it also
-    /// orders a pruning-only sweep). Not with --prunen/--prunem.
-    #[arg(long)]
-    act_order: bool,
-    /// OBS block size [default: 128].
-    #[arg(long)]
-    blocksize: Option<usize>,
-    /// Dampening as a fraction of the mean Hessian diagonal [default: 0.01].
-    #[arg(long)]
-    percdamp: Option<f64>,
+    /// The compression settings (declared with the combination rules that
+    /// `prune_layer` applies too).
+    #[command(flatten)]
+    compress: Settings,
     /// Calibration dataset (split defaults to train).
     #[arg(long, default_value = "wikitext2")]
     calib: String,
@@ -234,28 +202,11 @@ struct PruneArgs {
 }
 
 impl PruneArgs {
-    /// The compression flags as the description both front ends check.
-    fn settings(&self) -> Settings {
-        Settings {
-            method: self.method.clone(),
-            sparsity: self.sparsity,
-            prunen: self.prunen,
-            prunem: self.prunem,
-            bits: self.bits.map(BitWidths::Uniform),
-            sym: self.sym.then_some(true),
-            groupsize: self.groupsize,
-            static_groups: self.static_groups.then_some(true),
-            blocksize: self.blocksize,
-            percdamp: self.percdamp,
-            act_order: self.act_order.then_some(true),
-        }
-    }
-
     /// The method, after the combination rules `prune_layer` applies too
     /// (sparselab::compress::rules) and the rules of the flags only this
     /// command has. Everything here fails before a long calibration.
     fn method(&self) -> Result<Method> {
-        let method = self.settings().method(Front::Cli)?;
+        let method = self.compress.to_method(Front::Cli)?;
         if self.true_sequential && matches!(method, Method::Magnitude(_)) {
             anyhow::bail!(
                 "--true-sequential has no effect with --method magnitude, which reads no \
@@ -302,7 +253,7 @@ fn prune(args: PruneArgs) -> Result<()> {
     let start = std::time::Instant::now();
     let fingerprint = serde_json::json!({
         "command": "prune",
-        "method": args.method.as_deref().unwrap_or("sparsegpt"),
+        "method": args.compress.method_name(),
         "settings": method_settings(&method),
         "minlayer": args.minlayer,
         "maxlayer": args.maxlayer,
@@ -443,16 +394,10 @@ struct EvalArgs {
     /// .txt/.raw/.jsonl/.json.gz/.parquet file. Repeat for several.
     #[arg(long)]
     dataset: Vec<String>,
-    /// Window length (default: max_position_embeddings, at most 2048; with a
-    /// stored --kl-base, the base's).
-    #[arg(long)]
-    seqlen: Option<usize>,
-    /// Evaluate only the first N windows (with a stored --kl-base: all it holds).
-    #[arg(long)]
-    nsamples: Option<usize>,
-    /// Windows run together through each layer.
-    #[arg(long, default_value_t = 8)]
-    batch: usize,
+    /// Window length, windows, batch and quiet: the options every evaluation
+    /// function of a script takes too.
+    #[command(flatten)]
+    opts: EvalOptions,
     /// KL divergence and top-1 agreement against a base: a file --save-kl-base
     /// wrote, or a base model (directory, GGUF file or hub id) whose
     /// log-probabilities are computed first.
@@ -482,9 +427,6 @@ struct EvalArgs {
     /// Print one JSON object per dataset and task instead of text.
     #[arg(long)]
     json: bool,
-    /// No progress output.
-    #[arg(long, short)]
-    quiet: bool,
 }
 
 /// Whether `spec` names a stored KL base file (by its first bytes).
@@ -524,7 +466,7 @@ fn eval(args: EvalArgs) -> Result<()> {
         ..LoadOptions::default()
     };
     let model = Model::load(&args.model, &opts)?;
-    let quiet = args.quiet || args.json;
+    let quiet = args.opts.quiet() || args.json;
     // The base: a stored file, or a model whose base file is written first.
     let base_file = args.kl_base.as_deref().filter(|b| is_base_file(b));
     let base_model = match args.kl_base.as_deref() {
@@ -541,14 +483,14 @@ fn eval(args: EvalArgs) -> Result<()> {
         .map(|f| BaseFile::open(std::path::Path::new(f)).map(|b| b.header.seqlen))
         .transpose()?;
     let seqlen = args
+        .opts
         .seqlen
         .or(base_seqlen)
         .unwrap_or_else(|| default_seqlen(&model));
     let ppl_opts = PplOptions {
         seqlen: Some(seqlen),
-        batch: args.batch,
-        max_windows: args.nsamples,
         quiet,
+        ..args.opts.ppl_options(quiet)
     };
     let scratch = tempfile::tempdir()?;
     for dataset in &args.dataset {
@@ -649,7 +591,7 @@ fn eval(args: EvalArgs) -> Result<()> {
     if !tasks.is_empty() {
         let topts = TaskOptions {
             limit: args.task_limit,
-            batch: args.batch,
+            batch: args.opts.batch(),
             quiet,
         };
         for r in eval_tasks(&model, &tasks, &topts)? {

@@ -363,6 +363,31 @@ fn options_are_checked_and_errors_are_located() {
         e.contains("valid options: method, sparsity, prunen, prunem, bits"),
         "{e}"
     );
+    // The evaluation functions' options are declared once (with `sparselab
+    // eval`'s flags): checked the same way, before anything is evaluated.
+    let e = eval_err(&mut s, r#"eval_ppl(m, "wikitext2", #{bach: 2})"#);
+    assert!(
+        e.contains("eval_ppl: unknown option `bach` (did you mean `batch`?)")
+            && e.contains("valid options: seqlen, nsamples, batch, quiet"),
+        "{e}"
+    );
+    let e = eval_err(&mut s, r#"eval_ppl(m, "wikitext2", #{batch: "2"})"#);
+    assert!(
+        e.contains("eval_ppl: option `batch` must be an integer, got string"),
+        "{e}"
+    );
+    let e = eval_err(&mut s, r#"kl_base(m, "wikitext2", "b.klb", #{nsamples: -1})"#);
+    assert!(
+        e.contains("kl_base: option `nsamples` must be a non-negative integer, got -1"),
+        "{e}"
+    );
+    // `:help` lists declared options with their type, default and meaning.
+    let help = s.help("prune_layer").unwrap();
+    assert!(
+        help.contains("  blocksize (integer, default 128): OBS block size"),
+        "{help}"
+    );
+    assert!(help.contains("  bits (integer or a Vector"), "{help}");
     let e = eval_err(&mut s, r#"load_model("x", #{devise: "cpu"})"#);
     assert!(
         e.contains("load_model: unknown option `devise`") && e.contains("device, dtype, revision"),

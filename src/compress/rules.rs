@@ -14,8 +14,12 @@
 //! effect there too.
 
 use anyhow::Result;
+use rhai::Dynamic;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{BitWidths, Method, QuantOptions, QuantizerConfig, SparseGptOptions, SparsityPattern};
+pub use crate::options::Front;
+use crate::options::{Declared, OptionValue, ValueError};
 
 /// The compression methods, by the names both front ends take.
 pub const METHODS: [&str; 4] = ["sparsegpt", "gptq", "magnitude", "wanda"];
@@ -34,51 +38,107 @@ const SPARSEGPT_ONLY: [&str; 7] = [
 /// The quantizer's settings, meaningless without `bits`.
 const QUANTIZER: [&str; 3] = ["sym", "groupsize", "static_groups"];
 
-/// The compression settings a front end was given: each `None` when it was not
-/// given (a default is not a choice, so it never conflicts with anything).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Settings {
-    /// `sparsegpt` (the default), `gptq`, `magnitude` or `wanda`.
-    pub method: Option<String>,
-    /// Unstructured sparsity, in `[0, 1)`; 0 prunes nothing.
-    pub sparsity: Option<f64>,
-    /// n of an n:m pattern.
-    pub prunen: Option<usize>,
-    /// m of an n:m pattern.
-    pub prunem: Option<usize>,
-    /// Bit widths: one for every channel, or one per channel.
-    pub bits: Option<BitWidths>,
-    /// Symmetric quantization grid.
-    pub sym: Option<bool>,
-    /// Quantization group size (columns).
-    pub groupsize: Option<usize>,
-    /// Every group's grid computed up front (GPTQ static groups).
-    pub static_groups: Option<bool>,
-    /// OBS block size (default 128).
-    pub blocksize: Option<usize>,
-    /// Hessian dampening as a fraction of its mean diagonal (default 0.01).
-    pub percdamp: Option<f64>,
-    /// Sweep columns by descending Hessian diagonal.
-    pub act_order: Option<bool>,
+crate::declare_options! {
+    /// The options of one compression (`sparselab prune`'s compression flags,
+    /// `prune_layer`'s options map), declared once: each `None` when it was not
+    /// given (a default is not a choice, so it never conflicts with anything).
+    /// [`Settings::to_method`] checks them against [`RULES`].
+    pub struct Settings {
+        /// `sparsegpt` (pruning, and with `bits` also quantization; with `bits`
+        /// and no pruning it is GPTQ), `gptq` (quantization only: `bits`, no
+        /// pruning), `magnitude` or `wanda`.
+        method: String = "sparsegpt".to_string(),
+        /// Fraction of weights to prune, in [0, 1); 0 prunes nothing.
+        sparsity: f64,
+        /// n of an n:m structured pattern such as 2:4 (with `prunem`).
+        prunen: usize,
+        /// m of an n:m structured pattern (with `prunen`).
+        prunem: usize,
+        /// Quantize to this many bits (1..=16); sparsegpt or gptq only. A
+        /// script may give a Vector of per-channel widths instead.
+        bits: BitWidths,
+        /// Symmetric quantization grid (with `bits`).
+        sym: bool = QuantizerConfig::default().sym,
+        /// Quantization group size in columns (with `bits`).
+        groupsize: usize,
+        /// Every group's grid computed up front on the original column order
+        /// (with `bits` and `groupsize`).
+        static_groups: bool = false,
+        /// OBS block size in columns.
+        blocksize: usize = SparseGptOptions::default().blocksize,
+        /// Hessian dampening as a fraction of its mean diagonal.
+        percdamp: f64 = SparseGptOptions::default().percdamp,
+        /// Sweep columns by descending Hessian diagonal (GPTQ act-order; it also
+        /// orders a pruning-only sweep). Not with an n:m pattern.
+        act_order: bool = false,
+    }
 }
 
-/// Whose spelling a message uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Front {
-    /// `sparselab prune`: `--static-groups`.
-    Cli,
-    /// `prune_layer` options: `` `static_groups` ``.
-    Script,
-}
-
-impl Front {
-    /// The option `key` (a script key such as `static_groups`) as this front
-    /// end spells it.
-    pub fn name(self, key: &str) -> String {
-        match self {
-            Front::Cli => format!("--{}", key.replace('_', "-")),
-            Front::Script => format!("`{key}`"),
+impl OptionValue for BitWidths {
+    const LABEL: &'static str = "an integer or a Vector of per-channel integers";
+    const VALUE_NAME: &'static str = "N";
+    fn from_dynamic(v: &Dynamic) -> Result<Self, ValueError> {
+        let width = |i: i64| u32::try_from(i).ok();
+        if let Ok(i) = v.as_int() {
+            return width(i)
+                .map(BitWidths::Uniform)
+                .ok_or_else(|| ValueError::Invalid(format!("must be non-negative, got {i}")));
         }
+        let Some(items) = v.read_lock::<rhai::Array>() else {
+            return Err(ValueError::WrongType);
+        };
+        items
+            .iter()
+            .enumerate()
+            .map(|(j, x)| {
+                let w = match (x.as_int(), x.as_float()) {
+                    (Ok(i), _) => width(i),
+                    (_, Ok(f)) if f.fract() == 0.0 => width(f as i64).filter(|_| f >= 0.0),
+                    _ => None,
+                };
+                w.ok_or_else(|| {
+                    ValueError::Invalid(format!("element {j} is {x}, not a non-negative integer"))
+                })
+            })
+            .collect::<Result<Vec<u32>, _>>()
+            .map(BitWidths::PerColumn)
+    }
+    fn parse_text(s: &str) -> Result<Self, String> {
+        s.trim()
+            .parse()
+            .map(BitWidths::Uniform)
+            .map_err(|_| format!("`{s}` is not a non-negative integer"))
+    }
+    fn show(&self) -> String {
+        match self {
+            BitWidths::Uniform(b) => b.to_string(),
+            BitWidths::PerColumn(v) => format!("{v:?}"),
+        }
+    }
+}
+
+/// One width as a number, per-channel widths as a list.
+impl Serialize for BitWidths {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            BitWidths::Uniform(b) => s.serialize_u32(*b),
+            BitWidths::PerColumn(v) => v.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for BitWidths {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            One(u32),
+            Many(Vec<u32>),
+        }
+        Ok(match Repr::deserialize(d)? {
+            Repr::One(b) => BitWidths::Uniform(b),
+            Repr::Many(v) => BitWidths::PerColumn(v),
+        })
     }
 }
 
@@ -126,51 +186,15 @@ impl Settings {
         self.method.as_deref().unwrap_or("sparsegpt")
     }
 
-    /// Whether the setting `key` (a script key) was given.
-    pub fn given(&self, key: &str) -> bool {
-        match key {
-            "method" => self.method.is_some(),
-            "sparsity" => self.sparsity.is_some(),
-            "prunen" => self.prunen.is_some(),
-            "prunem" => self.prunem.is_some(),
-            "bits" => self.bits.is_some(),
-            "sym" => self.sym.is_some(),
-            "groupsize" => self.groupsize.is_some(),
-            "static_groups" => self.static_groups.is_some(),
-            "blocksize" => self.blocksize.is_some(),
-            "percdamp" => self.percdamp.is_some(),
-            "act_order" => self.act_order.is_some(),
-            _ => false,
-        }
-    }
-
     /// Whether the settings ask for pruning: `sparsity` > 0 or an n:m pattern.
     fn prunes(&self) -> bool {
         self.sparsity.is_some_and(|s| s != 0.0) || self.prunen.is_some() || self.prunem.is_some()
     }
 
-    /// Settings from `(key, value)` pairs as the rules' examples write them:
-    /// numbers, `true`/`false`, a method name, bits as one integer.
+    /// Settings from `(key, value)` pairs as the rules' examples (and the
+    /// command line) write them: numbers, `true`/`false`, a method name.
     pub fn from_pairs(pairs: &[(&str, &str)]) -> Result<Settings> {
-        let mut s = Settings::default();
-        for &(k, v) in pairs {
-            let bad = || anyhow::anyhow!("{k}: cannot read `{v}`");
-            match k {
-                "method" => s.method = Some(v.to_string()),
-                "sparsity" => s.sparsity = Some(v.parse().map_err(|_| bad())?),
-                "prunen" => s.prunen = Some(v.parse().map_err(|_| bad())?),
-                "prunem" => s.prunem = Some(v.parse().map_err(|_| bad())?),
-                "bits" => s.bits = Some(BitWidths::Uniform(v.parse().map_err(|_| bad())?)),
-                "sym" => s.sym = Some(v.parse().map_err(|_| bad())?),
-                "groupsize" => s.groupsize = Some(v.parse().map_err(|_| bad())?),
-                "static_groups" => s.static_groups = Some(v.parse().map_err(|_| bad())?),
-                "blocksize" => s.blocksize = Some(v.parse().map_err(|_| bad())?),
-                "percdamp" => s.percdamp = Some(v.parse().map_err(|_| bad())?),
-                "act_order" => s.act_order = Some(v.parse().map_err(|_| bad())?),
-                other => anyhow::bail!("unknown setting `{other}`"),
-            }
-        }
-        Ok(s)
+        crate::options::from_pairs(pairs).map_err(anyhow::Error::msg)
     }
 
     /// The first rule of [`RULES`] these settings break, spelt for `front`.
@@ -178,11 +202,17 @@ impl Settings {
         RULES.iter().find_map(|r| r.check(self, front))
     }
 
+    /// Checks the settings as [`Settings::to_method`] does, for a front end
+    /// that only validates (`sparselab check`, a dry run).
+    pub fn validate(&self, front: Front) -> Result<()> {
+        self.to_method(front).map(|_| ())
+    }
+
     /// The method these settings describe, after every rule of [`RULES`] and
     /// the checks of each value that do not depend on the weight's shape
     /// (ranges of `sparsity`, `bits`, n:m, `groupsize`, `blocksize`,
     /// `percdamp`; per-channel bits are checked against each linear).
-    pub fn method(&self, front: Front) -> Result<Method> {
+    pub fn to_method(&self, front: Front) -> Result<Method> {
         if let Some(r) = self.refusal(front) {
             return Err(r.into());
         }
@@ -201,19 +231,18 @@ impl Settings {
         let quant = self.bits.clone().map(|bits| QuantOptions {
             bits,
             quantizer: QuantizerConfig {
-                sym: self.sym.unwrap_or(false),
+                sym: self.sym(),
                 ..QuantizerConfig::default()
             },
             groupsize: self.groupsize,
-            static_groups: self.static_groups.unwrap_or(false),
+            static_groups: self.static_groups(),
         });
-        let defaults = SparseGptOptions::default();
         let opts = SparseGptOptions {
             pattern,
             quant,
-            blocksize: self.blocksize.unwrap_or(defaults.blocksize),
-            percdamp: self.percdamp.unwrap_or(defaults.percdamp),
-            act_order: self.act_order.unwrap_or(false),
+            blocksize: self.blocksize(),
+            percdamp: self.percdamp(),
+            act_order: self.act_order(),
         };
         // Checked against a width every value passes (m columns for n:m); the
         // count of per-channel bits only a linear can check, so here only their
@@ -238,7 +267,7 @@ pub const RULES: &[Rule] = &[
         check: |s, n| {
             let m = s.method.as_deref()?;
             (!METHODS.contains(&m)).then(|| {
-                let near = crate::script::suggest::nearest(m, METHODS, 1);
+                let near = crate::options::suggest::nearest(m, METHODS, 1);
                 let hint = near
                     .first()
                     .map(|x| format!(" (did you mean `{x}`?)"))
@@ -421,7 +450,7 @@ pub const RULES: &[Rule] = &[
             let (Some(_), Some(m)) = (s.prunen, s.prunem) else {
                 return None;
             };
-            let b = s.blocksize.unwrap_or(SparseGptOptions::default().blocksize);
+            let b = s.blocksize();
             (m > 0 && b % m != 0).then(|| {
                 format!(
                     "{} {b} is not a multiple of {} {m}: n:m groups are counted from each \
@@ -464,7 +493,7 @@ mod tests {
             let r = s.refusal(Front::Script).expect(rule.name);
             assert_eq!(r.rule, rule.name, "{}", r.message);
             let ok = Settings::from_pairs(rule.accepted)?;
-            assert!(ok.method(Front::Cli).is_ok(), "{}: {:?}", rule.name, ok);
+            assert!(ok.to_method(Front::Cli).is_ok(), "{}: {:?}", rule.name, ok);
         }
         Ok(())
     }

@@ -1,16 +1,22 @@
 //! Option maps of the primitives: every key is checked, typed and documented.
 //!
-//! A primitive declares its keys once in [`OPTION_KEYS`] (which also feeds the
-//! REPL's completion and `sparselab check`'s static check of map literals) and
-//! reads them through [`Opts`]. An unknown key is an error that names it,
-//! suggests the nearest valid key and lists all of them; a value of the wrong
-//! type names the expected type. A key whose value is `()` counts as absent
-//! (so recipes can pass `#{seqlen: seqlen}` with `seqlen = ()` for "default").
+//! An operation whose options are declared ([`crate::options::declare_options!`]:
+//! `prune_layer`'s [`Settings`], the evaluation functions' [`EvalOptions`])
+//! reads its map with [`Opts::parse`]; the others list their keys in
+//! [`OPTION_KEYS`] and read them one by one through [`Opts`]. Either way
+//! [`OPTION_KEYS`] feeds the REPL's completion and `sparselab check`'s static
+//! check of map literals. An unknown key is an error that names it, suggests
+//! the nearest valid key and lists all of them; a value of the wrong type names
+//! the expected type. A key whose value is `()` counts as absent (so recipes
+//! can pass `#{seqlen: seqlen}` with `seqlen = ()` for "default").
 
 use rhai::{Dynamic, EvalAltResult, Map, FLOAT};
 
-use super::suggest::nearest;
 use super::vector::{err, Vector};
+use crate::compress::rules::Settings;
+use crate::eval::PplOptions;
+pub use crate::options::{type_label, unknown_key_message};
+use crate::options::{help_text, markdown_table, Declared};
 
 type R<T> = Result<T, Box<EvalAltResult>>;
 
@@ -80,29 +86,72 @@ pub const OPTION_KEYS: &[(&str, &[&str])] = &[
             "gemm",
         ],
     ),
-    (
-        "prune_layer",
-        &[
-            "method",
-            "sparsity",
-            "prunen",
-            "prunem",
-            "bits",
-            "sym",
-            "groupsize",
-            "static_groups",
-            "blocksize",
-            "percdamp",
-            "act_order",
-        ],
-    ),
-    ("eval_ppl", &["seqlen", "nsamples", "batch", "quiet"]),
-    ("eval_ppl_stats", &["seqlen", "nsamples", "batch", "quiet"]),
-    ("kl_base", &["seqlen", "nsamples", "batch", "quiet"]),
-    ("eval_kl", &["seqlen", "nsamples", "batch", "quiet"]),
+    ("prune_layer", <Settings as Declared>::KEYS),
+    ("eval_ppl", <EvalOptions as Declared>::KEYS),
+    ("eval_ppl_stats", <EvalOptions as Declared>::KEYS),
+    ("kl_base", <EvalOptions as Declared>::KEYS),
+    ("eval_kl", <EvalOptions as Declared>::KEYS),
     ("eval_tasks", &["tasks", "limit", "batch", "quiet"]),
     ("save", &["overwrite", "format"]),
 ];
+
+crate::declare_options! {
+    /// The options of a perplexity or KL evaluation: `sparselab eval`'s
+    /// `--seqlen`, `--nsamples`, `--batch`, `--quiet` and the options map of
+    /// `eval_ppl`, `eval_ppl_stats`, `kl_base` and `eval_kl`.
+    pub struct EvalOptions {
+        /// Window length (default: the model's max_position_embeddings, at most
+        /// 2048; with a stored KL base, the base's).
+        seqlen: usize,
+        /// Evaluate only the first N windows (default: all; with a stored KL
+        /// base, all it holds).
+        nsamples: usize,
+        /// Windows run together through each layer.
+        batch: usize = PplOptions::default().batch,
+        /// No progress output (in a script, the default is the engine's
+        /// `--quiet`).
+        @short 'q' quiet: bool = false,
+    }
+}
+
+impl EvalOptions {
+    /// The evaluation's settings; `quiet` when the options leave it open.
+    pub fn ppl_options(&self, quiet: bool) -> PplOptions {
+        PplOptions {
+            seqlen: self.seqlen,
+            batch: self.batch(),
+            max_windows: self.nsamples,
+            quiet: self.quiet.unwrap_or(quiet),
+        }
+    }
+}
+
+/// The primitives whose options are declared, with their option table for
+/// `:help` and for the documentation (`docs/options.md`, checked by a test).
+pub const DECLARED: &[(&str, fn() -> String, fn() -> String)] = &[
+    (
+        "prune_layer",
+        help_text::<Settings>,
+        markdown_table::<Settings>,
+    ),
+    ("eval_ppl", help_text::<EvalOptions>, markdown_table::<EvalOptions>),
+    (
+        "eval_ppl_stats",
+        help_text::<EvalOptions>,
+        markdown_table::<EvalOptions>,
+    ),
+    ("kl_base", help_text::<EvalOptions>, markdown_table::<EvalOptions>),
+    ("eval_kl", help_text::<EvalOptions>, markdown_table::<EvalOptions>),
+];
+
+/// What `:help function` says about its options: the declared list (type,
+/// default, meaning), else the keys; `None` when it takes no options map.
+pub fn options_help(function: &str) -> Option<String> {
+    if let Some((_, help, _)) = DECLARED.iter().find(|(f, ..)| *f == function) {
+        return Some(help());
+    }
+    keys_of(function).map(|keys| format!("options: {}\n", keys.join(", ")))
+}
 
 /// The valid keys of `function`'s options map.
 pub fn keys_of(function: &str) -> Option<&'static [&'static str]> {
@@ -143,6 +192,28 @@ impl Opts {
             self.function,
             type_label(got)
         ))
+    }
+
+    /// The declared options `T` of this map (see [`crate::options::from_map`]);
+    /// a Vector is read as the array of its numbers.
+    pub fn parse<T: Declared>(&self) -> R<T> {
+        let map: Map = self
+            .map
+            .iter()
+            .map(|(k, v)| {
+                let v = match v.read_lock::<Vector>() {
+                    Some(vec) => Dynamic::from_array(
+                        vec.as_slice()
+                            .iter()
+                            .map(|&x| Dynamic::from_float(x as FLOAT))
+                            .collect(),
+                    ),
+                    None => v.clone(),
+                };
+                (k.clone(), v)
+            })
+            .collect();
+        crate::options::from_map(self.function, &map).or_else(err)
     }
 
     /// Drops `key` (a caller that has used it already).
@@ -276,44 +347,65 @@ pub enum IntOrInts {
     Many(Vec<u32>),
 }
 
-/// The error for the first key of `keys` that `valid` lacks, if any:
-/// `prune_layer: unknown option `spasity` (did you mean `sparsity`?); valid options: …`.
-pub fn unknown_key_message<'a>(
-    function: &str,
-    valid: &[&str],
-    keys: impl IntoIterator<Item = &'a str>,
-) -> Option<String> {
-    for key in keys {
-        if !valid.contains(&key) {
-            let near = nearest(key, valid.iter().copied(), 1);
-            let hint = near
-                .first()
-                .map(|n| format!(" (did you mean `{n}`?)"))
-                .unwrap_or_default();
-            return Some(format!(
-                "{function}: unknown option `{key}`{hint}; valid options: {}",
-                valid.join(", ")
-            ));
-        }
+/// The option tables of `docs/options.md`, by the name of their marker
+/// (`<!-- options: NAME -->` … `<!-- /options -->`).
+pub const DOC_TABLES: &[(&str, fn() -> String)] = &[
+    ("compress", markdown_table::<Settings>),
+    ("eval", markdown_table::<EvalOptions>),
+];
+
+/// `doc` with every marked table replaced by its generated text.
+pub fn regenerate_doc_tables(doc: &str) -> Result<String, String> {
+    let mut out = doc.to_string();
+    for (name, table) in DOC_TABLES {
+        let open = format!("<!-- options: {name} -->\n");
+        let close = "<!-- /options -->";
+        let start = out
+            .find(&open)
+            .ok_or_else(|| format!("no `{}` marker", open.trim()))?
+            + open.len();
+        let end = start
+            + out[start..]
+                .find(close)
+                .ok_or_else(|| format!("`{}` is not closed", open.trim()))?;
+        out.replace_range(start..end, &table());
     }
-    None
+    Ok(out)
 }
 
-/// The name of a value's type as scripts write it.
-pub fn type_label(v: &Dynamic) -> String {
-    if v.is_int() {
-        "integer".into()
-    } else if v.is_float() {
-        "float".into()
-    } else if v.is_string() {
-        "string".into()
-    } else if v.is_bool() {
-        "boolean".into()
-    } else if v.is_array() {
-        "array".into()
-    } else if v.is_map() {
-        "map".into()
-    } else {
-        v.type_name().rsplit("::").next().unwrap_or("value").into()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The documentation's option tables are the declarations' (rerun with
+    /// SPARSELAB_BLESS=1 to rewrite them after changing a declaration).
+    #[test]
+    fn docs_option_tables_match_the_declarations() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/options.md");
+        let doc = std::fs::read_to_string(path).unwrap();
+        let fresh = regenerate_doc_tables(&doc).unwrap();
+        if std::env::var_os("SPARSELAB_BLESS").is_some() {
+            std::fs::write(path, &fresh).unwrap();
+            return;
+        }
+        assert!(
+            doc == fresh,
+            "docs/options.md's option tables differ from the declarations: \
+             run `SPARSELAB_BLESS=1 cargo test --lib docs_option_tables` and commit"
+        );
+    }
+
+    #[test]
+    fn declared_primitives_list_their_declared_keys() {
+        for (function, help, _) in DECLARED {
+            let keys = keys_of(function).unwrap();
+            let text = help();
+            for k in keys {
+                assert!(text.contains(&format!("  {k} (")), "{function}: {k}");
+            }
+        }
+        assert!(options_help("load_model")
+            .unwrap()
+            .starts_with("options: device"));
     }
 }

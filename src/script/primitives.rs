@@ -3,8 +3,10 @@
 //!
 //! Adding a primitive: write it in [`primitives`] (a `#[rhai_fn(return_raw)]`
 //! function returning `R<T>`; overloads share a `name = "…"`), declare its
-//! option keys in [`super::options::OPTION_KEYS`] and read them through
-//! [`super::options::Opts`], and register any new handle type's name in
+//! options (a struct declared with [`crate::options::declare_options!`], read
+//! with [`super::options::Opts::parse`] and listed in
+//! [`super::options::DECLARED`]; or keys in [`super::options::OPTION_KEYS`] read
+//! one by one through [`super::options::Opts`]), and register any new handle type's name in
 //! [`super::register_types`], and add its name to [`PRIMITIVES`] (the list
 //! `:help` opens with). Nothing else needs to change: the REPL's help and
 //! completion and `sparselab check` read the engine's metadata.
@@ -14,12 +16,11 @@ use rhai::plugin::*;
 use rhai::{Array, Dynamic, Map, FLOAT, INT};
 
 use super::handles::{script_err, CalibHandle, LayerHandle, LayerIter, ModelHandle};
-use super::options::{IntOrInts, Opts};
+use super::options::{EvalOptions, Opts};
 use super::vector::{err, format_num, Vector};
 use crate::calibrate::compression_report;
 use crate::calibrate::{CalibOptions, Calibration};
 use crate::compress::rules::{Front, Settings};
-use crate::compress::BitWidths;
 use crate::compress::Method;
 use crate::compute::kernels::CpuGemm;
 use crate::eval::{eval_dataset, PplOptions};
@@ -61,15 +62,10 @@ pub(crate) fn engine_quiet(ctx: &NativeCallContext) -> bool {
         .unwrap_or(false)
 }
 
-/// The evaluation settings `seqlen`, `nsamples`, `batch`, `quiet` of an options
-/// map, as every evaluation function takes them.
+/// The evaluation settings of an options map ([`EvalOptions`], declared once
+/// for `sparselab eval` and every evaluation function).
 pub(crate) fn ppl_options(ctx: &NativeCallContext, o: &Opts) -> R<PplOptions> {
-    Ok(PplOptions {
-        seqlen: o.usize("seqlen")?,
-        batch: o.usize("batch")?.unwrap_or(PplOptions::default().batch),
-        max_windows: o.usize("nsamples")?,
-        quiet: o.bool("quiet")?.unwrap_or_else(|| engine_quiet(ctx)),
-    })
+    Ok(o.parse::<EvalOptions>()?.ppl_options(engine_quiet(ctx)))
 }
 
 /// A value that may be absent: `()` for `None`.
@@ -118,32 +114,12 @@ pub fn report_map(r: &LinearReport) -> Map {
     m
 }
 
-/// The settings a `prune_layer` options map gives, each `None` when absent.
-pub fn settings_from_options(opts: &Opts) -> R<Settings> {
-    Ok(Settings {
-        method: opts.string("method")?,
-        sparsity: opts.f64("sparsity")?,
-        prunen: opts.usize("prunen")?,
-        prunem: opts.usize("prunem")?,
-        bits: opts.int_or_ints("bits")?.map(|b| match b {
-            IntOrInts::One(b) => BitWidths::Uniform(b),
-            IntOrInts::Many(v) => BitWidths::PerColumn(v),
-        }),
-        sym: opts.bool("sym")?,
-        groupsize: opts.usize("groupsize")?,
-        static_groups: opts.bool("static_groups")?,
-        blocksize: opts.usize("blocksize")?,
-        percdamp: opts.f64("percdamp")?,
-        act_order: opts.bool("act_order")?,
-    })
-}
-
-/// The compression method a `prune_layer` options map asks for: its settings
-/// through the combination rules `sparselab prune` applies too
-/// ([`crate::compress::rules`]).
+/// The compression method a `prune_layer` options map asks for: its
+/// [`Settings`] (declared once, for `sparselab prune` too) through the
+/// combination rules ([`crate::compress::rules`]).
 pub fn method_from_options(opts: &Opts) -> R<Method> {
-    settings_from_options(opts)?
-        .method(Front::Script)
+    opts.parse::<Settings>()?
+        .to_method(Front::Script)
         .or_else(|e| err(format!("prune_layer: {e:#}")))
 }
 
@@ -525,11 +501,9 @@ pub mod primitives {
     /// loss, rel_error, seconds, layer, linear, method, dead_columns, nm_valid}`
     /// (`avg_bits` and `loss` are `()` where not applicable).
     ///
-    /// Options (defaults in brackets): `method` "sparsegpt" | "gptq" | "magnitude" |
-    /// "wanda" ["sparsegpt"]; `sparsity` fraction in [0, 1); `prunen`, `prunem` for
-    /// n:m; `bits` an integer or a Vector of per-channel widths (1..=16); `sym`
-    /// [false]; `groupsize`; `static_groups` [false]; `blocksize` [128];
-    /// `percdamp` [0.01]; `act_order` [false].
+    /// Options: the compression settings `sparselab prune` takes as flags (listed
+    /// with their types and defaults below), checked by the same combination
+    /// rules.
     ///
     /// ```rhai
     /// prune_layer(layer, "fc1", #{sparsity: 0.5, bits: 4});
@@ -599,9 +573,8 @@ pub mod primitives {
     pub fn eval_ppl(ctx: NativeCallContext, model: ModelHandle, dataset: &str) -> R<FLOAT> {
         eval_ppl_with(ctx, model, dataset, Map::new())
     }
-    /// Perplexity with options `#{seqlen, nsamples, batch, quiet}`: window length
-    /// (default: max_position_embeddings, at most 2048), only the first `nsamples`
-    /// windows (default all), windows per batch (default 8), no progress output.
+    /// Perplexity with options `#{seqlen, nsamples, batch, quiet}` (listed with
+    /// their defaults below; the same as `sparselab eval`'s flags).
     #[rhai_fn(name = "eval_ppl", return_raw)]
     pub fn eval_ppl_with(
         ctx: NativeCallContext,

@@ -360,8 +360,9 @@ impl Session {
             out += d;
             out += "\n";
         }
-        if let Some(keys) = super::options::keys_of(name) {
-            out += &format!("\noptions: {}\n", keys.join(", "));
+        if let Some(options) = super::options::options_help(name) {
+            out += "\n";
+            out += &options;
         }
         Some(out)
     }
