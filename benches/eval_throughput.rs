@@ -3,7 +3,8 @@
 //! checkpoint and tokens when a Python with torch and transformers is available.
 //!
 //! `cargo bench --bench eval_throughput`; environment: `SPARSELAB_BENCH_WINDOWS`
-//! (default 4), `SPARSELAB_BENCH_SEQLEN` (default 2048), `SPARSELAB_BENCH_DTYPE`
+//! (default 4), `SPARSELAB_BENCH_SEQLEN` (default 2048), `SPARSELAB_BENCH_BATCH`
+//! (windows per forward pass; default `eval_ppl`'s), `SPARSELAB_BENCH_DTYPE`
 //! (default f32), `SPARSELAB_BENCH_DEVICE` (default cpu), `SPARSELAB_PYTHON`
 //! (default `python3`).
 
@@ -68,9 +69,15 @@ fn measure(dir: &Path) -> Result<()> {
         ..LoadOptions::default()
     };
     let model = Model::load(dir.to_str().unwrap(), &opts)?;
+    // The batch `sparselab eval` and `eval_ppl` use unless told otherwise.
+    let batch: usize = env_or(
+        "SPARSELAB_BENCH_BATCH",
+        &PplOptions::default().batch.to_string(),
+    )
+    .parse()?;
     let ppl_opts = PplOptions {
         seqlen: Some(seqlen),
-        batch: 1,
+        batch,
         max_windows: None,
         quiet: true,
     };
@@ -79,7 +86,7 @@ fn measure(dir: &Path) -> Result<()> {
     let r = perplexity(&model, &tokens, &ppl_opts)?;
     let threads = rayon::current_num_threads();
     println!(
-        "sparselab  OPT-125M-shaped, {windows} x {seqlen} tokens, {dtype:?}, {} ({threads} threads): \
+        "sparselab  OPT-125M-shaped, {windows} x {seqlen} tokens (batches of {batch}), {dtype:?}, {} ({threads} threads): \
          {:.0} tokens/s, {:.2} s, peak RSS {:.0} MiB, ppl {:.1}",
         sparselab::runtime::device::device_name(model.device()),
         (windows * seqlen) as f64 / r.seconds,

@@ -3,9 +3,9 @@
 //! and zero-shot tasks scored by log-likelihood from local files ([`tasks`]).
 //!
 //! All of them run their token sequences through [`forward_batches`]: batches
-//! of equal-length sequences go stage by stage through the model, so only one
-//! decoder layer and one batch of activations are resident at a time (on an
-//! accelerator, as many batches as fit a fixed budget).
+//! of equal-length sequences go stage by stage through the model, as many
+//! batches at a time as a fixed budget of hidden states allows, so only one
+//! decoder layer, that budget and one batch's temporaries are resident.
 
 pub mod kl;
 pub mod ppl;
@@ -32,18 +32,25 @@ pub use tasks::{eval_tasks, TaskOptions, TaskResult, TaskSpec};
 /// Bytes of hidden states an accelerator holds at once during evaluation.
 const DEVICE_HIDDEN_BUDGET: usize = 2 << 30;
 
-/// Batches evaluated together, layer by layer. On the CPU one (window-major:
-/// memory stays one batch's activations, and reading a layer from the mapped
-/// checkpoint costs little next to its forward pass). On an accelerator as many
-/// as fit [`DEVICE_HIDDEN_BUDGET`], as the reference's layer-by-layer `opt_eval`
-/// does: copying every layer to the device for every window would cost more
-/// than the forward passes themselves.
+/// Bytes of hidden states the host holds at once during evaluation: small
+/// next to a layer's temporaries for a batch, large enough that a layer is
+/// read (or dequantized, from a GGUF file) once for dozens of windows
+/// instead of once per batch.
+const HOST_HIDDEN_BUDGET: usize = 256 << 20;
+
+/// Batches evaluated together, layer by layer, as the reference's
+/// layer-by-layer `opt_eval` does: as many as fit the device's budget of
+/// hidden states. Bringing a layer to the device (a copy out of the mapped
+/// checkpoint, a dequantization, or a host-to-accelerator transfer) for every
+/// batch would cost a large share of the forward passes themselves.
 fn chunks_per_group(model: &Model, batch: usize, seqlen: usize) -> usize {
-    if model.device().is_cpu() {
-        return 1;
-    }
+    let budget = if model.device().is_cpu() {
+        HOST_HIDDEN_BUDGET
+    } else {
+        DEVICE_HIDDEN_BUDGET
+    };
     let per_chunk = batch * seqlen * model.hidden_size() * model.dtype().size_in_bytes();
-    (DEVICE_HIDDEN_BUDGET / per_chunk.max(1)).max(1)
+    (budget / per_chunk.max(1)).max(1)
 }
 
 /// One batch for [`forward_batches`]: `n` sequences of `ids.len() / n` tokens each.
@@ -123,6 +130,64 @@ pub fn row_nlls(logits: &Tensor, targets: &[u32]) -> Result<Vec<f64>> {
         .to_vec1::<f64>()?
         .into_iter()
         .map(|x| -x)
+        .collect())
+}
+
+/// Bytes of one slice of logits in [`streamed_nlls`]: below the allocator's
+/// mmap threshold (`runtime::alloc`), so that every slice reuses the same
+/// heap pages instead of faulting in a fresh mapping.
+const LOGIT_SLICE_BYTES: usize = 16 << 20;
+
+/// −log softmax(x·wᵀ)[targets[r]] for each row `r` of features `x` `[rows, d]`
+/// and a head weight `w` `[vocab, d]` (f32, CPU), without holding the
+/// `[rows, vocab]` logits: they are computed one slice of the vocabulary at a
+/// time, and each row keeps a running maximum and `Σ exp` (rescaled when the
+/// maximum grows; the terms are in f32, the sums in f64, as in [`row_nlls`]).
+/// The weight is packed for the GEMM once per slice and call, where chunks of
+/// positions would pack all of it once per chunk. Other devices and dtypes go
+/// through [`row_nlls`] on the whole logits.
+pub fn streamed_nlls(x: &Tensor, w: &Tensor, targets: &[u32]) -> Result<Vec<f64>> {
+    use crate::compute::kernels::{exp_sum_f64, is_cpu_f32, with_cpu_f32, xwt};
+    let (rows, _) = x.dims2()?;
+    let (vocab, _) = w.dims2()?;
+    anyhow::ensure!(
+        targets.len() == rows,
+        "streamed_nlls: {} targets for {rows} rows",
+        targets.len()
+    );
+    if let Some(&t) = targets.iter().find(|&&t| t as usize >= vocab) {
+        anyhow::bail!("target token {t} is outside the head's vocabulary of {vocab}");
+    }
+    if !(is_cpu_f32(x) && is_cpu_f32(w)) {
+        return row_nlls(&xwt(x, w)?, targets);
+    }
+    let slice = (LOGIT_SLICE_BYTES / 4 / rows.max(1)).clamp(256, vocab.max(1));
+    // Per row: the running maximum, Σ exp(logit − maximum), the target's logit.
+    let mut state = vec![(f32::NEG_INFINITY, 0f64, 0f32); rows];
+    for v0 in (0..vocab).step_by(slice) {
+        let len = slice.min(vocab - v0);
+        let logits = xwt(x, &w.narrow(0, v0, len)?)?;
+        with_cpu_f32(&logits, |l| {
+            l.par_chunks(len)
+                .zip(state.par_iter_mut())
+                .zip(targets.par_iter())
+                .for_each(|((row, (max, sum, picked)), &t)| {
+                    let local = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                    if local > *max {
+                        *sum *= (*max as f64 - local as f64).exp();
+                        *max = local;
+                    }
+                    *sum += exp_sum_f64(row, *max);
+                    let t = t as usize;
+                    if (v0..v0 + len).contains(&t) {
+                        *picked = row[t - v0];
+                    }
+                });
+        })?;
+    }
+    Ok(state
+        .into_iter()
+        .map(|(max, sum, picked)| max as f64 + sum.ln() - picked as f64)
         .collect())
 }
 

@@ -16,7 +16,7 @@ use candle_core::Tensor;
 use serde::Serialize;
 
 use super::stats::Moments;
-use super::{forward_batches, row_nlls, Batch};
+use super::{forward_batches, Batch};
 use crate::data::datasets::{eval_tokens, DatasetSpec, Split};
 use crate::model::Model;
 
@@ -173,20 +173,20 @@ pub fn dataset_tokens(model: &Model, dataset: &str, seqlen: usize) -> Result<Vec
     eval_tokens(&spec, model.tokenizer()?, model.named_bos(), seqlen)
 }
 
-/// Positions per head call: bounds the `[positions, vocab]` logits held at once.
-pub const HEAD_CHUNK: usize = 512;
+/// Positions per head call where the whole `[positions, vocab]` logits are
+/// needed (the KL divergence, tasks): bounds what is held at once. At 128
+/// positions a 50k vocabulary's logits (25 MiB in f32) stay below the
+/// allocator's mmap threshold (`runtime::alloc`), so every chunk reuses the
+/// same heap pages.
+pub const HEAD_CHUNK: usize = 128;
 
 /// The NLL of each of ids 1…t−1 given the tokens before it, from the window's
-/// final hidden states `[1, t, hidden]`, computed in chunks of positions.
+/// final hidden states `[1, t, hidden]`: the logits streamed by slices of the
+/// vocabulary ([`streamed_nlls`](super::streamed_nlls)).
 pub fn token_nlls(model: &Model, hidden: &Tensor, ids: &[u32]) -> Result<Vec<f64>> {
     let t = ids.len();
-    let mut out = Vec::with_capacity(t - 1);
-    for p0 in (0..t - 1).step_by(HEAD_CHUNK) {
-        let rows = HEAD_CHUNK.min(t - 1 - p0);
-        let logits = model.head(&hidden.narrow(1, p0, rows)?)?.squeeze(0)?;
-        out.extend(row_nlls(&logits, &ids[p0 + 1..p0 + 1 + rows])?);
-    }
-    Ok(out)
+    let (features, weight) = model.head_parts(&hidden.narrow(1, 0, t - 1)?)?;
+    super::streamed_nlls(&features, &weight, &ids[1..])
 }
 
 /// Mean cross-entropy of the window's logits at positions 0…t−2 against ids 1…t−1,

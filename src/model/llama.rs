@@ -196,11 +196,23 @@ impl LlamaOuter {
 
     /// Hidden states `[b, t, hidden]` → logits `[b, t, vocab]` in f32.
     pub fn head(&self, x: &Tensor) -> Result<Tensor> {
-        let x = rms_norm(x, &self.norm, self.eps)?;
-        let (b, t, h) = x.dims3()?;
-        crate::compute::kernels::xwt(&x.reshape((b * t, h))?, &self.lm_head)?
+        let (b, t, _) = x.dims3()?;
+        crate::compute::kernels::xwt(&self.head_features(x)?, &self.lm_head)?
             .to_dtype(DType::F32)?
             .reshape((b, t, ()))
+    }
+
+    /// What the head multiplies by its weight: the final norm applied to
+    /// hidden states `[b, t, hidden]`, as `[b·t, hidden]`.
+    pub fn head_features(&self, x: &Tensor) -> Result<Tensor> {
+        let x = rms_norm(x, &self.norm, self.eps)?;
+        let (b, t, h) = x.dims3()?;
+        x.reshape((b * t, h))
+    }
+
+    /// The head's weight `[vocab, hidden]`.
+    pub fn lm_head(&self) -> &Tensor {
+        &self.lm_head
     }
 }
 

@@ -447,6 +447,17 @@ impl Model {
         })
     }
 
+    /// The head's two factors for hidden states `[b, t, hidden]`: the features
+    /// `[b·t, d]` (final norm, projection) and the weight `[vocab, d]`, so that
+    /// the logits are `features · weightᵀ`. Lets a caller stream the logits by
+    /// slices of the vocabulary instead of holding `[b·t, vocab]` at once.
+    pub fn head_parts(&self, hidden: &Tensor) -> Result<(Tensor, Tensor)> {
+        Ok(match &*self.outer()? {
+            Outer::Opt(o) => (o.head_features(hidden)?, o.lm_head().clone()),
+            Outer::Llama(o) => (o.head_features(hidden)?, o.lm_head().clone()),
+        })
+    }
+
     /// The canonical tensor name of a linear's weight in decoder layer `index`.
     pub fn linear_weight_name(&self, index: usize, linear: &str) -> String {
         match self.arch() {

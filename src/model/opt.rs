@@ -233,6 +233,15 @@ fn embed(
 impl OptOuter {
     /// Hidden states `[b, t, hidden]` → logits `[b, t, vocab]` in f32.
     pub fn head(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        crate::compute::kernels::xwt(&self.head_features(x)?, &self.lm_head)?
+            .to_dtype(DType::F32)?
+            .reshape((b, t, ()))
+    }
+
+    /// What the head multiplies by its weight: the final norm and
+    /// `project_out` applied to hidden states `[b, t, hidden]`, as `[b·t, d]`.
+    pub fn head_features(&self, x: &Tensor) -> Result<Tensor> {
         let mut x = x.clone();
         if let Some(n) = &self.final_norm {
             x = n.forward(&x)?;
@@ -242,9 +251,12 @@ impl OptOuter {
         if let Some(w) = &self.project_out {
             x = crate::compute::kernels::xwt(&x, w)?;
         }
-        crate::compute::kernels::xwt(&x, &self.lm_head)?
-            .to_dtype(DType::F32)?
-            .reshape((b, t, ()))
+        Ok(x)
+    }
+
+    /// The head's weight `[vocab, d]`.
+    pub fn lm_head(&self) -> &Tensor {
+        &self.lm_head
     }
 
     /// The device the resident parts live on.
