@@ -128,8 +128,11 @@ fn sweep_reuses_one_calibration_and_flags_missed_targets() {
     let mut ppls = Vec::new();
     for (i, row) in rows.iter().enumerate() {
         let c: Vec<&str> = row.split_whitespace().collect();
-        let (groups, th, bits, ppl, secs, computed) =
-            (num(c[0]), c[1], num(c[2]), num(c[3]), num(c[4]), num(c[5]));
+        // The perplexity cell is "ppl ± standard error".
+        let (groups, th, bits, ppl) = (num(c[0]), c[1], num(c[2]), num(c[3]));
+        assert_eq!(c[4], "±", "{row}");
+        let (se, secs, computed) = (num(c[5]), num(c[6]), num(c[7]));
+        assert!(se > 0.0 && se < ppl, "{row}");
         assert_eq!(groups, if i < 2 { 2.0 } else { 4.0 }, "{row}");
         assert_eq!(
             th,
@@ -144,7 +147,7 @@ fn sweep_reuses_one_calibration_and_flags_missed_targets() {
         // Dense statistics: the first configuration computes the 4 layers,
         // every later one reads them from the cache.
         assert_eq!(computed, if i == 0 { 4.0 } else { 0.0 }, "{row}");
-        let flagged = c.get(6) == Some(&"MISSED");
+        let flagged = c.get(8) == Some(&"MISSED");
         assert_eq!(flagged, (bits - 4.0).abs() > TARGET_TOLERANCE, "{row}");
         missed += flagged as usize;
         ppls.push(ppl);
