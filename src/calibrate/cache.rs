@@ -787,19 +787,16 @@ impl StatCache {
             });
         }
         let run = &key.run;
-        let layer_inputs = match inputs {
-            Some(ts) => Some(LayerInputsRecord {
-                file: INPUTS.into(),
-                batches: ts.len(),
-                dtype: ts
-                    .first()
-                    .map(|t| st_name(t.dtype()).unwrap_or("F32"))
-                    .unwrap_or("F32")
-                    .into(),
-                shapes: ts.iter().map(|t| t.dims().to_vec()).collect(),
-            }),
-            None => None,
-        };
+        let layer_inputs = inputs.map(|ts| LayerInputsRecord {
+            file: INPUTS.into(),
+            batches: ts.len(),
+            dtype: ts
+                .first()
+                .map(|t| st_name(t.dtype()).unwrap_or("F32"))
+                .unwrap_or("F32")
+                .into(),
+            shapes: ts.iter().map(|t| t.dims().to_vec()).collect(),
+        });
         Ok(EntryRecord {
             key: key.clone(),
             protocol: Protocol {
