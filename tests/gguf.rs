@@ -291,8 +291,6 @@ fn pruned_gguf_model_saves_as_a_transformers_checkpoint() {
 /// Unsupported content is refused by name, never loaded as a different model.
 #[test]
 fn unsupported_gguf_content_is_named() {
-    use candle_core::quantized::gguf_file::{self, Value};
-    use candle_core::quantized::{GgmlDType, QTensor};
     let tmp = tempfile::tempdir().unwrap();
     let write = |name: &str, arch: &str, tensors: &[(&str, GgmlDType)]| -> PathBuf {
         let path = tmp.path().join(name);
@@ -327,6 +325,15 @@ fn unsupported_gguf_content_is_named() {
         m.contains("architecture `gpt2`") && m.contains("llama"),
         "{m}"
     );
+    let path = tmp.path().join("split.gguf");
+    let meta: Vec<(String, gguf_file::Value)> = vec![
+        ("general.architecture".into(), Value::String("llama".into())),
+        ("split.count".into(), Value::U16(3)),
+        ("split.no".into(), Value::U16(0)),
+    ];
+    write_gguf(&path, &meta, &[]);
+    let m = msg(&path);
+    assert!(m.contains("one of 3 split GGUF files"), "{m}");
     let m = msg(&write(
         "odd.gguf",
         "llama",

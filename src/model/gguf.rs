@@ -185,6 +185,13 @@ impl GgufCheckpoint {
             entries: HashMap::new(),
             has_rope_freqs: false,
         };
+        if let Some(n) = ck.opt_usize_key("split.count")?.filter(|&n| n > 1) {
+            bail!(
+                "{} is one of {n} split GGUF files, which are not supported; merge them with \
+                 llama.cpp's `llama-gguf-split --merge` first",
+                path.display()
+            );
+        }
         let arch = ck.architecture()?;
         if !SUPPORTED_ARCHITECTURES.contains(&arch.as_str()) {
             bail!(
