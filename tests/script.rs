@@ -376,7 +376,10 @@ fn options_are_checked_and_errors_are_located() {
         e.contains("eval_ppl: option `batch` must be an integer, got string"),
         "{e}"
     );
-    let e = eval_err(&mut s, r#"kl_base(m, "wikitext2", "b.klb", #{nsamples: -1})"#);
+    let e = eval_err(
+        &mut s,
+        r#"kl_base(m, "wikitext2", "b.klb", #{nsamples: -1})"#,
+    );
     assert!(
         e.contains("kl_base: option `nsamples` must be a non-negative integer, got -1"),
         "{e}"

@@ -382,7 +382,8 @@ pub fn augment<T: Declared>(mut cmd: Command) -> Command {
 
 /// `T`'s options as a markdown table: key, flag, type, default, meaning.
 pub fn markdown_table<T: Declared>() -> String {
-    let mut out = String::from("| key | flag | type | default | meaning |\n|---|---|---|---|---|\n");
+    let mut out =
+        String::from("| key | flag | type | default | meaning |\n|---|---|---|---|---|\n");
     for f in T::fields() {
         let short = f.short.map(|c| format!(", `-{c}`")).unwrap_or_default();
         let default = f
@@ -593,7 +594,10 @@ mod tests {
         let e = from_map::<Demo>("f", &map(&[("count", "3".into())])).unwrap_err();
         assert_eq!(e, "f: option `count` must be an integer, got string `3`");
         let e = from_map::<Demo>("f", &map(&[("count", Dynamic::from_int(-2))])).unwrap_err();
-        assert_eq!(e, "f: option `count` must be a non-negative integer, got -2");
+        assert_eq!(
+            e,
+            "f: option `count` must be a non-negative integer, got -2"
+        );
         let d: Demo = from_map("f", &map(&[("count", Dynamic::UNIT)])).unwrap();
         assert!(!d.given("count"));
     }
@@ -624,8 +628,14 @@ mod tests {
             t.contains("| `frac` | `--frac` | number | `0.5` | A fraction. Second sentence. |"),
             "{t}"
         );
-        assert!(t.contains("| `quiet` | `--quiet`, `-q` | boolean | `false` |"), "{t}");
-        assert!(t.contains("| `name` | `--name` | string | `\"x\"` |"), "{t}");
+        assert!(
+            t.contains("| `quiet` | `--quiet`, `-q` | boolean | `false` |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| `name` | `--name` | string | `\"x\"` |"),
+            "{t}"
+        );
         assert!(help_text::<Demo>().contains("count (integer): A count."));
         let pairs: Demo = from_pairs(&[("frac", "0.1"), ("quiet", "true")]).unwrap();
         assert_eq!(pairs.quiet, Some(true));

@@ -15,8 +15,8 @@ use rhai::{Dynamic, EvalAltResult, Map, FLOAT};
 use super::vector::{err, Vector};
 use crate::compress::rules::Settings;
 use crate::eval::PplOptions;
-pub use crate::options::{type_label, unknown_key_message};
 use crate::options::{help_text, markdown_table, Declared};
+pub use crate::options::{type_label, unknown_key_message};
 
 type R<T> = Result<T, Box<EvalAltResult>>;
 
@@ -126,22 +126,37 @@ impl EvalOptions {
     }
 }
 
+/// A generated text: an option list or table.
+pub type Text = fn() -> String;
+
 /// The primitives whose options are declared, with their option table for
 /// `:help` and for the documentation (`docs/options.md`, checked by a test).
-pub const DECLARED: &[(&str, fn() -> String, fn() -> String)] = &[
+pub const DECLARED: &[(&str, Text, Text)] = &[
     (
         "prune_layer",
         help_text::<Settings>,
         markdown_table::<Settings>,
     ),
-    ("eval_ppl", help_text::<EvalOptions>, markdown_table::<EvalOptions>),
+    (
+        "eval_ppl",
+        help_text::<EvalOptions>,
+        markdown_table::<EvalOptions>,
+    ),
     (
         "eval_ppl_stats",
         help_text::<EvalOptions>,
         markdown_table::<EvalOptions>,
     ),
-    ("kl_base", help_text::<EvalOptions>, markdown_table::<EvalOptions>),
-    ("eval_kl", help_text::<EvalOptions>, markdown_table::<EvalOptions>),
+    (
+        "kl_base",
+        help_text::<EvalOptions>,
+        markdown_table::<EvalOptions>,
+    ),
+    (
+        "eval_kl",
+        help_text::<EvalOptions>,
+        markdown_table::<EvalOptions>,
+    ),
 ];
 
 /// What `:help function` says about its options: the declared list (type,
@@ -349,7 +364,7 @@ pub enum IntOrInts {
 
 /// The option tables of `docs/options.md`, by the name of their marker
 /// (`<!-- options: NAME -->` … `<!-- /options -->`).
-pub const DOC_TABLES: &[(&str, fn() -> String)] = &[
+pub const DOC_TABLES: &[(&str, Text)] = &[
     ("compress", markdown_table::<Settings>),
     ("eval", markdown_table::<EvalOptions>),
 ];
