@@ -42,7 +42,8 @@ use crate::hub::{self, RepoSpec};
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama"];
 
 /// Tensor types whose blocks candle can read from a file and dequantize: every
-/// type llama.cpp stores weights in but the i-quants and ternary types. (Q8_1
+/// type llama.cpp stores weights in but the i-quants, the ternary types and
+/// MXFP4. (Q8_1
 /// and Q8_K, llama.cpp's types for activations, candle names but cannot read.)
 pub const DEQUANTIZABLE: &[&str] = &[
     "F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
@@ -69,10 +70,14 @@ fn ggml_type_name(id: u32) -> Option<&'static str> {
         27 => "I64",
         28 => "F64",
         29 => "IQ1_M",
-        31..=33 => "Q4_0_4_4/Q4_0_4_8/Q4_0_8_8",
+        31 => "Q4_0_4_4",
+        32 => "Q4_0_4_8",
+        33 => "Q4_0_8_8",
         34 => "TQ1_0",
         35 => "TQ2_0",
-        36..=38 => "IQ4_NL_4_4/IQ4_NL_4_8/IQ4_NL_8_8",
+        36 => "IQ4_NL_4_4",
+        37 => "IQ4_NL_4_8",
+        38 => "IQ4_NL_8_8",
         39 => "MXFP4",
         _ => return None,
     })
