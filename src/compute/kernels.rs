@@ -10,6 +10,40 @@ use faer::linalg::matmul::triangular::BlockStructure;
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
+/// Defines `fn $name(args) = $portable`: `$portable` (an `#[inline(always)]`
+/// function written so that it vectorizes) compiled for AVX-512 or for
+/// AVX2 + FMA when the CPU has them, else as is. The feature check is a cached
+/// load, cheap next to a row or chunk of work.
+macro_rules! simd_dispatch {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? = $portable:ident;) => {
+        $(#[$m])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    $portable($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    $portable($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has the features `avx512` is compiled for.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: as above, for `avx2`.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $portable($($arg),*)
+        }
+    };
+}
+
 /// Precision of the CPU GEMMs of a calibration (the linears' forward passes and
 /// the Hessians' `XᵀX`) on an f32 model. `Bf16` rounds both inputs of each
 /// product to bf16 (relative error 2⁻⁹ per input) and accumulates in f32 with
@@ -183,39 +217,10 @@ pub fn layer_norm_f32(
     Tensor::from_vec(out, dims, &Device::Cpu)
 }
 
-/// One row of [`layer_norm_f32`], compiled for the widest vectors the CPU has.
-fn layer_norm_row(o: &mut [f32], row: &[f32], w: Option<&[f32]>, b: Option<&[f32]>, eps: f32) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { layer_norm_row_avx512(o, row, w, b, eps) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: as above.
-            return unsafe { layer_norm_row_avx2(o, row, w, b, eps) };
-        }
-    }
-    layer_norm_row_portable(o, row, w, b, eps)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn layer_norm_row_avx512(
-    o: &mut [f32],
-    row: &[f32],
-    w: Option<&[f32]>,
-    b: Option<&[f32]>,
-    eps: f32,
-) {
-    layer_norm_row_portable(o, row, w, b, eps)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn layer_norm_row_avx2(o: &mut [f32], row: &[f32], w: Option<&[f32]>, b: Option<&[f32]>, eps: f32) {
-    layer_norm_row_portable(o, row, w, b, eps)
+simd_dispatch! {
+    /// One row of [`layer_norm_f32`].
+    fn layer_norm_row(o: &mut [f32], row: &[f32], w: Option<&[f32]>, b: Option<&[f32]>, eps: f32)
+        = layer_norm_row_portable;
 }
 
 /// Two passes (mean, then the variance about it), each summed in sixteen
@@ -526,38 +531,14 @@ pub fn causal_attention_f32(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> R
     Tensor::from_vec(out, (heads, t, d), &Device::Cpu)
 }
 
-/// `x ← e^(x − shift)` over `x`, returning the sum: the inner loop of softmax.
-/// libm's scalar `expf` costs more than the attention GEMMs around it; this is
-/// Cephes' `expf` (range reduction by ln 2, degree-6 polynomial; relative error
-/// about 1e-7), written so that it vectorizes, and compiled for AVX-512 or
-/// AVX2 + FMA when the CPU has them. Meant for `x ≤ shift` (softmax); NaN stays
-/// NaN.
-pub fn exp_sub_sum(x: &mut [f32], shift: f32) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { exp_sub_sum_avx512(x, shift) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: as above.
-            return unsafe { exp_sub_sum_avx2(x, shift) };
-        }
-    }
-    exp_sub_sum_portable(x, shift)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn exp_sub_sum_avx512(x: &mut [f32], shift: f32) -> f32 {
-    exp_sub_sum_portable(x, shift)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn exp_sub_sum_avx2(x: &mut [f32], shift: f32) -> f32 {
-    exp_sub_sum_portable(x, shift)
+simd_dispatch! {
+    /// `x ← e^(x − shift)` over `x`, returning the sum: the inner loop of softmax.
+    /// libm's scalar `expf` costs more than the attention GEMMs around it; this is
+    /// Cephes' `expf` (range reduction by ln 2, degree-6 polynomial; relative error
+    /// about 1e-7), written so that it vectorizes, and compiled for AVX-512 or
+    /// AVX2 + FMA when the CPU has them. Meant for `x ≤ shift` (softmax); NaN stays
+    /// NaN.
+    pub fn exp_sub_sum(x: &mut [f32], shift: f32) -> f32 = exp_sub_sum_portable;
 }
 
 #[inline(always)]
@@ -663,32 +644,8 @@ pub fn silu_mul_f32(g: &Tensor, u: &Tensor) -> Result<Tensor> {
     Tensor::from_vec(out, g.shape(), &Device::Cpu)
 }
 
-fn silu_mul_chunk(o: &mut [f32], g: &[f32], u: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { silu_mul_avx512(o, g, u) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: as above.
-            return unsafe { silu_mul_avx2(o, g, u) };
-        }
-    }
-    silu_mul_portable(o, g, u)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn silu_mul_avx512(o: &mut [f32], g: &[f32], u: &[f32]) {
-    silu_mul_portable(o, g, u)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn silu_mul_avx2(o: &mut [f32], g: &[f32], u: &[f32]) {
-    silu_mul_portable(o, g, u)
+simd_dispatch! {
+    fn silu_mul_chunk(o: &mut [f32], g: &[f32], u: &[f32]) = silu_mul_portable;
 }
 
 #[inline(always)]
@@ -696,6 +653,38 @@ fn silu_mul_portable(o: &mut [f32], g: &[f32], u: &[f32]) {
     for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
         // e^(−g) saturates at e^88 for g < −88: g / (1 + 1.7e38) is −0, as silu is.
         *o = g / (1.0 + exp_cephes(-g)) * u;
+    }
+}
+
+/// RMSNorm over the last dimension of an f32 CPU tensor with an f32 weight, in
+/// one parallel pass per row, as transformers' `LlamaRMSNorm` computes it in
+/// f32: `x · 1/sqrt(mean(x²) + eps) · w`. The generic version makes five
+/// passes, each with a full-size temporary.
+pub fn rms_norm_f32(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let d = x.dim(candle_core::D::Minus1)?;
+    let w = weight.to_vec1::<f32>()?;
+    if w.len() != d {
+        candle_core::bail!("rms_norm: weight of {} for rows of {d}", w.len());
+    }
+    let out = with_cpu_f32(x, |xs| {
+        let mut out = vec![0f32; xs.len()];
+        out.par_chunks_mut(d)
+            .zip(xs.par_chunks(d))
+            .for_each(|(o, row)| rms_norm_row(o, row, &w, eps as f32));
+        out
+    })?;
+    Tensor::from_vec(out, x.shape(), &Device::Cpu)
+}
+
+simd_dispatch! {
+    fn rms_norm_row(o: &mut [f32], row: &[f32], w: &[f32], eps: f32) = rms_norm_row_portable;
+}
+
+#[inline(always)]
+fn rms_norm_row_portable(o: &mut [f32], row: &[f32], w: &[f32], eps: f32) {
+    let inv = 1.0 / (lane_sum(row, |v| v * v) / row.len() as f32 + eps).sqrt();
+    for ((o, &v), &w) in o.iter_mut().zip(row).zip(w) {
+        *o = v * inv * w;
     }
 }
 
@@ -806,6 +795,28 @@ mod tests {
                 let want = (row[j] as f64 - mean) / (var + 1e-5).sqrt() * w[j] as f64 + b[j] as f64;
                 assert!(
                     (out[j] as f64 - want).abs() < 1e-5,
+                    "{j}: {} vs {want}",
+                    out[j]
+                );
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn rms_norm_matches_f64_on_wide_rows() -> Result<()> {
+        // 773 columns: 48 full chunks of the lane sums and a remainder of 5.
+        let (rows, d) = (3, 773);
+        let x = Tensor::randn(0.5f32, 2., (rows, d), &Device::Cpu)?;
+        let w = Tensor::randn(1f32, 0.5, d, &Device::Cpu)?;
+        let got = rms_norm_f32(&x, &w, 1e-5)?.to_vec2::<f32>()?;
+        let (x, w) = (x.to_vec2::<f32>()?, w.to_vec1::<f32>()?);
+        for (row, out) in x.iter().zip(&got) {
+            let ms = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / d as f64;
+            for j in 0..d {
+                let want = row[j] as f64 / (ms + 1e-5).sqrt() * w[j] as f64;
+                assert!(
+                    (out[j] as f64 - want).abs() < 1e-5 * want.abs().max(1.0),
                     "{j}: {} vs {want}",
                     out[j]
                 );

@@ -126,6 +126,10 @@ pub fn layer_norm(
 /// RMSNorm as transformers' `LlamaRMSNorm`: normalise in f32, cast back to the
 /// input dtype, then scale by `weight` (in the input dtype).
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    use crate::compute::kernels::{is_cpu_f32, rms_norm_f32};
+    if is_cpu_f32(x) && is_cpu_f32(weight) {
+        return rms_norm_f32(x, weight, eps);
+    }
     let dtype = x.dtype();
     let x32 = x.to_dtype(DType::F32)?;
     let ms = x32.sqr()?.mean_keepdim(D::Minus1)?;
