@@ -502,9 +502,7 @@ pub fn causal_attention_f32(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> R
                         );
                         for (i, row) in s.chunks_mut(keys).enumerate() {
                             let visible = r0 + i + 1;
-                            let max = row[..visible]
-                                .iter()
-                                .fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                            let max = max_f32(&row[..visible]);
                             let sum = exp_sub_sum(&mut row[..visible], max);
                             let inv = 1.0 / sum;
                             row[..visible].iter_mut().for_each(|x| *x *= inv);
@@ -541,6 +539,30 @@ simd_dispatch! {
     pub fn exp_sub_sum(x: &mut [f32], shift: f32) -> f32 = exp_sub_sum_portable;
 }
 
+simd_dispatch! {
+    /// The largest value of `x` (−∞ for none), NaN ignored as `f32::max`
+    /// ignores it: in sixteen lanes, where a fold over `f32::max` stays scalar.
+    pub fn max_f32(x: &[f32]) -> f32 = max_portable;
+}
+
+#[inline(always)]
+fn max_portable(x: &[f32]) -> f32 {
+    const LANES: usize = 16;
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let (chunks, rest) = x.as_chunks::<LANES>();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            // `v > a` is false for NaN, so NaN never enters the maximum.
+            *a = if v > *a { v } else { *a };
+        }
+    }
+    let mut max = f32::NEG_INFINITY;
+    for &v in acc.iter().chain(rest) {
+        max = if v > max { v } else { max };
+    }
+    max
+}
+
 #[inline(always)]
 fn exp_sub_sum_portable(x: &mut [f32], shift: f32) -> f32 {
     const LANES: usize = 16;
@@ -574,7 +596,11 @@ fn exp_cephes(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 5e-1;
     let y = p * r * r + r + 1.0;
-    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // 2ⁿ from n's bits: adding 1.5·2²³ puts the integer n (|n| ≤ 127) in the
+    // low mantissa bits. `n as i32` would be a saturating conversion, which
+    // does not vectorize (one scalar convert and NaN check per element).
+    let n_bits = (n + 12_582_912.0).to_bits().wrapping_sub(0x4B40_0000);
+    y * f32::from_bits(n_bits.wrapping_add(127) << 23)
 }
 
 /// Causal softmax of `scores` (`[heads, rows, cols]`, f32, CPU) scaled by `scale`,
@@ -590,7 +616,7 @@ pub fn causal_softmax(scores: &Tensor, row_offset: usize, scale: f32) -> Result<
             .for_each(|(r, (o, x))| {
                 let visible = (row_offset + r % rows + 1).min(cols);
                 let x = &x[..visible];
-                let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) * scale;
+                let max = max_f32(x) * scale;
                 for (o, &v) in o.iter_mut().zip(x) {
                     *o = v * scale;
                 }
@@ -701,7 +727,7 @@ pub fn nll_sum(logits: &Tensor, targets: &[u32]) -> Result<f64> {
             .par_chunks(vocab)
             .zip(targets.par_iter())
             .map(|(row, &t)| {
-                let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                let max = max_f32(row);
                 (max as f64 + exp_sum_f64(row, max).ln()) - row[t as usize] as f64
             })
             .collect();
@@ -823,6 +849,21 @@ mod tests {
             }
         }
         Ok(())
+    }
+
+    #[test]
+    fn max_f32_is_fold_max() {
+        assert_eq!(max_f32(&[]), f32::NEG_INFINITY);
+        for n in [1, 15, 16, 17, 100] {
+            let mut x: Vec<f32> = (0..n).map(|i| ((i * 37) % 11) as f32 - 5.0).collect();
+            let want = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            assert_eq!(max_f32(&x), want, "{n}");
+            // NaN is ignored, in a lane and in the remainder alike.
+            x[0] = f32::NAN;
+            x[n - 1] = f32::NAN;
+            let want = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            assert_eq!(max_f32(&x).to_bits(), want.to_bits(), "{n} with NaN");
+        }
     }
 
     #[test]

@@ -172,7 +172,7 @@ pub fn streamed_nlls(x: &Tensor, w: &Tensor, targets: &[u32]) -> Result<Vec<f64>
                 .zip(state.par_iter_mut())
                 .zip(targets.par_iter())
                 .for_each(|((row, (max, sum, picked)), &t)| {
-                    let local = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                    let local = crate::compute::kernels::max_f32(row);
                     if local > *max {
                         *sum *= (*max as f64 - local as f64).exp();
                         *max = local;
@@ -199,7 +199,7 @@ pub fn nll_sum(logits: &Tensor, targets: &[u32]) -> Result<f64> {
 
 /// log Σ exp(row), in f64 with the vectorized exponential of the kernels.
 pub fn log_sum_exp(row: &[f32]) -> f64 {
-    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let max = crate::compute::kernels::max_f32(row);
     max as f64 + crate::compute::kernels::exp_sum_f64(row, max).ln()
 }
 
