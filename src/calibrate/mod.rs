@@ -10,9 +10,9 @@
 //!
 //! With `sequential: false` every layer's statistics come from the dense model
 //! instead (the next layer's inputs are the dense layer's outputs), and with a
-//! `cache` directory each layer's statistics and inputs are stored and reused
-//! by a later calibration whose prefix of compressed layers is the same
-//! ([`cache`]). Long loops poll [`crate::runtime::interrupt`].
+//! `cache` directory each layer's statistics (and, where a sequential
+//! calibration can need them, its inputs) are stored and reused by a later
+//! calibration whose prefix of compressed layers is the same ([`cache`]). Long loops poll [`crate::runtime::interrupt`].
 
 pub mod cache;
 mod calibration;

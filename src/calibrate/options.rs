@@ -36,9 +36,10 @@ pub struct CalibOptions {
     /// The caller's description of its policy, stored in the checkpoint so that a
     /// resume with a different policy is refused. Default empty.
     pub fingerprint: String,
-    /// Store each layer's statistics (Hessians, reservoirs) and inputs here and
-    /// reuse them when a later calibration reaches the same layer after the same
-    /// compressed layers ([`super::cache`]). Default `None`.
+    /// Store each layer's statistics (Hessians, reservoirs; its inputs only
+    /// where a sequential calibration can need them) here and reuse them when a
+    /// later calibration reaches the same layer after the same compressed
+    /// layers ([`super::cache`], `docs/stats-format.md`). Default `None`.
     pub cache: Option<PathBuf>,
     /// Each layer's statistics from the outputs of the already-compressed layers
     /// before it (true, the reference's protocol), or every layer's from the
