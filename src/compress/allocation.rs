@@ -126,7 +126,7 @@ const MAX_GROUP_ASSIGNMENTS: u128 = 20_000_000;
 /// channel was worth more, so a polish follows: an exhaustive search over every
 /// change of up to ±R channels at each tier boundary (R = 10 on five tiers),
 /// re-centred until nothing improves. This matched brute force on every small
-/// case tested (`tests/allocation.rs`), but it is not proven exact in general.
+/// case tested (`tests/it/allocation.rs`), but it is not proven exact in general.
 ///
 /// What the proxy implies: its continuous optimum is the classical
 /// reverse water-filling `b_j ≈ b̄ + ½ log₂(s_j / geomean(s))`, one extra bit

@@ -32,7 +32,7 @@
 //! layout with a floor for the far tail; the decoded probabilities are
 //! renormalized before use. The rounding errors are independent across
 //! entries, so their effect on a mean KL is far below the 1e-3 relative this
-//! format is tested to (tests/eval.rs measures it against the exact KL and
+//! format is tested to (tests/it/eval.rs measures it against the exact KL and
 //! torch's). Top-k storage would be smaller, but its KL misses the tail's
 //! contribution by the tail mass times the tail's own divergence, which is
 //! not small on high-entropy tokens.

@@ -1,5 +1,5 @@
 """Token ids of transformers' tokenizer built from a GGUF file's metadata, for
-cross-checking `sparselab::data::gguf_tokenizer::from_gguf` (tests/gguf_tokenizer.rs).
+cross-checking `sparselab::data::gguf_tokenizer::from_gguf` (tests/it/gguf_tokenizer.rs).
 
 Usage: gguf_tokens.py GGUF_FILE TEXT_FILE NCHARS [--strings S ...] [--saved DIR]
                       [--digits-split]

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Independent numpy port of the reference compression numerics, for tests/compress.rs.
+"""Independent numpy port of the reference compression numerics, for tests/it/compress.rs.
 
 A line-by-line port, in float32 as the references run, of
   - IST-DASLab/sparsegpt  sparsegpt.py  SparseGPT.add_batch / fasterprune

@@ -1,6 +1,6 @@
 //! Perplexity end to end: the CLI, transformers' figures, dtypes, dataset sources.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

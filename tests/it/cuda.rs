@@ -1,9 +1,9 @@
 //! The CUDA path against the CPU path and the Python reference logits (built only
 //! with `--features cuda`; needs a GPU). CPU is the tested path in CI; these run
-//! on a machine with a device: `cargo test --release --features cuda --test cuda`.
+//! on a machine with a device: `cargo test --release --features cuda --test it cuda::`.
 #![cfg(feature = "cuda")]
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

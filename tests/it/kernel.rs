@@ -1,9 +1,8 @@
 //! The Jupyter kernel from a client's side: the real `sparselab kernel`
 //! process, a connection file, and ZeroMQ sockets as Jupyter uses them.
 
-mod common;
-#[path = "common/kernel.rs"]
-mod kernel_client;
+use crate::common;
+use crate::common::kernel as kernel_client;
 
 use std::time::{Duration, Instant};
 

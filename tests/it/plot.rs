@@ -1,7 +1,7 @@
 //! Charts written as PNG and SVG and read back; rendering with no system fonts;
 //! the exact evcxr display output of plots, summaries and comparison tables.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::path::Path;

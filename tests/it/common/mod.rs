@@ -1,5 +1,9 @@
-//! Finding the shared fixtures (../shared beside the crate, or `SPARSELAB_FIXTURES`).
+//! What the integration test modules share: finding the fixtures (../shared
+//! beside the crate, or `SPARSELAB_FIXTURES`), the Python and research-model
+//! probes, and (`kernel`) a Jupyter client.
 #![allow(dead_code)]
+
+pub mod kernel;
 
 use std::path::PathBuf;
 

@@ -1,7 +1,7 @@
 //! Model-wide mixed precision on opt-tiny: importance-driven budget allocation
 //! against the same budget assigned at random and uniform 4 bits, at 50% sparsity.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -2,12 +2,12 @@
 //! layers 0..=k and ends with exactly the weights and perplexity of a fresh run;
 //! `sequential: false` takes every layer's statistics from the dense model and a
 //! second configuration computes none; entries of another model state or with a
-//! tampered key are not used. (Interruption: tests/interrupt.rs.) The entries
+//! tampered key are not used. (Interruption: tests/it/interrupt.rs.) The entries
 //! as an artifact (docs/stats-format.md): bit-exact round trips, packed
 //! triangles, inputs stored only where a calibration can need them, old
 //! formats refused, and the documented numpy reader run on a written entry.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

@@ -2,7 +2,7 @@
 //! and plot_xy on a real run, written as PNG and SVG and read back, and their
 //! option checks.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -2,10 +2,10 @@
 //! compare.rhai and vicuna_mi.rhai — run on the fixture models with small
 //! `--set` values, and each test reads the recipe's own output (its table, its
 //! warnings, its files) and checks the values in it. quickstart.rhai and
-//! opt.rhai are run by tests/script.rs. A recipe added to scripts/ without a
+//! opt.rhai are run by tests/it/script.rs. A recipe added to scripts/ without a
 //! test here or there fails `every_recipe_has_a_test`.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;
@@ -91,7 +91,7 @@ fn every_recipe_has_a_test() {
             "sweep.rhai",
             "vicuna_mi.rhai"
         ],
-        "a recipe was added or removed: give it a test (here or in tests/script.rs)"
+        "a recipe was added or removed: give it a test (here or in tests/it/script.rs)"
     );
     for n in &names {
         let out = Command::new(BIN)
@@ -245,6 +245,7 @@ fn compare_prints_four_configurations_with_their_bit_distributions() {
         "bits-quantile-4.0.png",
         "bits-quantile-3.5.png",
         "bits-budget-4.0.png",
+        "kl.png",
     ] {
         let png = std::fs::read(charts.path().join("c").join(f)).unwrap();
         assert!(png.starts_with(b"\x89PNG"), "{f}");

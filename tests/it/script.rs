@@ -3,7 +3,7 @@
 //! perplexity), each error class by its message, `sparselab run`/`check`, the
 //! recipes, and the REPL driven through a pseudo-terminal.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -6,7 +6,7 @@
 //! defaults, as the reference calls it) and CPython 3.11's `random`, following the
 //! reference `datautils.py` step by step.
 
-mod common;
+use crate::common;
 
 use std::fs::File;
 use std::io::Write;

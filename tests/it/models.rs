@@ -1,6 +1,6 @@
 //! Fixture models against the Python reference: logits, legacy layouts, dtypes.
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device, Tensor};
 use sparselab::model::{LoadOptions, Model};

@@ -4,7 +4,7 @@
 //! nothing half-written, and the session goes on. The tests share the global
 //! flag, so they hold one lock while they run.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;

@@ -1,7 +1,7 @@
 //! Mixed precision from a script: importance, allocation, summary and charts
 //! through the primitives, and the summary's refusals.
 
-mod common;
+use crate::common;
 
 use sparselab::script::session::Session;
 use sparselab::script::ScriptOptions;

@@ -1,7 +1,7 @@
 //! Sequential calibration on the fixture models: SparseGPT against the baselines,
 //! structured and joint runs, true-sequential order, and the loop's errors.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

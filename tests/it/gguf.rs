@@ -6,7 +6,7 @@
 //! Kept small (a few windows of 256 tokens, a few layers): the heavy
 //! measurements are in `docs/results.md`.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -5,7 +5,7 @@
 //! interpreter). Without it they print why they were skipped, except under CI
 //! (`CI` set), where a missing numpy is a failure.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

@@ -2,7 +2,7 @@
 //! calibration and bad input, on random tiny models written here and on the
 //! fixture models.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! The pure-Rust SentencePiece encoder against ids from the SentencePiece library
 //! (fixtures in `tokenizers/llama-sp`, see its README).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;

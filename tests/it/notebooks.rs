@@ -9,7 +9,7 @@
 //! Also checks that the evcxr notebook depends on the library without the
 //! command-line front ends (no tokio, ZeroMQ or rustyline in its build).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

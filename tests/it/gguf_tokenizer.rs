@@ -3,7 +3,7 @@
 //! rebuilt as GGUF arrays, and transformers' GGUF tokenizer for the real
 //! SmolLM2-135M GGUF.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -3,7 +3,7 @@
 //! `prune_layer` with the same message (in each one's spelling), and its
 //! accepted neighbour runs through both.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;
