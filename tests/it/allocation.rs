@@ -28,25 +28,8 @@ use sparselab::report::{ImportanceNote, LinearReport, RunIntent, Summary};
 
 // ------------------------------------------------------------------ data
 
-/// SplitMix64 with Box–Muller normals: reproducible without a rand dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E3779B97F4A7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
-        z ^ (z >> 31)
-    }
-    fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f64 {
-        let (u, v) = (self.uniform(), self.uniform());
-        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
-    }
-}
+use crate::common::linalg::cholesky;
+use crate::common::rng::SplitMix64 as Rng;
 
 /// Log-normal importance scores (a realistic right-skewed spread).
 fn scores(n: usize, seed: u64, sigma: f64) -> Vec<f32> {
@@ -689,23 +672,6 @@ fn inverse(a: &[Vec<f64>]) -> Vec<Vec<f64>> {
         }
     }
     m.into_iter().map(|r| r[n..].to_vec()).collect()
-}
-
-/// Lower Cholesky factor.
-fn cholesky(a: &[Vec<f64>]) -> Vec<Vec<f64>> {
-    let n = a.len();
-    let mut l = vec![vec![0.0; n]; n];
-    for i in 0..n {
-        for j in 0..=i {
-            let s: f64 = (0..j).map(|k| l[i][k] * l[j][k]).sum();
-            l[i][j] = if i == j {
-                (a[i][i] - s).sqrt()
-            } else {
-                (a[i][j] - s) / l[j][j]
-            };
-        }
-    }
-    l
 }
 
 /// Histogram MI with rank bins (ties share the bin of their first rank) and

@@ -294,17 +294,8 @@ fn a_checkpoint_of_the_other_calibration_mode_is_refused() {
 
 /// Deterministic values in [-1, 1) (SplitMix64).
 fn noise(seed: u64, len: usize) -> Vec<f32> {
-    let mut s = seed;
-    (0..len)
-        .map(|_| {
-            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
+    let mut rng = crate::common::rng::SplitMix64(seed);
+    (0..len).map(|_| rng.symmetric_f32()).collect()
 }
 
 /// Batches `[2, 8, columns]` of input `which` (three per input).

@@ -21,25 +21,7 @@ use sparselab::compress::{
 
 // ------------------------------------------------------------------ data
 
-/// SplitMix64 with Box–Muller normals: reproducible without a rand dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E3779B97F4A7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
-        z ^ (z >> 31)
-    }
-    fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f32 {
-        let (u, v) = (self.uniform(), self.uniform());
-        ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()) as f32
-    }
-}
+use crate::common::rng::SplitMix64 as Rng;
 
 /// A linear's weight and calibration inputs, in calibration batches.
 struct Problem {
@@ -59,28 +41,28 @@ const SEQ: usize = 64;
 fn problem(rows: usize, cols: usize, seed: u64, dead: &[usize]) -> Problem {
     let mut rng = Rng(seed);
     let row_scale: Vec<f32> = (0..rows)
-        .map(|_| 0.02 * (0.5 * rng.normal()).exp())
+        .map(|_| 0.02 * (0.5 * rng.normal_f32()).exp())
         .collect();
     let mut w = Vec::with_capacity(rows * cols);
     for &s in &row_scale {
         for _ in 0..cols {
-            w.push(s * rng.normal());
+            w.push(s * rng.normal_f32());
         }
     }
     let batches = vec![3, 5];
     let nseq: usize = batches.iter().sum();
     let rank = 4;
-    let col_scale: Vec<f32> = (0..cols).map(|_| (0.7 * rng.normal()).exp()).collect();
-    let basis: Vec<f32> = (0..rank * cols).map(|_| rng.normal()).collect();
+    let col_scale: Vec<f32> = (0..cols).map(|_| (0.7 * rng.normal_f32()).exp()).collect();
+    let basis: Vec<f32> = (0..rank * cols).map(|_| rng.normal_f32()).collect();
     let mut x = Vec::with_capacity(nseq * SEQ * cols);
     for _ in 0..nseq * SEQ {
-        let u: Vec<f32> = (0..rank).map(|_| rng.normal()).collect();
+        let u: Vec<f32> = (0..rank).map(|_| rng.normal_f32()).collect();
         for j in 0..cols {
             let shared: f32 = (0..rank).map(|k| u[k] * basis[k * cols + j]).sum();
             let v = if dead.contains(&j) {
                 0.0
             } else {
-                col_scale[j] * (rng.normal() + 0.5 * shared)
+                col_scale[j] * (rng.normal_f32() + 0.5 * shared)
             };
             x.push(v);
         }

@@ -8,6 +8,8 @@
 
 use candle_core::{Device, Tensor};
 use rand_mt::Mt64;
+
+use crate::common::linalg::cholesky;
 use sparselab::compress::{
     fasterprune, BitWidths, QuantOptions, SparseGptOptions, SparsityPattern,
 };
@@ -19,23 +21,6 @@ fn gaussian(rng: &mut Mt64) -> f64 {
     let u1 = ((rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
     let u2 = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
     (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-}
-
-/// Lower Cholesky factor of a symmetric positive definite matrix.
-fn cholesky(a: &[Vec<f64>]) -> Vec<Vec<f64>> {
-    let n = a.len();
-    let mut l = vec![vec![0.0; n]; n];
-    for i in 0..n {
-        for j in 0..=i {
-            let s: f64 = (0..j).map(|k| l[i][k] * l[j][k]).sum();
-            l[i][j] = if i == j {
-                (a[i][i] - s).sqrt()
-            } else {
-                (a[i][j] - s) / l[j][j]
-            };
-        }
-    }
-    l
 }
 
 /// Inverse of an SPD matrix through its Cholesky factor (solving L Lᵀ x = e_k).

@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod kernel;
+pub mod linalg;
+pub mod rng;
 
 use std::path::PathBuf;
 
