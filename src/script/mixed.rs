@@ -757,6 +757,23 @@ pub mod mixed {
         Ok(CompareTable::perplexity(names))
     }
 
+    /// An empty table of another measure than perplexity, one column per
+    /// name: `#{metric: "KL from dense (nats)"}` names what the cells are (the
+    /// table's corner and the chart's axis); `lower_is_better` (default true)
+    /// says which value of a column is marked best.
+    #[rhai_fn(name = "compare_table", return_raw)]
+    pub fn compare_table_with(datasets: Array, options: Map) -> R<CompareTable> {
+        let o = Opts::new("compare_table", options)?;
+        let mut table = compare_table(datasets)?;
+        if let Some(metric) = o.string("metric")? {
+            table.metric = metric;
+        }
+        if let Some(lower) = o.bool("lower_is_better")? {
+            table.lower_is_better = lower;
+        }
+        Ok(table)
+    }
+
     /// Appends a configuration `name` with one value per dataset (numbers;
     /// `()` for a missing one).
     #[rhai_fn(global, return_raw)]

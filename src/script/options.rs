@@ -64,6 +64,7 @@ pub const OPTION_KEYS: &[(&str, &[&str])] = &[
     ("plot_bits", &["title", "path", "format"]),
     ("plot_layers", &["title", "path", "format"]),
     ("plot_compare", &["title", "path", "format"]),
+    ("compare_table", &["metric", "lower_is_better"]),
     (
         "plot_xy",
         &["title", "x_label", "y_label", "label", "path", "format"],

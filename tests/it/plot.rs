@@ -355,8 +355,11 @@ const CHILD: &str = "SPARSELAB_PLOT_TEST_CHILD";
 /// Runs one test of this binary in a child process with `env`; returns its stdout.
 fn run_child(test: &str, env: &[(&str, &str)]) -> String {
     let exe = std::env::current_exe().unwrap();
+    // Test names are module paths below the crate (`plot::child_…`).
+    let (_, module) = module_path!().split_once("::").unwrap();
+    let name = format!("{module}::{test}");
     let mut cmd = Command::new(exe);
-    cmd.args(["--exact", test, "--nocapture", "--test-threads=1"])
+    cmd.args(["--exact", &name, "--nocapture", "--test-threads=1"])
         .env(CHILD, "1");
     for (k, v) in env {
         cmd.env(k, v);
