@@ -139,6 +139,14 @@ fn model_name(metadata: &Metadata) -> Result<&str> {
 /// the same names).
 fn pre_tokenizer(pre: Option<&str>) -> Result<(PreTokenizerWrapper, bool)> {
     let gpt2 = || ByteLevel::new(false, true, true);
+    if pre.is_none() {
+        // llama.cpp and transformers fall back the same way, but a Llama-3 file
+        // converted before the key existed then splits text differently from its
+        // own tokenizer: say so rather than tokenize differently in silence.
+        eprintln!(
+            "warning: the GGUF metadata name no pre-tokenizer (`{KEY_PRE}`): splitting text as GPT-2 does, as llama.cpp does; files converted before llama.cpp wrote that key may expect another split"
+        );
+    }
     Ok(match pre.unwrap_or("gpt2") {
         "gpt-2" | "gpt2" => (gpt2().into(), false),
         // SmolLM's tokenizer.json; llama.cpp splits on `\p{N}` first, the same thing.
