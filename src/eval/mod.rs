@@ -235,4 +235,24 @@ mod tests {
         assert!((nll - 7f64.ln()).abs() < 1e-6);
         Ok(())
     }
+
+    #[test]
+    fn streamed_nlls_equal_whole_rows() -> Result<()> {
+        // 8192 rows make the slices 512 wide: three slices of a 1100-entry
+        // vocabulary, the last one short, and maxima that grow across them.
+        let (rows, d, vocab) = (8192, 16, 1100);
+        let x = Tensor::randn(0f32, 1.0, (rows, d), &Device::Cpu)?;
+        let w = Tensor::randn(0f32, 1.0, (vocab, d), &Device::Cpu)?;
+        let targets: Vec<u32> = (0..rows).map(|r| (r * 131 % vocab) as u32).collect();
+        let got = streamed_nlls(&x, &w, &targets)?;
+        let want = row_nlls(&crate::compute::kernels::xwt(&x, &w)?, &targets)?;
+        for (r, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (g - w).abs() < 1e-5 * w.abs().max(1.0),
+                "row {r}: {g} vs {w}"
+            );
+        }
+        assert!(streamed_nlls(&x, &w, &[vocab as u32; 8192]).is_err());
+        Ok(())
+    }
 }
