@@ -187,6 +187,77 @@ impl OptionValue for String {
     }
 }
 
+/// A list of widths or other small counts: one integer, or an array (a
+/// script's Vector arrives as its array, see `script::options::Opts::parse`)
+/// of non-negative integers.
+impl OptionValue for Vec<u32> {
+    const LABEL: &'static str = "an integer or an array of integers";
+    const VALUE_NAME: &'static str = "N,…";
+    fn from_dynamic(v: &Dynamic) -> Result<Self, ValueError> {
+        let one = |i: i64| u32::try_from(i).ok();
+        if let Ok(i) = v.as_int() {
+            return one(i)
+                .map(|u| vec![u])
+                .ok_or_else(|| ValueError::Invalid(format!("must be non-negative, got {i}")));
+        }
+        let Some(items) = v.read_lock::<rhai::Array>() else {
+            return Err(ValueError::WrongType);
+        };
+        items
+            .iter()
+            .enumerate()
+            .map(|(j, x)| {
+                let u = match (x.as_int(), x.as_float()) {
+                    (Ok(i), _) => one(i),
+                    (_, Ok(f)) if f.fract() == 0.0 && f >= 0.0 => one(f as i64),
+                    _ => None,
+                };
+                u.ok_or_else(|| {
+                    ValueError::Invalid(format!("element {j} is {x}, not a non-negative integer"))
+                })
+            })
+            .collect()
+    }
+    fn parse_text(s: &str) -> Result<Self, String> {
+        s.split(',')
+            .map(|p| {
+                p.trim()
+                    .parse()
+                    .map_err(|_| format!("`{p}` is not a non-negative integer"))
+            })
+            .collect()
+    }
+    fn show(&self) -> String {
+        format!("{self:?}")
+    }
+}
+
+/// A list of numbers: an array of numbers (integers accepted; a script's
+/// Vector arrives as its array).
+impl OptionValue for Vec<f64> {
+    const LABEL: &'static str = "a Vector or an array of numbers";
+    const VALUE_NAME: &'static str = "X,…";
+    fn from_dynamic(v: &Dynamic) -> Result<Self, ValueError> {
+        let Some(items) = v.read_lock::<rhai::Array>() else {
+            return Err(ValueError::WrongType);
+        };
+        items
+            .iter()
+            .enumerate()
+            .map(|(j, x)| {
+                f64::from_dynamic(x)
+                    .map_err(|_| ValueError::Invalid(format!("element {j} is {x}, not a number")))
+            })
+            .collect()
+    }
+    fn parse_text(s: &str) -> Result<Self, String> {
+        s.split(',').map(f64::parse_text).collect()
+    }
+    fn show(&self) -> String {
+        format!("{self:?}")
+    }
+}
+
 /// One declared option: what every front end derives from.
 #[derive(Debug, Clone)]
 pub struct Field {
@@ -402,6 +473,26 @@ pub fn markdown_table<T: Declared>() -> String {
     out
 }
 
+/// `T`'s options as a markdown table without the flag column: key, type,
+/// default, meaning (an operation that only scripts reach).
+pub fn script_markdown_table<T: Declared>() -> String {
+    let mut out = String::from("| key | type | default | meaning |\n|---|---|---|---|\n");
+    for f in T::fields() {
+        let default = f
+            .default
+            .as_ref()
+            .map(|d| format!("`{d}`"))
+            .unwrap_or_else(|| "—".into());
+        out += &format!(
+            "| `{}` | {} | {default} | {} |\n",
+            f.key,
+            f.type_name(),
+            f.text().replace('|', "\\|")
+        );
+    }
+    out
+}
+
 /// `T`'s options as `:help` lists them: one line each, with type and default.
 pub fn help_text<T: Declared>() -> String {
     let mut out = String::from("options:\n");
@@ -600,6 +691,33 @@ mod tests {
         );
         let d: Demo = from_map("f", &map(&[("count", Dynamic::UNIT)])).unwrap();
         assert!(!d.given("count"));
+    }
+
+    #[test]
+    fn lists_take_one_value_or_an_array() {
+        let ints = |xs: &[i64]| Dynamic::from_array(xs.iter().map(|&x| x.into()).collect());
+        assert_eq!(Vec::<u32>::from_dynamic(&3_i64.into()), Ok(vec![3]));
+        assert_eq!(Vec::<u32>::from_dynamic(&ints(&[2, 4])), Ok(vec![2, 4]));
+        assert_eq!(
+            Vec::<u32>::from_dynamic(&ints(&[2, -4])),
+            Err(ValueError::Invalid(
+                "element 1 is -4, not a non-negative integer".into()
+            ))
+        );
+        assert_eq!(
+            Vec::<u32>::from_dynamic(&Dynamic::from(0.5)),
+            Err(ValueError::WrongType)
+        );
+        assert_eq!(Vec::<f64>::from_dynamic(&ints(&[1, 2])), Ok(vec![1.0, 2.0]));
+        assert_eq!(
+            Vec::<f64>::from_dynamic(&2_i64.into()),
+            Err(ValueError::WrongType)
+        );
+        assert_eq!(Vec::<u32>::parse_text("2, 4").unwrap(), vec![2, 4]);
+        assert_eq!(Vec::<f64>::parse_text("0.5,1").unwrap(), vec![0.5, 1.0]);
+        assert_eq!(vec![2_u32, 4].show(), "[2, 4]");
+        let t = script_markdown_table::<Demo>();
+        assert!(t.contains("| `frac` | number | `0.5` | A fraction."), "{t}");
     }
 
     #[cfg(feature = "cli")]

@@ -138,26 +138,28 @@ pub mod mixed {
 
     use crate::compress::allocation::{
         allocate_bits as allocate, allocation_warning, group_channels as group, score_spread_note,
-        AllocMethod, AllocOptions, DEFAULT_TIERS,
+        AllocMethod, AllocOptions,
     };
     use crate::compress::channel_error::{
-        allocate_min_error, channel_errors as compute_errors, ChannelErrorOptions, ErrorCurves,
-        ErrorWeight,
+        allocate_min_error, channel_errors as compute_errors, ErrorCurves,
     };
-    use crate::compress::SparsityPattern;
     use rhai::FLOAT;
 
     /// Why a measured-error allocation may sit in one tier.
     const MIN_ERROR_NOTE: &str = "the measured error curves make the other tiers worth less \
         than their bits at this budget (the allocation is still the optimum of the curves)";
-    use crate::compress::importance::{importance_note, ImportanceOptions};
+    use crate::compress::importance::importance_note;
+    use crate::options::Declared;
     use crate::plot::{
         bits_chart, compare_chart, histogram, layers_chart, CompareTable, HistOptions, Plot,
         XyOptions,
     };
     use crate::report::summary::{RunIntent, Summary};
     use crate::script::handles::{CalibHandle, LayerHandle};
-    use crate::script::options::{IntOrInts, Opts};
+    use crate::script::options::{
+        AllocateModelOptions, AllocateOptions, ChannelErrorSettings, GroupOptions,
+        ImportanceSettings, Opts, OwlOptions,
+    };
     use crate::script::vector::{err, Vector};
     use rhai::Array;
 
@@ -184,14 +186,9 @@ pub mod mixed {
         metric: &str,
         options: Map,
     ) -> R<Vector> {
-        let o = Opts::new("score_importance", options)?;
-        let mut opts = ImportanceOptions::default();
-        if let Some(p) = o.f64("percdamp")? {
-            opts.percdamp = p;
-        }
-        if let Some(b) = o.usize("bins")? {
-            opts.mi.bins = b;
-        }
+        let opts = Opts::new("score_importance", options)?
+            .parse::<ImportanceSettings>()?
+            .importance_options();
         let scores = layer.with(|w| {
             let scores = w.score(linear, metric, &opts)?;
             w.set_importance(linear, importance_note(metric, &scores)?)?;
@@ -224,11 +221,11 @@ pub mod mixed {
     /// (`lambda` default 0.08, the paper's).
     #[rhai_fn(return_raw)]
     pub fn owl_sparsities(ratios: Array, options: Map) -> R<Array> {
-        let o = Opts::new("owl_sparsities", options)?;
-        let target = o.f64("sparsity")?.ok_or_else(|| -> Box<EvalAltResult> {
+        let o = Opts::new("owl_sparsities", options)?.parse::<OwlOptions>()?;
+        let target = o.sparsity.ok_or_else(|| -> Box<EvalAltResult> {
             "owl_sparsities: `sparsity` (the mean target) is required".into()
         })?;
-        let lambda = o.f64("lambda")?.unwrap_or(0.08);
+        let lambda = o.lambda();
         let r: Vec<f64> = crate::script::vector::from_array(&ratios)?
             .as_slice()
             .iter()
@@ -250,8 +247,8 @@ pub mod mixed {
     /// "kmeans" (optimal 1-D k-means by exact dynamic programming).
     #[rhai_fn(name = "group_channels", return_raw)]
     pub fn group_channels_with(scores: Vector, n_groups: INT, options: Map) -> R<Vector> {
-        let o = Opts::new("group_channels", options)?;
-        let method = super::grouping(&o.string("method")?, "group_channels")?;
+        let o = Opts::new("group_channels", options)?.parse::<GroupOptions>()?;
+        let method = super::grouping(&o.method, "group_channels")?;
         if n_groups < 1 {
             return err(format!(
                 "group_channels: n_groups must be at least 1, got {n_groups}"
@@ -271,17 +268,13 @@ pub mod mixed {
     /// `target_avg` is given, else "quantile".
     #[rhai_fn(return_raw)]
     pub fn allocate_bits(scores: Vector, options: Map) -> R<Vector> {
-        let o = Opts::new("allocate_bits", options)?;
-        let tiers = match o.int_or_ints("tiers")? {
-            None => DEFAULT_TIERS.to_vec(),
-            Some(IntOrInts::One(t)) => vec![t],
-            Some(IntOrInts::Many(t)) => t,
-        };
-        let target = o.f64("target_avg")?;
+        let o = Opts::new("allocate_bits", options)?.parse::<AllocateOptions>()?;
+        let tiers = o.tiers();
+        let target = o.target_avg;
         let need_target = |m: &str| -> R<f64> {
             target.ok_or_else(|| format!("allocate_bits: method `{m}` needs `target_avg`").into())
         };
-        let method_name = o.string("method")?.unwrap_or_else(|| {
+        let method_name = o.method.clone().unwrap_or_else(|| {
             if target.is_some() {
                 "budget".into()
             } else {
@@ -289,7 +282,7 @@ pub mod mixed {
             }
         });
         let unused = |key: &str| -> R<()> {
-            if o.has(key) {
+            if o.given(key) {
                 return err(format!(
                     "allocate_bits: option `{key}` does not apply to method `{method_name}`"
                 ));
@@ -300,7 +293,7 @@ pub mod mixed {
             "quantile" => {
                 unused("target_avg")?;
                 unused("thresholds")?;
-                AllocMethod::Quantile { proportions: o.floats("proportions")? }
+                AllocMethod::Quantile { proportions: o.proportions.clone() }
             }
             "budget" => {
                 unused("thresholds")?;
@@ -310,7 +303,7 @@ pub mod mixed {
             "threshold" => {
                 unused("target_avg")?;
                 unused("proportions")?;
-                let thresholds = o.floats("thresholds")?.ok_or_else(|| -> Box<EvalAltResult> { "allocate_bits: method `threshold` needs `thresholds`".into() })?;
+                let thresholds = o.thresholds.clone().ok_or_else(|| -> Box<EvalAltResult> { "allocate_bits: method `threshold` needs `thresholds`".into() })?;
                 AllocMethod::Threshold { thresholds }
             }
             "groups" => {
@@ -318,8 +311,8 @@ pub mod mixed {
                 unused("proportions")?;
                 AllocMethod::Groups {
                     target_avg: need_target("groups")?,
-                    n_groups: o.usize("n_groups")?,
-                    grouping: super::grouping(&o.string("grouping")?, "allocate_bits")?,
+                    n_groups: o.n_groups,
+                    grouping: super::grouping(&o.grouping, "allocate_bits")?,
                 }
             }
             other => return err(format!("allocate_bits: unknown method `{other}`; valid: quantile, budget, threshold, groups")),
@@ -328,7 +321,7 @@ pub mod mixed {
             unused("n_groups")?;
             unused("grouping")?;
         }
-        if o.has("weights") {
+        if o.weights.is_some() {
             return err(
                 "allocate_bits: option `weights` steers the error allocator: pass the curves of \
                  channel_errors, not scores, as the first argument"
@@ -364,48 +357,10 @@ pub mod mixed {
     /// (relative output error, comparable across layers). Feed the curves to `allocate_bits` (one linear) or `allocate_model`.
     #[rhai_fn(return_raw)]
     pub fn channel_errors(layer: LayerHandle, linear: &str, options: Map) -> R<ErrorCurves> {
-        let o = Opts::new("channel_errors", options)?;
-        let mut opts = ChannelErrorOptions::default();
-        if let Some(t) = o.int_or_ints("tiers")? {
-            opts.tiers = match t {
-                IntOrInts::One(t) => vec![t],
-                IntOrInts::Many(t) => t,
-            };
-        }
-        let sparsity = o.f64("sparsity")?;
-        opts.pattern = match (sparsity, o.usize("prunen")?, o.usize("prunem")?) {
-            (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
-                return err(
-                    "channel_errors: give either `sparsity` or `prunen`/`prunem`, not both"
-                        .to_string(),
-                )
-            }
-            (None, Some(n), Some(m)) => SparsityPattern::NM { n, m },
-            (None, Some(_), None) | (None, None, Some(_)) => {
-                return err(
-                    "channel_errors: an n:m pattern needs both `prunen` and `prunem`".to_string(),
-                )
-            }
-            (Some(s), None, None) => SparsityPattern::Unstructured { sparsity: s },
-            (None, None, None) => SparsityPattern::Dense,
-        };
-        if let Some(sym) = o.bool("sym")? {
-            opts.quantizer.sym = sym;
-        }
-        opts.groupsize = o.usize("groupsize")?;
-        if let Some(b) = o.usize("blocksize")? {
-            opts.blocksize = b;
-        }
-        if let Some(p) = o.f64("percdamp")? {
-            opts.percdamp = p;
-        }
-        if let Some(r) = o.bool("relative")? {
-            opts.relative = r;
-        }
-        if let Some(w) = o.string("weight")? {
-            opts.weight = ErrorWeight::parse(&w)
-                .map_err(|e| -> Box<EvalAltResult> { format!("channel_errors: {e}").into() })?;
-        }
+        let opts = Opts::new("channel_errors", options)?
+            .parse::<ChannelErrorSettings>()?
+            .channel_error_options("channel_errors")
+            .or_else(err)?;
         layer.with(|w| {
             let weight = w.weight(linear)?;
             let acc = w.hessian(linear)?;
@@ -421,7 +376,7 @@ pub mod mixed {
     /// target to within one channel's tier step. The tiers are the curves'.
     #[rhai_fn(name = "allocate_bits", return_raw)]
     pub fn allocate_bits_curves(curves: ErrorCurves, options: Map) -> R<Vector> {
-        let o = Opts::new("allocate_bits", options)?;
+        let o = Opts::new("allocate_bits", options)?.parse::<AllocateOptions>()?;
         for key in [
             "tiers",
             "method",
@@ -430,17 +385,17 @@ pub mod mixed {
             "n_groups",
             "grouping",
         ] {
-            if o.has(key) {
+            if o.given(key) {
                 return err(format!(
                     "allocate_bits: option `{key}` does not apply to error curves (they carry \
                      their tiers; the allocation minimises their sum at `target_avg`)"
                 ));
             }
         }
-        let target = o.f64("target_avg")?.ok_or_else(|| -> Box<EvalAltResult> {
+        let target = o.target_avg.ok_or_else(|| -> Box<EvalAltResult> {
             "allocate_bits: error curves need `target_avg`".into()
         })?;
-        let curves = match o.floats("weights")? {
+        let curves = match o.weights {
             Some(wts) => {
                 let wts: Vec<f32> = wts.into_iter().map(|w| w as f32).collect();
                 curves.weighted(&wts).map_err(|e| -> Box<EvalAltResult> {
@@ -466,8 +421,8 @@ pub mod mixed {
     /// `#{target_avg}`. For a per-layer budget, pass one layer's curves.
     #[rhai_fn(return_raw)]
     pub fn allocate_model(curves: Map, options: Map) -> R<Map> {
-        let o = Opts::new("allocate_model", options)?;
-        let target = o.f64("target_avg")?.ok_or_else(|| -> Box<EvalAltResult> {
+        let o = Opts::new("allocate_model", options)?.parse::<AllocateModelOptions>()?;
+        let target = o.target_avg.ok_or_else(|| -> Box<EvalAltResult> {
             "allocate_model: `target_avg` is required".into()
         })?;
         let mut names = Vec::with_capacity(curves.len());

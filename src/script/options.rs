@@ -1,8 +1,10 @@
 //! Option maps of the primitives: every key is checked, typed and documented.
 //!
 //! An operation whose options are declared ([`crate::options::declare_options!`]:
-//! `prune_layer`'s [`Settings`], the evaluation functions' [`EvalOptions`])
-//! reads its map with [`Opts::parse`]; the others list their keys in
+//! `prune_layer`'s [`Settings`], the evaluation functions' [`EvalOptions`], and
+//! the mixed-precision functions' [`ImportanceSettings`], [`GroupOptions`],
+//! [`AllocateOptions`], [`ChannelErrorSettings`], [`AllocateModelOptions`] and
+//! [`OwlOptions`]) reads its map with [`Opts::parse`]; the others list their keys in
 //! [`OPTION_KEYS`] and read them one by one through [`Opts`]. Either way
 //! [`OPTION_KEYS`] feeds the REPL's completion and `sparselab check`'s static
 //! check of map literals. An unknown key is an error that names it, suggests
@@ -13,9 +15,13 @@
 use rhai::{Dynamic, EvalAltResult, Map, FLOAT};
 
 use super::vector::{err, Vector};
+use crate::compress::allocation::{GroupMethod, DEFAULT_TIERS};
+use crate::compress::channel_error::{ChannelErrorOptions, ErrorWeight};
+use crate::compress::importance::{ImportanceOptions, MiOptions};
 use crate::compress::rules::Settings;
+use crate::compress::{QuantizerConfig, SparsityPattern};
 use crate::eval::PplOptions;
-use crate::options::{help_text, markdown_table, Declared};
+use crate::options::{help_text, markdown_table, script_markdown_table, Declared};
 pub use crate::options::{type_label, unknown_key_message};
 
 type R<T> = Result<T, Box<EvalAltResult>>;
@@ -24,38 +30,12 @@ type R<T> = Result<T, Box<EvalAltResult>>;
 /// documentation order. Register a new primitive's keys here.
 pub const OPTION_KEYS: &[(&str, &[&str])] = &[
     ("load_model", &["device", "dtype", "revision"]),
-    ("score_importance", &["percdamp", "bins"]),
-    ("group_channels", &["method"]),
-    (
-        "allocate_bits",
-        &[
-            "tiers",
-            "method",
-            "target_avg",
-            "proportions",
-            "thresholds",
-            "n_groups",
-            "grouping",
-            "weights",
-        ],
-    ),
-    (
-        "channel_errors",
-        &[
-            "tiers",
-            "sparsity",
-            "prunen",
-            "prunem",
-            "sym",
-            "groupsize",
-            "blocksize",
-            "percdamp",
-            "weight",
-            "relative",
-        ],
-    ),
-    ("allocate_model", &["target_avg"]),
-    ("owl_sparsities", &["sparsity", "lambda"]),
+    ("score_importance", <ImportanceSettings as Declared>::KEYS),
+    ("group_channels", <GroupOptions as Declared>::KEYS),
+    ("allocate_bits", <AllocateOptions as Declared>::KEYS),
+    ("channel_errors", <ChannelErrorSettings as Declared>::KEYS),
+    ("allocate_model", <AllocateModelOptions as Declared>::KEYS),
+    ("owl_sparsities", <OwlOptions as Declared>::KEYS),
     ("summary", &["target_avg", "strict", "bits_requested"]),
     (
         "plot_histogram",
@@ -127,6 +107,182 @@ impl EvalOptions {
     }
 }
 
+crate::declare_options! {
+    /// The options map of `score_importance(layer, linear, metric, #{…})`.
+    pub struct ImportanceSettings {
+        /// Hessian damping of the `obs` metric, as a fraction of the mean
+        /// diagonal.
+        percdamp: f64 = ImportanceOptions::default().percdamp,
+        /// Histogram bins of the `mi` metric's estimator.
+        bins: usize = ImportanceOptions::default().mi.bins,
+    }
+}
+
+impl ImportanceSettings {
+    /// The scoring settings: the library's defaults with these options over them.
+    pub fn importance_options(&self) -> ImportanceOptions {
+        let d = ImportanceOptions::default();
+        ImportanceOptions {
+            percdamp: self.percdamp(),
+            mi: MiOptions {
+                bins: self.bins(),
+                ..d.mi
+            },
+            ..d
+        }
+    }
+}
+
+/// A grouping method's script name (the declarations' defaults name the
+/// library's default this way).
+fn group_method_name(m: GroupMethod) -> String {
+    match m {
+        GroupMethod::Quantile => "quantile",
+        GroupMethod::KMeans => "kmeans",
+    }
+    .to_string()
+}
+
+crate::declare_options! {
+    /// The options map of `group_channels(scores, n_groups, #{…})`.
+    pub struct GroupOptions {
+        /// `"quantile"` (equal counts) or `"kmeans"` (optimal 1-D k-means by
+        /// exact dynamic programming).
+        method: String = group_method_name(GroupMethod::default()),
+    }
+}
+
+crate::declare_options! {
+    /// The options map of `allocate_bits`, for importance scores and for error
+    /// curves (from `channel_errors`) alike; which options a method reads, and
+    /// which do not apply to curves, the function checks.
+    pub struct AllocateOptions {
+        /// The widths to allocate, ascending (an integer: one tier). Scores
+        /// only: error curves carry their tiers.
+        tiers: Vec<u32> = DEFAULT_TIERS.to_vec(),
+        /// For scores: `"quantile"` (`proportions` per tier), `"budget"`
+        /// (average `target_avg`, monotone in importance, minimising
+        /// Σ s_j·4^(−b_j)), `"threshold"` (`thresholds`) or `"groups"`
+        /// (`n_groups` groups by `grouping`, one tier per group, meeting
+        /// `target_avg`). Default: `"budget"` when `target_avg` is given, else
+        /// `"quantile"`. Not for error curves.
+        method: String,
+        /// The average width in bits (methods budget and groups; required for
+        /// error curves).
+        target_avg: f64,
+        /// The fraction of channels per tier, least important first (method
+        /// quantile; default equal).
+        proportions: Vec<f64>,
+        /// Score cut points, one fewer than tiers, ascending (method
+        /// threshold, required there).
+        thresholds: Vec<f64>,
+        /// Groups of channels (method groups; default: one per tier).
+        n_groups: usize,
+        /// How method groups cuts the scores: `"quantile"` or `"kmeans"`.
+        grouping: String = group_method_name(GroupMethod::default()),
+        /// Error curves only: one factor per channel (any importance metric's
+        /// scores) multiplying its errors.
+        weights: Vec<f64>,
+    }
+}
+
+/// An error weight's script name (the declarations' defaults name the
+/// library's default this way).
+fn error_weight_name(w: ErrorWeight) -> String {
+    match w {
+        ErrorWeight::Obs => "obs",
+        ErrorWeight::Diag => "diag",
+    }
+    .to_string()
+}
+
+crate::declare_options! {
+    /// The options map of `channel_errors(layer, linear, #{…})`: the
+    /// compression the curves predict, given as to `prune_layer`.
+    pub struct ChannelErrorSettings {
+        /// The widths to measure, strictly ascending, each in 1..=16 (an
+        /// integer: one tier).
+        tiers: Vec<u32> = ChannelErrorOptions::default().tiers,
+        /// The unstructured sparsity `prune_layer` will apply (not with
+        /// `prunen`/`prunem`; default dense).
+        sparsity: f64,
+        /// n of the n:m pattern `prune_layer` will apply (with `prunem`).
+        prunen: usize,
+        /// m of the n:m pattern (with `prunen`).
+        prunem: usize,
+        /// Symmetric quantization grid.
+        sym: bool = ChannelErrorOptions::default().quantizer.sym,
+        /// Quantization group size in columns (default: one group per row).
+        groupsize: usize,
+        /// The sweep's block width in columns, over which unstructured masks
+        /// are chosen.
+        blocksize: usize = ChannelErrorOptions::default().blocksize,
+        /// Hessian damping, as a fraction of its mean diagonal.
+        percdamp: f64 = ChannelErrorOptions::default().percdamp,
+        /// `"obs"` (the loss SparseGPT's sweep books, `(w − q)²/U_jj²`) or
+        /// `"diag"` (`H_jj·(w − q)²`, no compensation).
+        weight: String = error_weight_name(ChannelErrorOptions::default().weight),
+        /// Divide by the linear's output energy `tr(W H Wᵀ)`: relative output
+        /// errors, comparable across layers.
+        relative: bool = ChannelErrorOptions::default().relative,
+    }
+}
+
+impl ChannelErrorSettings {
+    /// The measurement's settings; an error (naming `function`) when the
+    /// sparsity options contradict each other or `weight` is unknown.
+    pub fn channel_error_options(&self, function: &str) -> Result<ChannelErrorOptions, String> {
+        let pattern = match (self.sparsity, self.prunen, self.prunem) {
+            (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+                return Err(format!(
+                    "{function}: give either `sparsity` or `prunen`/`prunem`, not both"
+                ))
+            }
+            (None, Some(n), Some(m)) => SparsityPattern::NM { n, m },
+            (None, Some(_), None) | (None, None, Some(_)) => {
+                return Err(format!(
+                    "{function}: an n:m pattern needs both `prunen` and `prunem`"
+                ))
+            }
+            (Some(s), None, None) => SparsityPattern::Unstructured { sparsity: s },
+            (None, None, None) => SparsityPattern::Dense,
+        };
+        let d = ChannelErrorOptions::default();
+        Ok(ChannelErrorOptions {
+            tiers: self.tiers(),
+            pattern,
+            groupsize: self.groupsize,
+            blocksize: self.blocksize(),
+            percdamp: self.percdamp(),
+            weight: ErrorWeight::parse(&self.weight()).map_err(|e| format!("{function}: {e}"))?,
+            relative: self.relative(),
+            quantizer: QuantizerConfig {
+                sym: self.sym(),
+                ..d.quantizer
+            },
+        })
+    }
+}
+
+crate::declare_options! {
+    /// The options map of `allocate_model(curves, #{…})`.
+    pub struct AllocateModelOptions {
+        /// The average width in bits over all the linears' weights (required).
+        target_avg: f64,
+    }
+}
+
+crate::declare_options! {
+    /// The options map of `owl_sparsities(ratios, #{…})`.
+    pub struct OwlOptions {
+        /// The mean sparsity over the layers (required).
+        sparsity: f64,
+        /// Half the span of the sparsities around the mean (OWL's λ; the
+        /// default is the paper's).
+        lambda: f64 = 0.08,
+    }
+}
+
 /// A generated text: an option list or table.
 pub type Text = fn() -> String;
 
@@ -157,6 +313,36 @@ pub const DECLARED: &[(&str, Text, Text)] = &[
         "eval_kl",
         help_text::<EvalOptions>,
         markdown_table::<EvalOptions>,
+    ),
+    (
+        "score_importance",
+        help_text::<ImportanceSettings>,
+        script_markdown_table::<ImportanceSettings>,
+    ),
+    (
+        "group_channels",
+        help_text::<GroupOptions>,
+        script_markdown_table::<GroupOptions>,
+    ),
+    (
+        "allocate_bits",
+        help_text::<AllocateOptions>,
+        script_markdown_table::<AllocateOptions>,
+    ),
+    (
+        "channel_errors",
+        help_text::<ChannelErrorSettings>,
+        script_markdown_table::<ChannelErrorSettings>,
+    ),
+    (
+        "allocate_model",
+        help_text::<AllocateModelOptions>,
+        script_markdown_table::<AllocateModelOptions>,
+    ),
+    (
+        "owl_sparsities",
+        help_text::<OwlOptions>,
+        script_markdown_table::<OwlOptions>,
     ),
 ];
 
@@ -306,61 +492,6 @@ impl Opts {
             },
         }
     }
-
-    /// A Vector or array of numbers.
-    pub fn floats(&self, key: &str) -> R<Option<Vec<f64>>> {
-        match self.value(key) {
-            None => Ok(None),
-            Some(v) => {
-                if let Some(vec) = v.read_lock::<Vector>() {
-                    return Ok(Some(vec.as_slice().iter().map(|&x| x as f64).collect()));
-                }
-                if v.is_array() {
-                    let arr = v.clone().into_array().unwrap_or_default();
-                    let vec = super::vector::from_array(&arr)?;
-                    return Ok(Some(vec.as_slice().iter().map(|&x| x as f64).collect()));
-                }
-                self.wrong_type(key, "a Vector or an array of numbers", v)
-            }
-        }
-    }
-
-    /// An integer, or a Vector / array of integers (one per channel).
-    pub fn int_or_ints(&self, key: &str) -> R<Option<IntOrInts>> {
-        match self.value(key) {
-            None => Ok(None),
-            Some(v) => {
-                if let Ok(i) = v.as_int() {
-                    if i < 0 {
-                        return err(format!(
-                            "{}: option `{key}` must be non-negative, got {i}",
-                            self.function
-                        ));
-                    }
-                    return Ok(Some(IntOrInts::One(i as u32)));
-                }
-                let what = format!("{}: option `{key}`", self.function);
-                if let Some(vec) = v.read_lock::<Vector>() {
-                    return Ok(Some(IntOrInts::Many(vec.to_u32s(&what)?)));
-                }
-                if v.is_array() {
-                    let arr = v.clone().into_array().unwrap_or_default();
-                    let vec = super::vector::from_array(&arr)?;
-                    return Ok(Some(IntOrInts::Many(vec.to_u32s(&what)?)));
-                }
-                self.wrong_type(key, "an integer or a Vector of per-channel integers", v)
-            }
-        }
-    }
-}
-
-/// One integer, or one per channel.
-#[derive(Debug, Clone)]
-pub enum IntOrInts {
-    /// The same for every channel.
-    One(u32),
-    /// One per channel.
-    Many(Vec<u32>),
 }
 
 /// The option tables of `docs/options.md`, by the name of their marker
@@ -368,6 +499,21 @@ pub enum IntOrInts {
 pub const DOC_TABLES: &[(&str, Text)] = &[
     ("compress", markdown_table::<Settings>),
     ("eval", markdown_table::<EvalOptions>),
+    (
+        "score_importance",
+        script_markdown_table::<ImportanceSettings>,
+    ),
+    ("group_channels", script_markdown_table::<GroupOptions>),
+    ("allocate_bits", script_markdown_table::<AllocateOptions>),
+    (
+        "channel_errors",
+        script_markdown_table::<ChannelErrorSettings>,
+    ),
+    (
+        "allocate_model",
+        script_markdown_table::<AllocateModelOptions>,
+    ),
+    ("owl_sparsities", script_markdown_table::<OwlOptions>),
 ];
 
 /// `doc` with every marked table replaced by its generated text.
@@ -409,6 +555,92 @@ mod tests {
             "docs/options.md's option tables differ from the declarations: \
              run `SPARSELAB_BLESS=1 cargo test --lib docs_option_tables` and commit"
         );
+    }
+
+    fn map(pairs: &[(&str, Dynamic)]) -> Map {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).into(), v.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn mixed_precision_maps_read_through_their_declarations() {
+        let floats = |xs: &[f64]| Dynamic::from_array(xs.iter().map(|&x| x.into()).collect());
+        let o: AllocateOptions = crate::options::from_map(
+            "allocate_bits",
+            &map(&[
+                ("tiers", floats(&[2.0, 4.0])),
+                ("proportions", floats(&[0.5, 0.5])),
+                ("n_groups", Dynamic::UNIT),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(o.tiers(), vec![2, 4]);
+        assert_eq!(o.proportions, Some(vec![0.5, 0.5]));
+        assert!(!o.given("n_groups"));
+        assert_eq!(AllocateOptions::default().tiers(), DEFAULT_TIERS.to_vec());
+        let one: AllocateOptions =
+            crate::options::from_map("allocate_bits", &map(&[("tiers", 3_i64.into())])).unwrap();
+        assert_eq!(one.tiers(), vec![3]);
+        for (pairs, want) in [
+            (
+                vec![("tiers", floats(&[2.5]))],
+                "allocate_bits: option `tiers` element 0 is 2.5, not a non-negative integer",
+            ),
+            (
+                vec![("weights", Dynamic::from("x"))],
+                "allocate_bits: option `weights` must be a Vector or an array of numbers, got string `x`",
+            ),
+            (
+                vec![("taget_avg", 4_i64.into())],
+                "allocate_bits: unknown option `taget_avg` (did you mean `target_avg`?)",
+            ),
+        ] {
+            let e = crate::options::from_map::<AllocateOptions>("allocate_bits", &map(&pairs))
+                .unwrap_err();
+            assert!(e.starts_with(want), "{e}");
+        }
+
+        let d = ImportanceSettings::default().importance_options();
+        assert_eq!(d, ImportanceOptions::default());
+        let i: ImportanceSettings =
+            crate::options::from_map("score_importance", &map(&[("bins", 8_i64.into())])).unwrap();
+        assert_eq!(i.importance_options().mi.bins, 8);
+
+        let c = ChannelErrorSettings::default()
+            .channel_error_options("channel_errors")
+            .unwrap();
+        assert_eq!(c, ChannelErrorOptions::default());
+        let c: ChannelErrorSettings = crate::options::from_map(
+            "channel_errors",
+            &map(&[("prunen", 2_i64.into()), ("prunem", 4_i64.into())]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.channel_error_options("f").unwrap().pattern,
+            SparsityPattern::NM { n: 2, m: 4 }
+        );
+        for (pairs, want) in [
+            (
+                vec![("sparsity", 0.5.into()), ("prunen", 2_i64.into())],
+                "f: give either `sparsity` or `prunen`/`prunem`, not both",
+            ),
+            (
+                vec![("prunem", 4_i64.into())],
+                "f: an n:m pattern needs both `prunen` and `prunem`",
+            ),
+            (
+                vec![("weight", "obz".into())],
+                "f: unknown error weight `obz`; valid: obs, diag",
+            ),
+        ] {
+            let c: ChannelErrorSettings = crate::options::from_map("f", &map(&pairs)).unwrap();
+            assert_eq!(c.channel_error_options("f").unwrap_err(), want);
+        }
+
+        assert_eq!(OwlOptions::default().lambda(), 0.08);
+        assert_eq!(GroupOptions::default().method(), "quantile");
     }
 
     #[test]

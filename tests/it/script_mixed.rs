@@ -150,6 +150,57 @@ fn allocation_options_are_checked() {
     assert_eq!(ids, vec![0, 1, 0, 1]);
 }
 
+/// The mixed-precision primitives read their maps through their declared
+/// options: unknown keys get a suggestion, wrong types name the type, a
+/// Vector passes where a list is expected, and `:help` shows the declaration.
+#[test]
+fn mixed_precision_option_maps_follow_their_declarations() {
+    let mut s = session();
+    for (text, want) in [
+        (
+            "owl_sparsities([0.1, 0.2], #{sparsity: 0.5, lamda: 0.1})",
+            "owl_sparsities: unknown option `lamda` (did you mean `lambda`?)",
+        ),
+        (
+            "owl_sparsities([0.1, 0.2], #{lambda: 0.1})",
+            "owl_sparsities: `sparsity` (the mean target) is required",
+        ),
+        (
+            "group_channels(vector([1.0, 2.0]), 2, #{method: 1})",
+            "group_channels: option `method` must be a string, got integer `1`",
+        ),
+        (
+            "allocate_bits(vector([1.0, 2.0]), #{tiers: [2, -3]})",
+            "allocate_bits: option `tiers` element 1 is -3, not a non-negative integer",
+        ),
+        (
+            "allocate_model(#{}, #{target: 3.0})",
+            "allocate_model: unknown option `target` (did you mean `target_avg`?)",
+        ),
+    ] {
+        let e = s.eval("opts.rhai", text).unwrap_err();
+        assert!(e.contains(want), "{text}: {e}");
+    }
+    let bits = s
+        .eval(
+            "opts.rhai",
+            "allocate_bits(vector([1.0, 2.0, 3.0, 4.0]), #{tiers: vector([2, 4])}).to_array()",
+        )
+        .unwrap()
+        .into_array()
+        .unwrap();
+    let bits: Vec<i64> = bits
+        .iter()
+        .map(|v| v.as_int().unwrap_or_else(|_| v.as_float().unwrap() as i64))
+        .collect();
+    assert_eq!(bits, vec![2, 2, 4, 4]);
+    let help = sparselab::script::options::options_help("channel_errors").unwrap();
+    assert!(
+        help.contains("  blocksize (integer, default 128):"),
+        "{help}"
+    );
+}
+
 /// The error of a run that computed widths and quantized nothing.
 const NOTHING_QUANTIZED: &str =
     "bit widths were computed by allocate_bits but prune_layer was never given `bits:` — nothing was quantized";
