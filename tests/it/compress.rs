@@ -6,6 +6,7 @@
 //! (`CI` set), where a missing numpy is a failure.
 
 use crate::common;
+use crate::common::rng::SplitMix64 as Rng;
 
 use std::path::Path;
 use std::process::Command;
@@ -20,8 +21,6 @@ use sparselab::compress::{
 };
 
 // ------------------------------------------------------------------ data
-
-use crate::common::rng::SplitMix64 as Rng;
 
 /// A linear's weight and calibration inputs, in calibration batches.
 struct Problem {
