@@ -19,7 +19,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{BitWidths, Method, QuantOptions, QuantizerConfig, SparseGptOptions, SparsityPattern};
 pub use crate::options::Front;
-use crate::options::{Declared, OptionValue, ValueError};
+use crate::options::{uint_or_uints, Declared, OptionValue, ValueError};
 
 /// The compression methods, by the names both front ends take.
 pub const METHODS: [&str; 4] = ["sparsegpt", "gptq", "magnitude", "wanda"];
@@ -78,30 +78,10 @@ impl OptionValue for BitWidths {
     const LABEL: &'static str = "an integer or a Vector of per-channel integers";
     const VALUE_NAME: &'static str = "N";
     fn from_dynamic(v: &Dynamic) -> Result<Self, ValueError> {
-        let width = |i: i64| u32::try_from(i).ok();
-        if let Ok(i) = v.as_int() {
-            return width(i)
-                .map(BitWidths::Uniform)
-                .ok_or_else(|| ValueError::Invalid(format!("must be non-negative, got {i}")));
-        }
-        let Some(items) = v.read_lock::<rhai::Array>() else {
-            return Err(ValueError::WrongType);
-        };
-        items
-            .iter()
-            .enumerate()
-            .map(|(j, x)| {
-                let w = match (x.as_int(), x.as_float()) {
-                    (Ok(i), _) => width(i),
-                    (_, Ok(f)) if f.fract() == 0.0 => width(f as i64).filter(|_| f >= 0.0),
-                    _ => None,
-                };
-                w.ok_or_else(|| {
-                    ValueError::Invalid(format!("element {j} is {x}, not a non-negative integer"))
-                })
-            })
-            .collect::<Result<Vec<u32>, _>>()
-            .map(BitWidths::PerColumn)
+        Ok(match uint_or_uints(v)? {
+            Ok(b) => BitWidths::Uniform(b),
+            Err(per_column) => BitWidths::PerColumn(per_column),
+        })
     }
     fn parse_text(s: &str) -> Result<Self, String> {
         s.trim()

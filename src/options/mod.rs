@@ -187,6 +187,35 @@ impl OptionValue for String {
     }
 }
 
+/// One non-negative integer (`Ok`) or an array of them (`Err`; integral floats
+/// accepted), as script option values that take a width or one per channel.
+pub fn uint_or_uints(v: &Dynamic) -> Result<Result<u32, Vec<u32>>, ValueError> {
+    let one = |i: i64| u32::try_from(i).ok();
+    if let Ok(i) = v.as_int() {
+        return one(i)
+            .map(Ok)
+            .ok_or_else(|| ValueError::Invalid(format!("must be non-negative, got {i}")));
+    }
+    let Some(items) = v.read_lock::<rhai::Array>() else {
+        return Err(ValueError::WrongType);
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(j, x)| {
+            let u = match (x.as_int(), x.as_float()) {
+                (Ok(i), _) => one(i),
+                (_, Ok(f)) if f.fract() == 0.0 && f >= 0.0 => one(f as i64),
+                _ => None,
+            };
+            u.ok_or_else(|| {
+                ValueError::Invalid(format!("element {j} is {x}, not a non-negative integer"))
+            })
+        })
+        .collect::<Result<Vec<u32>, _>>()
+        .map(Err)
+}
+
 /// A list of widths or other small counts: one integer, or an array (a
 /// script's Vector arrives as its array, see `script::options::Opts::parse`)
 /// of non-negative integers.
@@ -194,29 +223,10 @@ impl OptionValue for Vec<u32> {
     const LABEL: &'static str = "an integer or an array of integers";
     const VALUE_NAME: &'static str = "N,…";
     fn from_dynamic(v: &Dynamic) -> Result<Self, ValueError> {
-        let one = |i: i64| u32::try_from(i).ok();
-        if let Ok(i) = v.as_int() {
-            return one(i)
-                .map(|u| vec![u])
-                .ok_or_else(|| ValueError::Invalid(format!("must be non-negative, got {i}")));
-        }
-        let Some(items) = v.read_lock::<rhai::Array>() else {
-            return Err(ValueError::WrongType);
-        };
-        items
-            .iter()
-            .enumerate()
-            .map(|(j, x)| {
-                let u = match (x.as_int(), x.as_float()) {
-                    (Ok(i), _) => one(i),
-                    (_, Ok(f)) if f.fract() == 0.0 && f >= 0.0 => one(f as i64),
-                    _ => None,
-                };
-                u.ok_or_else(|| {
-                    ValueError::Invalid(format!("element {j} is {x}, not a non-negative integer"))
-                })
-            })
-            .collect()
+        Ok(match uint_or_uints(v)? {
+            Ok(u) => vec![u],
+            Err(many) => many,
+        })
     }
     fn parse_text(s: &str) -> Result<Self, String> {
         s.split(',')
@@ -453,38 +463,35 @@ pub fn augment<T: Declared>(mut cmd: Command) -> Command {
 
 /// `T`'s options as a markdown table: key, flag, type, default, meaning.
 pub fn markdown_table<T: Declared>() -> String {
-    let mut out =
-        String::from("| key | flag | type | default | meaning |\n|---|---|---|---|---|\n");
-    for f in T::fields() {
-        let short = f.short.map(|c| format!(", `-{c}`")).unwrap_or_default();
-        let default = f
-            .default
-            .as_ref()
-            .map(|d| format!("`{d}`"))
-            .unwrap_or_else(|| "—".into());
-        out += &format!(
-            "| `{}` | `{}`{short} | {} | {default} | {} |\n",
-            f.key,
-            cli_flag(f.key),
-            f.type_name(),
-            f.text().replace('|', "\\|")
-        );
-    }
-    out
+    table::<T>(true)
 }
 
 /// `T`'s options as a markdown table without the flag column: key, type,
 /// default, meaning (an operation that only scripts reach).
 pub fn script_markdown_table<T: Declared>() -> String {
-    let mut out = String::from("| key | type | default | meaning |\n|---|---|---|---|\n");
+    table::<T>(false)
+}
+
+fn table<T: Declared>(flags: bool) -> String {
+    let mut out = if flags {
+        String::from("| key | flag | type | default | meaning |\n|---|---|---|---|---|\n")
+    } else {
+        String::from("| key | type | default | meaning |\n|---|---|---|---|\n")
+    };
     for f in T::fields() {
         let default = f
             .default
             .as_ref()
             .map(|d| format!("`{d}`"))
             .unwrap_or_else(|| "—".into());
+        let flag = if flags {
+            let short = f.short.map(|c| format!(", `-{c}`")).unwrap_or_default();
+            format!(" `{}`{short} |", cli_flag(f.key))
+        } else {
+            String::new()
+        };
         out += &format!(
-            "| `{}` | {} | {default} | {} |\n",
+            "| `{}` |{flag} {} | {default} | {} |\n",
             f.key,
             f.type_name(),
             f.text().replace('|', "\\|")
