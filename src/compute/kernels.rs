@@ -2,8 +2,9 @@
 //! f32 GEMMs through faer (about twice candle's rate for the linears' shapes on
 //! the machines measured, and a lower-triangle-only XᵀX for Hessians), the causal
 //! softmax of attention (scale, mask and softmax in one parallel pass instead of
-//! three single-threaded ones) and the per-token negative log-likelihood (no
-//! `[tokens, vocab]` log-softmax materialised).
+//! three single-threaded ones), and the vectorized exponential, maximum and
+//! norms that the evaluation's negative log-likelihood (`eval::row_nlls`) and
+//! the layers use.
 
 use candle_core::{DType, Device, Result, Storage, Tensor};
 use faer::linalg::matmul::triangular::BlockStructure;
@@ -714,29 +715,6 @@ fn rms_norm_row_portable(o: &mut [f32], row: &[f32], w: &[f32], eps: f32) {
     }
 }
 
-/// Σ over rows of −log softmax(logits[r])[targets[r]], in f64; `logits` is
-/// `[rows, vocab]` f32 on the CPU.
-pub fn nll_sum(logits: &Tensor, targets: &[u32]) -> Result<f64> {
-    let (rows, vocab) = logits.dims2()?;
-    if targets.len() != rows {
-        candle_core::bail!("nll_sum: {} targets for {rows} rows", targets.len());
-    }
-    let logits = logits.to_dtype(DType::F32)?;
-    with_cpu_f32(&logits, |l| {
-        let per_row: Vec<f64> = l
-            .par_chunks(vocab)
-            .zip(targets.par_iter())
-            .map(|(row, &t)| {
-                let max = max_f32(row);
-                (max as f64 + exp_sum_f64(row, max).ln()) - row[t as usize] as f64
-            })
-            .collect();
-        // Summed in row order: a parallel reduction's order follows the
-        // scheduler, and the same weights must give the same perplexity bits.
-        per_row.iter().sum()
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -880,20 +858,5 @@ mod tests {
         assert!((sum as f64 - want_sum).abs() < 1e-6 * want_sum);
         let mut nan = vec![f32::NAN; 3];
         assert!(exp_sub_sum(&mut nan, 0.0).is_nan());
-    }
-
-    #[test]
-    fn nll_matches_log_softmax() -> Result<()> {
-        let l = Tensor::randn(0f32, 3., (4, 11), &Device::Cpu)?;
-        let targets = [0u32, 10, 5, 3];
-        let got = nll_sum(&l, &targets)?;
-        let lp = candle_nn::ops::log_softmax(&l, 1)?.to_vec2::<f32>()?;
-        let want: f64 = targets
-            .iter()
-            .enumerate()
-            .map(|(r, &t)| -lp[r][t as usize] as f64)
-            .sum();
-        assert!((got - want).abs() < 1e-4, "{got} vs {want}");
-        Ok(())
     }
 }

@@ -237,6 +237,21 @@ mod tests {
     }
 
     #[test]
+    fn nll_matches_log_softmax() -> Result<()> {
+        let l = Tensor::randn(0f32, 3., (4, 11), &Device::Cpu)?;
+        let targets = [0u32, 10, 5, 3];
+        let got = nll_sum(&l, &targets)?;
+        let lp = candle_nn::ops::log_softmax(&l, 1)?.to_vec2::<f32>()?;
+        let want: f64 = targets
+            .iter()
+            .enumerate()
+            .map(|(r, &t)| -lp[r][t as usize] as f64)
+            .sum();
+        assert!((got - want).abs() < 1e-4, "{got} vs {want}");
+        Ok(())
+    }
+
+    #[test]
     fn streamed_nlls_equal_whole_rows() -> Result<()> {
         // 8192 rows make the slices 512 wide: three slices of a 1100-entry
         // vocabulary, the last one short, and maxima that grow across them.
