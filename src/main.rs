@@ -4,15 +4,16 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
-use sparselab::calibrate::compression_report;
-use sparselab::calibrate::{uniform_policy, CalibOptions, Calibration, LayerFilter};
+use sparselab::calibrate::{
+    compress_uniform, compression_report, run_report, write_report, CalibrateSettings, LayerFilter,
+};
 use sparselab::compress::method::method_settings;
 use sparselab::compress::rules::{Front, Settings};
 use sparselab::compress::Method;
-use sparselab::compute::kernels::CpuGemm;
 use sparselab::eval::{eval_dataset, PplOptions};
 use sparselab::model::save::check_target;
-use sparselab::model::{LoadOptions, Model, SaveFormat, SaveOptions};
+use sparselab::model::{LoadOptions, Model, SaveOptions, SaveSettings};
+use sparselab::options::{cli_flag, Declared};
 use sparselab::report::RunInfo;
 use sparselab::runtime::device::{dtype_name, parse_device, parse_dtype};
 use sparselab::script::options::EvalOptions;
@@ -133,18 +134,9 @@ struct PruneArgs {
     /// Calibration dataset (split defaults to train).
     #[arg(long, default_value = "wikitext2")]
     calib: String,
-    /// Calibration windows.
-    #[arg(long, default_value_t = 128)]
-    nsamples: usize,
-    /// Window length for calibration and evaluation.
-    #[arg(long)]
-    seqlen: Option<usize>,
-    /// Seed of the calibration sampler.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// GPTQ's true-sequential order within each layer.
-    #[arg(long)]
-    true_sequential: bool,
+    /// The calibration settings (declared once with `calibrate`'s options map).
+    #[command(flatten)]
+    calibration: CalibrateSettings,
     /// First layer to compress.
     #[arg(long)]
     minlayer: Option<usize>,
@@ -160,32 +152,22 @@ struct PruneArgs {
     /// Evaluate only the first N windows of each --eval dataset (all by default).
     #[arg(long, value_name = "N")]
     eval_nsamples: Option<usize>,
-    /// Write the per-linear reports and perplexities as JSON here.
+    /// KL divergence and top-1 agreement against a stored base (a file
+    /// `sparselab eval --save-kl-base` wrote) on the --eval dataset it was
+    /// computed on. Repeatable, one per dataset.
+    #[arg(long, value_name = "FILE")]
+    kl_base: Vec<std::path::PathBuf>,
+    /// Write the run's report here: compression.json's content plus the
+    /// evaluations (what a script's `write_report` writes).
     #[arg(long)]
     report: Option<std::path::PathBuf>,
-    /// Save the compressed model here (config, tokenizer, safetensors weights and
+    /// Save the compressed model here (config, tokenizer, weights and
     /// compression.json), before any evaluation.
     #[arg(long)]
     save: Option<std::path::PathBuf>,
-    /// Replace the --save directory if it exists and is not empty.
-    #[arg(long, requires = "save")]
-    overwrite: bool,
-    /// Save in sparselab's packed format (integer codes, scales, zeros, masks)
-    /// instead of dense safetensors.
-    #[arg(long, requires = "save")]
-    packed: bool,
-    /// Checkpoint directory: every finished layer is written there, and a rerun
-    /// with the same settings resumes after the last finished layer.
-    #[arg(long)]
-    checkpoint: Option<std::path::PathBuf>,
-    /// Host memory limit for the calibration's large buffers (e.g. 20G): one
-    /// that would pass it is an out-of-memory error naming the layer and linear.
-    #[arg(long, value_parser = sparselab::runtime::memory::parse_size)]
-    memory_limit: Option<u64>,
-    /// Precision of the CPU GEMMs in the forward passes and Hessians: f32, or
-    /// bf16 (bf16 inputs, f32 accumulation) on CPUs with AVX512-BF16.
-    #[arg(long, default_value = "f32", value_parser = parse_gemm)]
-    gemm: CpuGemm,
+    /// How --save writes (declared once with `save`'s options map).
+    #[command(flatten)]
+    saving: SaveSettings,
     /// Keep compressed layers in a temporary directory created here instead of
     /// memory (for models larger than the host's memory); removed at exit.
     #[arg(long)]
@@ -196,9 +178,6 @@ struct PruneArgs {
     /// f32, f16 or bf16 (default: the checkpoint's).
     #[arg(long)]
     dtype: Option<String>,
-    /// No progress output and no per-linear lines.
-    #[arg(long, short)]
-    quiet: bool,
 }
 
 impl PruneArgs {
@@ -207,11 +186,35 @@ impl PruneArgs {
     /// command has. Everything here fails before a long calibration.
     fn method(&self) -> Result<Method> {
         let method = self.compress.to_method(Front::Cli)?;
-        if self.true_sequential && matches!(method, Method::Magnitude(_)) {
+        if self.calibration.true_sequential() && matches!(method, Method::Magnitude(_)) {
             anyhow::bail!(
                 "--true-sequential has no effect with --method magnitude, which reads no \
                  Hessian or activation: drop it, or use --method sparsegpt or wanda"
             );
+        }
+        if self.calibration.reservoir.is_some() {
+            anyhow::bail!(
+                "--reservoir keeps input rows for the activation-based importance metrics, \
+                 which `sparselab prune` does not use (one setting for every linear): drop it"
+            );
+        }
+        if self.calibration.fingerprint.is_some() {
+            anyhow::bail!(
+                "--fingerprint names a script's policy; `sparselab prune` stores its own \
+                 settings with --checkpoint: drop it"
+            );
+        }
+        if self.save.is_none() {
+            for key in ["overwrite", "format"] {
+                if self.saving.given(key) {
+                    anyhow::bail!(
+                        "{} says how --save writes, and no --save was given: add --save DIR \
+                         or drop {}",
+                        cli_flag(key),
+                        cli_flag(key)
+                    );
+                }
+            }
         }
         if let (Some(lo), Some(hi)) = (self.minlayer, self.maxlayer) {
             if lo >= hi {
@@ -233,13 +236,70 @@ impl PruneArgs {
         }
         Ok(method)
     }
+
+    /// The --kl-base files by the --eval dataset each belongs to, with their
+    /// window length; a file of no --eval dataset, or two of one, is refused.
+    fn kl_bases(&self) -> Result<Vec<(String, std::path::PathBuf, usize)>> {
+        use sparselab::eval::kl::BaseFile;
+        let mut out: Vec<(String, std::path::PathBuf, usize)> = Vec::new();
+        for path in &self.kl_base {
+            let header = BaseFile::open(path)?.header;
+            let dataset = header.dataset;
+            if !self.eval.contains(&dataset) {
+                anyhow::bail!(
+                    "--kl-base {} holds the base of `{dataset}`, which is not an --eval dataset \
+                     (given: {}): add --eval {dataset}",
+                    path.display(),
+                    if self.eval.is_empty() {
+                        "none".to_string()
+                    } else {
+                        self.eval.join(", ")
+                    }
+                );
+            }
+            if let Some((_, other, _)) = out.iter().find(|(d, ..)| *d == dataset) {
+                anyhow::bail!(
+                    "--kl-base {} and {} both hold the base of `{dataset}`: give one",
+                    other.display(),
+                    path.display()
+                );
+            }
+            out.push((dataset, path.clone(), header.seqlen));
+        }
+        Ok(out)
+    }
+}
+
+/// One layer's per-linear lines.
+fn print_layer(reports: &[sparselab::report::LinearReport]) {
+    for r in reports {
+        println!(
+            "layer {:>3} {:<18} sparsity {:.4}{} bits {} loss {} rel.err {:.3e} ({:.2}s)",
+            r.layer,
+            r.linear,
+            r.sparsity,
+            r.nm_valid
+                .map(|v| if v { " n:m ok" } else { " n:m BROKEN" })
+                .unwrap_or(""),
+            r.avg_bits
+                .map(|b| format!("{b:.2}"))
+                .unwrap_or_else(|| "-".into()),
+            r.loss
+                .map(|l| format!("{l:.3}"))
+                .unwrap_or_else(|| "-".into()),
+            r.rel_error,
+            r.seconds
+        );
+    }
 }
 
 fn prune(args: PruneArgs) -> Result<()> {
+    use sparselab::eval::{dataset_tokens, kl_divergence};
     let method = args.method()?;
+    let kl_bases = args.kl_bases()?;
     if let Some(dir) = &args.save {
         // Before a long calibration, not after it.
-        check_target(dir, args.overwrite)?;
+        check_target(dir, args.saving.overwrite())?;
     }
     let opts = LoadOptions {
         device: parse_device(&args.device)?,
@@ -251,6 +311,7 @@ fn prune(args: PruneArgs) -> Result<()> {
         model.weights_mut().spill_to_disk(Some(dir))?;
     }
     let start = std::time::Instant::now();
+    // What a resumed checkpoint must have been written with.
     let fingerprint = serde_json::json!({
         "command": "prune",
         "method": args.compress.method_name(),
@@ -260,71 +321,44 @@ fn prune(args: PruneArgs) -> Result<()> {
         "prune_only": args.prune_only,
     })
     .to_string();
-    let calib_opts = CalibOptions {
-        dataset: args.calib.clone(),
-        nsamples: args.nsamples,
-        seqlen: args.seqlen,
-        seed: args.seed,
-        true_sequential: args.true_sequential,
-        quiet: args.quiet,
-        checkpoint: args.checkpoint.clone(),
-        fingerprint,
-        memory_limit: args.memory_limit,
-        gemm: args.gemm,
-        // A uniform policy scores no channels: input samples would only take memory.
-        reservoir: 0,
-        ..CalibOptions::default()
-    };
-    let mut calib = Calibration::new(&model, calib_opts)?;
+    let mut calib_opts =
+        args.calibration
+            .calib_options(&args.calib, false, fingerprint, Front::Cli)?;
+    // A uniform policy scores no channels: input samples would only take memory.
+    calib_opts.reservoir = 0;
+    let seqlen = calib_opts
+        .seqlen
+        .unwrap_or_else(|| sparselab::eval::default_seqlen(&model));
+    for (dataset, path, base_seqlen) in &kl_bases {
+        if *base_seqlen != seqlen {
+            anyhow::bail!(
+                "--kl-base {} of `{dataset}` holds windows of {base_seqlen} tokens, and this run's \
+                 are {seqlen}: give --seqlen {base_seqlen}, or store a base of {seqlen}",
+                path.display()
+            );
+        }
+    }
+    let quiet = calib_opts.quiet;
     let filter = LayerFilter {
         min_layer: args.minlayer,
         max_layer: args.maxlayer,
         only: args.prune_only.clone(),
     };
-    let mut policy = uniform_policy(method, filter);
-    let quiet = args.quiet;
-    calib.run(&mut model, |work| {
-        policy(work)?;
+    let calib = compress_uniform(&mut model, calib_opts, method, filter, |reports| {
         if !quiet {
-            for r in &work.reports {
-                println!(
-                    "layer {:>3} {:<18} sparsity {:.4}{} bits {} loss {} rel.err {:.3e} ({:.2}s)",
-                    r.layer,
-                    r.linear,
-                    r.sparsity,
-                    r.nm_valid
-                        .map(|v| if v { " n:m ok" } else { " n:m BROKEN" })
-                        .unwrap_or(""),
-                    r.avg_bits
-                        .map(|b| format!("{b:.2}"))
-                        .unwrap_or_else(|| "-".into()),
-                    r.loss
-                        .map(|l| format!("{l:.3}"))
-                        .unwrap_or_else(|| "-".into()),
-                    r.rel_error,
-                    r.seconds
-                );
-            }
+            print_layer(reports)
         }
-        Ok(())
     })?;
     let compress_seconds = start.elapsed().as_secs_f64();
-    if calib.reports.is_empty() {
-        anyhow::bail!("no linear was compressed: check --minlayer, --maxlayer and --prune-only");
-    }
+    let mut run = RunInfo {
+        command: Some(std::env::args().collect::<Vec<_>>().join(" ")),
+        wall_seconds: Some(compress_seconds),
+        ..RunInfo::default()
+    };
     if let Some(dir) = &args.save {
-        let run = RunInfo {
-            command: Some(std::env::args().collect::<Vec<_>>().join(" ")),
-            wall_seconds: Some(start.elapsed().as_secs_f64()),
-            ..RunInfo::default()
-        };
         let save_opts = SaveOptions {
-            overwrite: args.overwrite,
-            format: if args.packed {
-                SaveFormat::Packed
-            } else {
-                SaveFormat::Dense
-            },
+            overwrite: args.saving.overwrite(),
+            format: args.saving.format(),
             report: Some(compression_report(&model, &calib, &run)),
             ..SaveOptions::default()
         };
@@ -343,22 +377,41 @@ fn prune(args: PruneArgs) -> Result<()> {
     let ppl_opts = PplOptions {
         seqlen: Some(calib.seqlen()),
         max_windows: args.eval_nsamples,
-        quiet: args.quiet,
+        quiet,
         ..PplOptions::default()
     };
-    let mut ppls = serde_json::Map::new();
-    let mut ppl_ses = serde_json::Map::new();
+    let method_name = &calib.reports[0].method;
+    let mut evals = serde_json::Map::new();
     for dataset in &args.eval {
-        let r = eval_dataset(&model, dataset, &ppl_opts)?;
-        println!(
-            "{} ({}) on {dataset}: ppl {} ({} windows)",
-            args.model,
-            calib.reports[0].method,
-            sparselab::eval::format_pm(r.ppl, r.ppl_se),
-            r.windows
-        );
-        ppls.insert(dataset.clone(), serde_json::json!(r.ppl));
-        ppl_ses.insert(dataset.clone(), serde_json::json!(r.ppl_se));
+        let base = kl_bases.iter().find(|(d, ..)| d == dataset);
+        let entry = match base {
+            Some((_, path, _)) => {
+                let tokens = dataset_tokens(&model, dataset, calib.seqlen())?;
+                let r = kl_divergence(&model, path, &tokens, &ppl_opts)?;
+                println!(
+                    "{} ({method_name}) on {dataset}: ppl {} ({} windows)\n  against {}: {}",
+                    args.model,
+                    sparselab::eval::format_pm(r.ppl, r.ppl_se),
+                    r.windows,
+                    path.display(),
+                    r.text()
+                );
+                let mut v = serde_json::to_value(&r)?;
+                v["kl_base"] = path.display().to_string().into();
+                v
+            }
+            None => {
+                let r = eval_dataset(&model, dataset, &ppl_opts)?;
+                println!(
+                    "{} ({method_name}) on {dataset}: ppl {} ({} windows)",
+                    args.model,
+                    r.text(),
+                    r.windows
+                );
+                serde_json::to_value(&r)?
+            }
+        };
+        evals.insert(dataset.clone(), entry);
     }
     let n = calib.reports.len() as f64;
     let mean = |f: &dyn Fn(&sparselab::report::LinearReport) -> f64| {
@@ -371,16 +424,10 @@ fn prune(args: PruneArgs) -> Result<()> {
         mean(&|r| r.rel_error)
     );
     if let Some(path) = &args.report {
-        let out = serde_json::json!({
-            "model": args.model,
-            "calibration": {"dataset": args.calib, "nsamples": args.nsamples, "seqlen": calib.seqlen(), "seed": args.seed},
-            "seconds": compress_seconds,
-            "linears": calib.reports,
-            "ppl": ppls,
-            "ppl_se": ppl_ses,
-        });
-        std::fs::write(path, serde_json::to_string_pretty(&out)?)
-            .map_err(|e| anyhow::anyhow!("cannot write report {}: {e}", path.display()))?;
+        run.wall_seconds = Some(start.elapsed().as_secs_f64());
+        let mut extra = serde_json::Map::new();
+        extra.insert("eval".into(), evals.into());
+        write_report(path, &run_report(&model, &calib, &run, extra))?;
     }
     Ok(())
 }
@@ -686,8 +733,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn parse_gemm(s: &str) -> std::result::Result<CpuGemm, String> {
-    CpuGemm::parse(s).map_err(|e| e.to_string())
 }

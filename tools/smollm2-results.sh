@@ -7,6 +7,12 @@
 #   bash tools/smollm2-results.sh [ROW ...]      (default: every row)
 #   SEEDS="0 1 2" bash tools/smollm2-results.sh sparsegpt50 sparsegpt50-4bit
 #
+# KL from the dense model on the first 32 WikiText-2 windows (one base file,
+# computed once, then reused by every row):
+#   sparselab eval --model SmolLM2-135M-Instruct.Q4_1.gguf --dataset wikitext2 \
+#       --seqlen 512 --nsamples 32 --save-kl-base wikitext2-32.klb
+#   KL_BASE=wikitext2-32.klb EVAL=wikitext2 EVAL_WINDOWS=32 bash tools/smollm2-results.sh
+#
 # Each row is one `sparselab prune` (or `eval` for dense) command, printed
 # before it runs; its report and time/memory log go to $OUT (default
 # results/smollm2). A markdown line per run is appended to $OUT/table.md.
@@ -26,6 +32,14 @@ nsamples="${NSAMPLES:-128}"
 eval_windows="${EVAL_WINDOWS:-}"
 # EVAL="wikitext2" drops PTB.
 eval_sets="${EVAL:-wikitext2 ptb}"
+# KL_BASE=FILE: a base stored by `sparselab eval --save-kl-base` (the dense
+# model on one of the eval sets, same seqlen and windows): every compressed
+# row then reports KL from the dense model and top-1 agreement on that set.
+kl_dataset() {
+  python3 -c 'import json,struct,sys
+f=open(sys.argv[1],"rb"); assert f.read(8)==b"SLKLBASE"
+n=struct.unpack("<I",f.read(4))[0]; print(json.loads(f.read(n))["dataset"])' "$KL_BASE"
+}
 mkdir -p "$out"
 
 declare -A rows=(
@@ -64,26 +78,41 @@ for row in "${order[@]}"; do
            --seed "$seed" --report "$out/$tag.json" --quiet)
       for e in $eval_sets; do cmd+=(--eval "$e"); done
       [ -z "$eval_windows" ] || cmd+=(--eval-nsamples "$eval_windows")
+      [ -z "${KL_BASE:-}" ] || cmd+=(--kl-base "$KL_BASE")
     fi
     echo "+ ${cmd[*]}" | sed "s|$gguf|SmolLM2-135M-Instruct.Q4_1.gguf|"
     /usr/bin/time -v "${cmd[@]}" >"$out/$tag.out" 2>"$out/$tag.time"
     secs=$(sed -n 's/.*Elapsed (wall clock) time.*: //p' "$out/$tag.time")
     rss=$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$out/$tag.time")
-    # "-" for a dataset that was not evaluated.
-    ppl() {
-      if [ "$row" = dense ]; then
-        python3 -c 'import json,sys
-v=[json.loads(l)["ppl"] for l in open(sys.argv[1]) if l.startswith("{") and json.loads(l)["dataset"]==sys.argv[2]]
-print(f"{v[0]:.3f}" if v else "-")' "$out/$tag.out" "$1"
-      else
-        python3 -c 'import json,sys
-v=json.load(open(sys.argv[1]))["ppl"].get(sys.argv[2])
-print(f"{v:.3f}" if v is not None else "-")' "$out/$tag.json" "$1"
-      fi
-    }
-    wiki=$(ppl wikitext2)
-    ptb=$(ppl ptb)
-    line="| $row | $seed | $wiki | $ptb | $secs | $((rss / 1024)) MiB |"
+    # "ppl ± se" per dataset, "-" for one that was not evaluated; with a KL
+    # base, "KL ± se | top-1 %" of its dataset as well.
+    cells=$(python3 - "$out/$tag" "$row" "${KL_BASE:+$(kl_dataset)}" <<'PY'
+import json, sys
+tag, row, kl_ds = sys.argv[1], sys.argv[2], sys.argv[3]
+if row == "dense":
+    ev = {}
+    for l in open(tag + ".out"):
+        if l.startswith("{"):
+            d = json.loads(l)
+            ev[d["dataset"]] = d
+else:
+    ev = json.load(open(tag + ".json"))["eval"]
+cells = []
+for ds in ("wikitext2", "ptb"):
+    e = ev.get(ds)
+    cells.append(f"{e['ppl']:.2f} ± {e['ppl_se']:.2f}" if e else "-")
+if kl_ds:
+    e = ev.get(kl_ds, {})
+    if row == "dense":
+        cells += ["0", "100 %"]
+    elif "kl" in e:
+        cells += [f"{e['kl']:.4f} ± {e['kl_se']:.4f}", f"{100 * e['top1']:.1f} ± {100 * e['top1_se']:.1f} %"]
+    else:
+        cells += ["-", "-"]
+print(" | ".join(cells))
+PY
+)
+    line="| $row | $seed | $cells | $secs | $((rss / 1024)) MiB |"
     echo "$line"
     echo "$line" >>"$out/table.md"
   done

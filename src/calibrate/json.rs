@@ -5,7 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use super::Calibration;
+use super::{CalibrateSettings, Calibration};
 use crate::model::Model;
 use crate::report::{git_revision, version, LinearReport, RunInfo, REPORT_FORMAT};
 use crate::runtime::device::{device_name, dtype_name};
@@ -28,6 +28,27 @@ fn linear_json(model: &Model, r: &LinearReport) -> Value {
             .cloned()
             .unwrap_or(Value::Null);
         o.insert("mask_structure".into(), structure);
+    }
+    v
+}
+
+/// The calibration's settings under their option names ([`CalibrateSettings`],
+/// as `calibrate` and `sparselab prune` take them), with the dataset and how
+/// many layers a checkpoint supplied.
+fn calibration_json(calib: &Calibration) -> Value {
+    let mut v = serde_json::to_value(CalibrateSettings::of(&calib.opts, calib.seqlen()))
+        .unwrap_or(Value::Null);
+    if let Value::Object(o) = &mut v {
+        // Every option, null where the run left it unset, so that reports of
+        // different runs have the same keys.
+        for key in <CalibrateSettings as crate::options::Declared>::KEYS {
+            o.entry(*key).or_insert(Value::Null);
+        }
+        o.remove("quiet");
+        o.insert("dataset".into(), calib.opts.dataset.clone().into());
+        // The windows the data gave (fewer than asked where a text is short).
+        o.insert("nsamples".into(), calib.windows().into());
+        o.insert("resumed_after_layers".into(), calib.resumed_layers.into());
     }
     v
 }
@@ -73,19 +94,7 @@ pub fn compression_report(model: &Model, calib: &Calibration, run: &RunInfo) -> 
             "dtype": dtype_name(model.dtype()),
             "device": device_name(model.device()),
         },
-        "calibration": {
-            "dataset": calib.opts.dataset,
-            "nsamples": calib.windows(),
-            "seqlen": calib.seqlen(),
-            "seed": calib.opts.seed,
-            "batch": calib.opts.windows_per_pass(calib.seqlen()),
-            "true_sequential": calib.opts.true_sequential,
-            "reservoir": calib.opts.reservoir,
-            "gemm": calib.opts.gemm.name(),
-            "checkpoint": calib.opts.checkpoint.as_ref().map(|p| p.display().to_string()),
-            "policy_fingerprint": (!calib.opts.fingerprint.is_empty()).then(|| calib.opts.fingerprint.clone()),
-            "resumed_after_layers": calib.resumed_layers,
-        },
+        "calibration": calibration_json(calib),
         "run": run,
         "timings": calib.timings,
         "summary": {
@@ -99,4 +108,27 @@ pub fn compression_report(model: &Model, calib: &Calibration, run: &RunInfo) -> 
         },
         "linears": reports.iter().map(|r| linear_json(model, r)).collect::<Vec<_>>(),
     })
+}
+
+/// A run's report: `compression.json` ([`compression_report`]) with `extra`'s
+/// entries added at the top level (a run's evaluations under `"eval"`). What
+/// `sparselab prune --report` and a script's `write_report` write.
+pub fn run_report(
+    model: &Model,
+    calib: &Calibration,
+    run: &RunInfo,
+    extra: serde_json::Map<String, Value>,
+) -> Value {
+    let mut v = compression_report(model, calib, run);
+    if let Value::Object(o) = &mut v {
+        o.extend(extra);
+    }
+    v
+}
+
+/// Writes a report as indented JSON.
+pub fn write_report(path: &std::path::Path, report: &Value) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(report)?;
+    std::fs::write(path, text + "\n")
+        .map_err(|e| anyhow::anyhow!("cannot write report {}: {e}", path.display()))
 }

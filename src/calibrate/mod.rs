@@ -25,10 +25,10 @@ mod policy;
 mod stats;
 
 pub use calibration::{CacheCounts, Calibration, Timings};
-pub use json::compression_report;
+pub use json::{compression_report, run_report, write_report};
 pub use layer::LayerWork;
-pub use options::{CalibOptions, AUTO_BATCH_TOKENS};
-pub use policy::{score_dense, uniform_policy, LayerFilter, LinearScores};
+pub use options::{CalibOptions, CalibrateSettings, AUTO_BATCH_TOKENS};
+pub use policy::{compress_uniform, score_dense, uniform_policy, LayerFilter, LinearScores};
 
 use candle_core::Tensor;
 

@@ -2,8 +2,12 @@
 
 use std::path::PathBuf;
 
+use anyhow::{bail, Result};
+
 use crate::compress::reservoir::DEFAULT_RESERVOIR_CAPACITY;
 use crate::compute::kernels::CpuGemm;
+use crate::options::{Front, OptionValue, ValueError};
+use crate::runtime::memory::ByteSize;
 
 /// Settings of a calibration run.
 #[derive(Debug, Clone)]
@@ -92,6 +96,145 @@ impl Default for CalibOptions {
             sequential: true,
             memory_limit: None,
             gemm: CpuGemm::F32,
+        }
+    }
+}
+
+// By name ("f32", "bf16"), as every front end spells it.
+impl serde::Serialize for CpuGemm {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for CpuGemm {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl OptionValue for CpuGemm {
+    const LABEL: &'static str = "a GEMM precision (\"f32\" or \"bf16\")";
+    const VALUE_NAME: &'static str = "f32|bf16";
+    fn from_dynamic(v: &rhai::Dynamic) -> std::result::Result<Self, ValueError> {
+        let s = String::from_dynamic(v)?;
+        Self::parse(&s).map_err(|e| ValueError::Invalid(format!("is {e}")))
+    }
+    fn parse_text(s: &str) -> std::result::Result<Self, String> {
+        Self::parse(s).map_err(|e| e.to_string())
+    }
+    fn show(&self) -> String {
+        format!("{:?}", self.name())
+    }
+}
+
+crate::declare_options! {
+    /// The options of a calibration: the options map of `calibrate(model,
+    /// dataset, #{…})` and the calibration flags of `sparselab prune`.
+    pub struct CalibrateSettings {
+        /// Calibration windows, sampled as the reference samples them.
+        nsamples: usize = CalibOptions::default().nsamples,
+        /// Window length (default: the model's max_position_embeddings, at
+        /// most 2048).
+        seqlen: usize,
+        /// Seed of the window sampler.
+        seed: u64 = 0,
+        /// Windows per forward pass; 0 takes as many as fill 1024 tokens (at
+        /// least one).
+        batch: usize = 0,
+        /// GPTQ's order: each group of linears that read one input gets its
+        /// Hessian only after the groups before it are compressed.
+        true_sequential: bool = false,
+        /// Token rows of each linear's input kept as a uniform sample for the
+        /// activation-based importance metrics (`outlier`, `mi`); 0 keeps none.
+        reservoir: usize = DEFAULT_RESERVOIR_CAPACITY,
+        /// A directory where every committed layer is written, and from which
+        /// an interrupted run with the same settings resumes.
+        checkpoint: PathBuf,
+        /// The policy's name, stored with `checkpoint` so that a resume under a
+        /// different policy is refused (in a script, default: the script's file
+        /// name). Only with `checkpoint`.
+        fingerprint: String,
+        /// A directory where each layer's statistics (Hessians, reservoirs and,
+        /// where a sequential run can need them, inputs) are stored and reused
+        /// by a later calibration that reaches the layer after the same
+        /// compressed layers (docs/stats-format.md).
+        cache: PathBuf,
+        /// Each layer's statistics from the outputs of the compressed layers
+        /// before it (the reference's protocol); false takes them all from the
+        /// dense model, so that a sweep with a `cache` computes them once.
+        sequential: bool = true,
+        /// Host memory limit for the large buffers (bytes, or a size such as
+        /// "8G"): a buffer that would pass it is an out-of-memory error naming
+        /// the layer and linear, before it is allocated.
+        memory_limit: ByteSize,
+        /// Precision of the CPU GEMMs in the forward passes and Hessians:
+        /// "f32", or "bf16" (bf16 inputs, f32 accumulation) on CPUs with
+        /// AVX512-BF16.
+        gemm: CpuGemm = CpuGemm::F32,
+        /// No progress output (in a script, the default is the engine's
+        /// `--quiet`).
+        @short 'q' quiet: bool = false,
+    }
+}
+
+impl CalibrateSettings {
+    /// The calibration of `dataset` with these settings; `quiet` and
+    /// `fingerprint` where the settings leave them open. Combinations that
+    /// cannot act are refused, spelt for `front`.
+    pub fn calib_options(
+        &self,
+        dataset: &str,
+        quiet: bool,
+        fingerprint: String,
+        front: Front,
+    ) -> Result<CalibOptions> {
+        if self.fingerprint.is_some() && self.checkpoint.is_none() {
+            bail!(
+                "{} names the policy stored in a checkpoint, and no {} was given: add {} \
+                 or drop {}",
+                front.name("fingerprint"),
+                front.name("checkpoint"),
+                front.name("checkpoint"),
+                front.name("fingerprint")
+            );
+        }
+        Ok(CalibOptions {
+            dataset: dataset.to_string(),
+            nsamples: self.nsamples(),
+            seqlen: self.seqlen,
+            seed: self.seed(),
+            batch: self.batch(),
+            true_sequential: self.true_sequential(),
+            reservoir: self.reservoir(),
+            quiet: self.quiet.unwrap_or(quiet),
+            checkpoint: self.checkpoint.clone(),
+            fingerprint: self.fingerprint.clone().unwrap_or(fingerprint),
+            cache: self.cache.clone(),
+            sequential: self.sequential(),
+            memory_limit: self.memory_limit.map(|m| m.0),
+            gemm: self.gemm(),
+        })
+    }
+
+    /// Every setting of `opts` as given (what `compression.json` records):
+    /// `seqlen` and `batch` as the run resolved them.
+    pub fn of(opts: &CalibOptions, seqlen: usize) -> Self {
+        Self {
+            nsamples: Some(opts.nsamples),
+            seqlen: Some(seqlen),
+            seed: Some(opts.seed),
+            batch: Some(opts.windows_per_pass(seqlen)),
+            true_sequential: Some(opts.true_sequential),
+            reservoir: Some(opts.reservoir),
+            checkpoint: opts.checkpoint.clone(),
+            fingerprint: (!opts.fingerprint.is_empty()).then(|| opts.fingerprint.clone()),
+            cache: opts.cache.clone(),
+            sequential: Some(opts.sequential),
+            memory_limit: opts.memory_limit.map(ByteSize),
+            gemm: Some(opts.gemm),
+            quiet: Some(opts.quiet),
         }
     }
 }

@@ -1,12 +1,13 @@
 //! Policies: which linears a uniform run compresses, the standard pipeline's
 //! policy, and the dense scoring pass of a model-wide allocation.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 
 use super::{CalibOptions, Calibration, LayerWork};
 use crate::compress::importance::ImportanceOptions;
 use crate::compress::Method;
 use crate::model::Model;
+use crate::report::LinearReport;
 
 /// Which layers and linears a uniform policy touches (the reference's
 /// `--minlayer`, `--maxlayer` and `--prune_only`).
@@ -43,6 +44,30 @@ pub fn uniform_policy(
         }
         Ok(())
     }
+}
+
+/// `sparselab prune`'s compression: a calibration of `model` with `opts` in
+/// which every linear `filter` accepts is compressed with `method`, in the
+/// reference's order (the stdlib pipeline's `run_filtered`). `on_layer` sees
+/// each layer's reports as it finishes. Fails when `filter` accepted no linear.
+pub fn compress_uniform(
+    model: &mut Model,
+    opts: CalibOptions,
+    method: Method,
+    filter: LayerFilter,
+    mut on_layer: impl FnMut(&[LinearReport]),
+) -> Result<Calibration> {
+    let mut calib = Calibration::new(model, opts)?;
+    let mut policy = uniform_policy(method, filter);
+    calib.run(model, |work| {
+        policy(work)?;
+        on_layer(&work.reports);
+        Ok(())
+    })?;
+    if calib.reports.is_empty() {
+        bail!("no linear was compressed: check the layer range and the linear filter");
+    }
+    Ok(calib)
 }
 
 /// One linear's importance scores.

@@ -73,6 +73,69 @@ pub enum SaveFormat {
     Packed,
 }
 
+impl SaveFormat {
+    /// Its name as options spell it: `safetensors` or `packed`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Dense => "safetensors",
+            Self::Packed => "packed",
+        }
+    }
+
+    /// The format named `s` ([`name`](Self::name)).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "safetensors" => Ok(Self::Dense),
+            "packed" => Ok(Self::Packed),
+            other => Err(format!(
+                "unknown format `{other}`; valid formats: safetensors, packed"
+            )),
+        }
+    }
+}
+
+// By name, as every front end spells it.
+impl serde::Serialize for SaveFormat {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SaveFormat {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Self::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+impl crate::options::OptionValue for SaveFormat {
+    const LABEL: &'static str = "a format (\"safetensors\" or \"packed\")";
+    const VALUE_NAME: &'static str = "safetensors|packed";
+    fn from_dynamic(v: &rhai::Dynamic) -> Result<Self, crate::options::ValueError> {
+        let s = <String as crate::options::OptionValue>::from_dynamic(v)?;
+        Self::parse(&s).map_err(|e| crate::options::ValueError::Invalid(format!("is an {e}")))
+    }
+    fn parse_text(s: &str) -> Result<Self, String> {
+        Self::parse(s)
+    }
+    fn show(&self) -> String {
+        format!("{:?}", self.name())
+    }
+}
+
+crate::declare_options! {
+    /// The options of saving a model: the options map of `save(model, dir,
+    /// #{…})` and the flags that go with `sparselab prune --save DIR`.
+    pub struct SaveSettings {
+        /// Replace a directory that exists and is not empty (only once the new
+        /// copy is complete).
+        overwrite: bool = false,
+        /// "safetensors" (dense weights with the compressed values in place,
+        /// loadable by transformers) or "packed" (integer codes, scales, zeros
+        /// and masks: docs/packed-format.md).
+        format: SaveFormat = SaveFormat::Dense,
+    }
+}
+
 /// Settings of [`Model::save`].
 #[derive(Debug, Clone)]
 pub struct SaveOptions {

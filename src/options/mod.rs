@@ -166,10 +166,17 @@ impl OptionValue for bool {
     fn show(&self) -> String {
         self.to_string()
     }
+    /// A flag: `--sym` means true; `--sequential=false` turns off an option
+    /// whose default is true (the `=` is required, so a flag never swallows
+    /// the next argument).
     #[cfg(feature = "cli")]
-    fn from_matches(m: &ArgMatches, id: &str) -> Option<Self> {
-        // A flag: given means true, absent means not given (not false).
-        m.get_flag(id).then_some(true)
+    fn cli_arg(arg: Arg) -> Arg {
+        arg.action(ArgAction::Set)
+            .num_args(0..=1)
+            .require_equals(true)
+            .default_missing_value("true")
+            .value_name(Self::VALUE_NAME)
+            .value_parser(ValueParser::new(|s: &str| Self::parse_text(s)))
     }
 }
 
@@ -184,6 +191,20 @@ impl OptionValue for String {
     }
     fn show(&self) -> String {
         format!("{self:?}")
+    }
+}
+
+impl OptionValue for std::path::PathBuf {
+    const LABEL: &'static str = "a path";
+    const VALUE_NAME: &'static str = "PATH";
+    fn from_dynamic(v: &Dynamic) -> Result<Self, ValueError> {
+        String::from_dynamic(v).map(Self::from)
+    }
+    fn parse_text(s: &str) -> Result<Self, String> {
+        Ok(Self::from(s))
+    }
+    fn show(&self) -> String {
+        format!("{:?}", self.display().to_string())
     }
 }
 
@@ -327,8 +348,12 @@ impl Field {
         // long as it does.
         let long: &'static str = Box::leak(cli_flag(self.key)[2..].to_string().into_boxed_str());
         let text = self.text_for(Front::Cli, keys);
-        // A flag's default is that it was not given.
-        let default = self.default.as_ref().filter(|_| !self.flag);
+        // A flag's default false is that it was not given; a default true says
+        // that `--flag=false` is what changes it.
+        let default = self
+            .default
+            .as_ref()
+            .filter(|d| !self.flag || d.as_str() != "false");
         let short_help = text
             .split_once(". ")
             .map(|(first, _)| format!("{first}."))

@@ -197,6 +197,36 @@ pub fn locate(
     .into()
 }
 
+/// A size in bytes as an option takes it: an integer, or text such as `"8G"`
+/// ([`parse_size`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct ByteSize(pub u64);
+
+impl crate::options::OptionValue for ByteSize {
+    const LABEL: &'static str = "a byte count or a size such as \"8G\"";
+    const VALUE_NAME: &'static str = "SIZE";
+    fn from_dynamic(v: &rhai::Dynamic) -> Result<Self, crate::options::ValueError> {
+        use crate::options::ValueError;
+        match (v.as_int(), v.is_string()) {
+            (Ok(i), _) if i >= 0 => Ok(Self(i as u64)),
+            (Ok(i), _) => Err(ValueError::Invalid(format!(
+                "must be a non-negative size, got {i}"
+            ))),
+            (_, true) => parse_size(&v.clone().into_string().unwrap_or_default())
+                .map(Self)
+                .map_err(|e| ValueError::Invalid(format!("is not a size ({e})"))),
+            _ => Err(ValueError::WrongType),
+        }
+    }
+    fn parse_text(s: &str) -> Result<Self, String> {
+        parse_size(s).map(Self).map_err(|e| e.to_string())
+    }
+    fn show(&self) -> String {
+        self.0.to_string()
+    }
+}
+
 /// Parses a size such as `512M`, `24G`, `1.5GiB` or a plain byte count (K, M,
 /// G, T are powers of 1024, as `free -h` prints them).
 pub fn parse_size(text: &str) -> Result<u64> {

@@ -15,12 +15,14 @@
 use rhai::{Dynamic, EvalAltResult, Map, FLOAT};
 
 use super::vector::{err, Vector};
+use crate::calibrate::CalibrateSettings;
 use crate::compress::allocation::{GroupMethod, DEFAULT_TIERS};
 use crate::compress::channel_error::{ChannelErrorOptions, ErrorWeight};
 use crate::compress::importance::{ImportanceOptions, MiOptions};
 use crate::compress::rules::Settings;
 use crate::compress::{QuantizerConfig, SparsityPattern};
 use crate::eval::PplOptions;
+use crate::model::SaveSettings;
 use crate::options::{help_text, markdown_table, script_markdown_table, Declared};
 pub use crate::options::{type_label, unknown_key_message};
 
@@ -49,31 +51,14 @@ pub const OPTION_KEYS: &[(&str, &[&str])] = &[
         "plot_xy",
         &["title", "x_label", "y_label", "label", "path", "format"],
     ),
-    (
-        "calibrate",
-        &[
-            "nsamples",
-            "seqlen",
-            "seed",
-            "true_sequential",
-            "batch",
-            "quiet",
-            "reservoir",
-            "checkpoint",
-            "fingerprint",
-            "cache",
-            "sequential",
-            "memory_limit",
-            "gemm",
-        ],
-    ),
+    ("calibrate", <CalibrateSettings as Declared>::KEYS),
     ("prune_layer", <Settings as Declared>::KEYS),
     ("eval_ppl", <EvalOptions as Declared>::KEYS),
     ("eval_ppl_stats", <EvalOptions as Declared>::KEYS),
     ("kl_base", <EvalOptions as Declared>::KEYS),
     ("eval_kl", <EvalOptions as Declared>::KEYS),
     ("eval_tasks", &["tasks", "limit", "batch", "quiet"]),
-    ("save", &["overwrite", "format"]),
+    ("save", <SaveSettings as Declared>::KEYS),
 ];
 
 crate::declare_options! {
@@ -290,6 +275,16 @@ pub type Text = fn() -> String;
 /// `:help` and for the documentation (`docs/options.md`, checked by a test).
 pub const DECLARED: &[(&str, Text, Text)] = &[
     (
+        "calibrate",
+        help_text::<CalibrateSettings>,
+        markdown_table::<CalibrateSettings>,
+    ),
+    (
+        "save",
+        help_text::<SaveSettings>,
+        markdown_table::<SaveSettings>,
+    ),
+    (
         "prune_layer",
         help_text::<Settings>,
         markdown_table::<Settings>,
@@ -497,7 +492,9 @@ impl Opts {
 /// The option tables of `docs/options.md`, by the name of their marker
 /// (`<!-- options: NAME -->` … `<!-- /options -->`).
 pub const DOC_TABLES: &[(&str, Text)] = &[
+    ("calibrate", markdown_table::<CalibrateSettings>),
     ("compress", markdown_table::<Settings>),
+    ("save", markdown_table::<SaveSettings>),
     ("eval", markdown_table::<EvalOptions>),
     (
         "score_importance",

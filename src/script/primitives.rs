@@ -19,12 +19,11 @@ use super::handles::{script_err, CalibHandle, LayerHandle, LayerIter, ModelHandl
 use super::options::{EvalOptions, Opts};
 use super::vector::{err, format_num, Vector};
 use crate::calibrate::compression_report;
-use crate::calibrate::{CalibOptions, Calibration};
+use crate::calibrate::{CalibrateSettings, Calibration};
 use crate::compress::rules::{Front, Settings};
 use crate::compress::Method;
-use crate::compute::kernels::CpuGemm;
 use crate::eval::{eval_dataset, PplOptions};
-use crate::model::{LoadOptions, Model, SaveFormat, SaveOptions};
+use crate::model::{LoadOptions, Model, SaveOptions, SaveSettings};
 use crate::report::summary::TARGET_TOLERANCE;
 use crate::report::LinearReport;
 use crate::report::RunInfo;
@@ -60,6 +59,27 @@ pub(crate) fn engine_quiet(ctx: &NativeCallContext) -> bool {
         .and_then(|t| t.read_lock::<Map>().and_then(|m| m.get("quiet").cloned()))
         .and_then(|q| q.as_bool().ok())
         .unwrap_or(false)
+}
+
+/// What a script run is, for its reports: the script that is running, its
+/// text and `--set` values, and the command line.
+fn script_run(ctx: &NativeCallContext) -> RunInfo {
+    let path = ctx.call_source().map(str::to_string);
+    let set: serde_json::Map<String, serde_json::Value> = ctx
+        .tag()
+        .and_then(|t| t.read_lock::<Map>().and_then(|m| m.get("params").cloned()))
+        .and_then(|p| p.read_lock::<Map>().map(|p| p.clone()))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
+        .collect();
+    RunInfo {
+        script: path.as_ref().and_then(|p| std::fs::read_to_string(p).ok()),
+        script_path: path,
+        set: Some(serde_json::Value::Object(set)),
+        command: Some(std::env::args().collect::<Vec<_>>().join(" ")),
+        ..RunInfo::default()
+    }
 }
 
 /// The evaluation settings of an options map ([`EvalOptions`], declared once
@@ -238,33 +258,12 @@ pub mod primitives {
     pub fn calibrate(ctx: NativeCallContext, model: ModelHandle, dataset: &str) -> R<CalibHandle> {
         calibrate_with(ctx, model, dataset, Map::new())
     }
-    /// Starts a calibration with options `#{nsamples, seqlen, seed, true_sequential,
-    /// batch, quiet, reservoir, checkpoint, fingerprint, cache, sequential, memory_limit, gemm}`: `nsamples` windows (default 128) of
-    /// `seqlen` tokens (default: the model's max_position_embeddings, at most 2048)
-    /// sampled with `seed` (default 0) as the reference does; `true_sequential`
-    /// (default false) takes each group of linears' Hessian after the earlier
-    /// groups are compressed; `batch` windows per forward pass (default: as many as
-    /// fill 1024 tokens, at least one);
-    /// `quiet` hides progress; `reservoir` token rows of each linear's input kept
-    /// for the activation-based importance metrics (default 4096, 0 = none);
-    /// `checkpoint` a directory where every committed layer is written and from
-    /// which an interrupted run resumes; `fingerprint` names the policy stored with
-    /// it (default: the script's file name), so that a resume under a different
-    /// policy is refused — change it when you change the policy; `memory_limit`
-    /// (bytes, or a size such as "8G") makes a buffer that would pass it an
-    /// out-of-memory error naming the layer and linear, before it is allocated;
-    /// `gemm` `"bf16"` runs the forward passes' and Hessians' GEMMs with bf16
-    /// inputs and f32 accumulation on CPUs with AVX512-BF16 (default `"f32"`).
-    ///
-    /// Sweeps: `cache` a directory where each layer's statistics (Hessians,
-    /// activation reservoirs) and inputs are stored, keyed by the model, the
-    /// dataset, nsamples, seqlen, seed, batch, reservoir and the weights of every
-    /// earlier layer as compressed; a later calibration that reaches a layer after
-    /// the same prefix reads them instead of recomputing (default: none).
-    /// `sequential` (default true) takes each layer's statistics after the
-    /// earlier layers are compressed; `sequential: false` takes them all from the
-    /// dense model, so with a cache every configuration of a sweep reuses them.
-    /// `calib.cache_counts` tells how many layers were computed and reused.
+    /// Starts a calibration with an options map (`:help calibrate` lists the
+    /// options; docs/options.md has the table): the windows (`nsamples`,
+    /// `seqlen`, `seed`), `batch`, `true_sequential`, `reservoir`, a
+    /// `checkpoint` to resume from, a statistics `cache` and `sequential`
+    /// for sweeps, `memory_limit`, `gemm` and `quiet`. `calib.cache_counts`
+    /// tells how many layers a cache computed and reused.
     ///
     /// ```rhai
     /// let calib = calibrate(m, "wikitext2", #{nsamples: 128, cache: "calib-cache", sequential: false});
@@ -276,30 +275,15 @@ pub mod primitives {
         dataset: &str,
         options: Map,
     ) -> R<CalibHandle> {
-        let o = Opts::new("calibrate", options)?;
-        let d = CalibOptions::default();
-        let opts = CalibOptions {
-            dataset: dataset.to_string(),
-            nsamples: o.usize("nsamples")?.unwrap_or(d.nsamples),
-            seqlen: o.usize("seqlen")?,
-            seed: o.usize("seed")?.map(|s| s as u64).unwrap_or(d.seed),
-            batch: o.usize("batch")?.unwrap_or(d.batch),
-            true_sequential: o.bool("true_sequential")?.unwrap_or(false),
-            quiet: o.bool("quiet")?.unwrap_or_else(|| engine_quiet(&ctx)),
-            reservoir: o.usize("reservoir")?.unwrap_or(d.reservoir),
-            checkpoint: o.string("checkpoint")?.map(std::path::PathBuf::from),
-            fingerprint: match o.string("fingerprint")? {
-                Some(f) => f,
-                None => ctx.call_source().unwrap_or_default().to_string(),
-            },
-            cache: o.string("cache")?.map(std::path::PathBuf::from),
-            sequential: o.bool("sequential")?.unwrap_or(d.sequential),
-            memory_limit: o.size("memory_limit")?,
-            gemm: match o.string("gemm")? {
-                Some(g) => CpuGemm::parse(&g).map_err(script_err)?,
-                None => d.gemm,
-            },
-        };
+        let settings = Opts::new("calibrate", options)?.parse::<CalibrateSettings>()?;
+        let opts = settings
+            .calib_options(
+                dataset,
+                engine_quiet(&ctx),
+                ctx.call_source().unwrap_or_default().to_string(),
+                Front::Script,
+            )
+            .or_else(|e| err(format!("calibrate: {e}")))?;
         let calib = {
             let m = model.settled()?;
             Calibration::new(&m, opts).map_err(script_err)?
@@ -647,39 +631,13 @@ pub mod primitives {
         dir: &str,
         options: Map,
     ) -> R<Map> {
-        let o = Opts::new("save", options)?;
-        let format = match o.string("format")?.as_deref() {
-            None | Some("safetensors") => SaveFormat::Dense,
-            Some("packed") => SaveFormat::Packed,
-            Some(other) => {
-                return err(format!(
-                    "save: unknown format `{other}`; valid formats: safetensors, packed"
-                ))
-            }
-        };
-        // What the run was: the script that called save and the --set values.
-        let path = ctx.call_source().map(str::to_string);
-        let set: serde_json::Map<String, serde_json::Value> = ctx
-            .tag()
-            .and_then(|t| t.read_lock::<Map>().and_then(|m| m.get("params").cloned()))
-            .and_then(|p| p.read_lock::<Map>().map(|p| p.clone()))
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
-            .collect();
-        let run = RunInfo {
-            script: path.as_ref().and_then(|p| std::fs::read_to_string(p).ok()),
-            script_path: path,
-            set: Some(serde_json::Value::Object(set)),
-            command: Some(std::env::args().collect::<Vec<_>>().join(" ")),
-            ..RunInfo::default()
-        };
-        let overwrite = o.bool("overwrite")?.unwrap_or(false);
+        let settings = Opts::new("save", options)?.parse::<SaveSettings>()?;
+        let run = script_run(&ctx);
         let summary = model
             .with_latest_calibration(|m, calib| {
                 let opts = SaveOptions {
-                    overwrite,
-                    format,
+                    overwrite: settings.overwrite(),
+                    format: settings.format(),
                     report: calib.map(|c| compression_report(m, c, &run)),
                     ..SaveOptions::default()
                 };
@@ -698,6 +656,48 @@ pub mod primitives {
         out.insert("tensors".into(), (summary.tensors as INT).into());
         out.insert("bytes".into(), (summary.tensor_bytes as INT).into());
         Ok(out)
+    }
+
+    /// Writes the report of `model`'s latest calibration to `path` as JSON:
+    /// what `save` writes as `compression.json` (settings, calibration, per
+    /// linear reports, this script's text and `--set` values). `sparselab prune
+    /// --report` writes the same document.
+    ///
+    /// ```rhai
+    /// write_report(m, "runs/a/report.json");
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn write_report(ctx: NativeCallContext, model: ModelHandle, path: &str) -> R<()> {
+        write_report_with(ctx, model, path, Map::new())
+    }
+    /// As `write_report`, with `extra`'s entries added at the top level, such
+    /// as evaluations: `#{"eval": #{wikitext2: eval_ppl_stats(m, "wikitext2")}}`
+    /// (the key `sparselab prune` writes its evaluations under).
+    #[rhai_fn(name = "write_report", return_raw)]
+    pub fn write_report_with(
+        ctx: NativeCallContext,
+        model: ModelHandle,
+        path: &str,
+        extra: Map,
+    ) -> R<()> {
+        let run = script_run(&ctx);
+        let extra: serde_json::Map<String, serde_json::Value> = extra
+            .into_iter()
+            .map(|(k, v)| {
+                rhai::serde::from_dynamic::<serde_json::Value>(&v)
+                    .map(|v| (k.to_string(), v))
+                    .or_else(|e| err(format!("write_report: entry `{k}`: {e}")))
+            })
+            .collect::<R<_>>()?;
+        let report = model.with_latest_calibration(|m, calib| {
+            calib.map(|c| crate::calibrate::run_report(m, c, &run, extra))
+        })?;
+        let Some(report) = report else {
+            return err(
+                "write_report: this model has no calibration to report; run calibrate first",
+            );
+        };
+        crate::calibrate::write_report(std::path::Path::new(path), &report).map_err(script_err)
     }
 
     // ---- formatting helpers -------------------------------------------------

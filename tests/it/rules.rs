@@ -140,3 +140,255 @@ fn flags_only_the_cli_has_are_refused_when_they_do_nothing() {
     let (ok, err) = cli(&fx, &[("sparsity", "0.5"), ("groupsize", "128")], &[]);
     assert!(!ok && err.contains("--groupsize needs --bits"), "{err}");
 }
+
+#[test]
+fn calibration_and_save_flags_that_cannot_act_are_refused() {
+    let Some(fx) = common::fixtures() else { return };
+    let half = [("sparsity", "0.5")];
+    for (extra, expected) in [
+        (
+            &["--reservoir", "16"][..],
+            "--reservoir keeps input rows for the activation-based importance metrics",
+        ),
+        (
+            &["--fingerprint", "mine"][..],
+            "--fingerprint names a script's policy",
+        ),
+        (
+            &["--overwrite"][..],
+            "--overwrite says how --save writes, and no --save was given",
+        ),
+        (
+            &["--format", "packed"][..],
+            "--format says how --save writes, and no --save was given",
+        ),
+        (&["--format", "gguf"][..], "unknown format `gguf`"),
+        (&["--gemm", "f16"][..], "unknown GEMM precision `f16`"),
+        (&["--memory-limit", "8Q"][..], "unknown unit `Q`"),
+    ] {
+        let (ok, err) = cli(&fx, &half, extra);
+        assert!(!ok && err.contains(expected), "{extra:?}: {err}");
+    }
+    // A boolean whose default is true is turned off with `=false`.
+    let (ok, err) = cli(&fx, &half, &["--sequential=false"]);
+    assert!(ok, "{err}");
+    let (ok, err) = cli(&fx, &half, &["--sequential=false", "--true-sequential"]);
+    assert!(
+        !ok && err.contains("true_sequential needs sequential calibration"),
+        "{err}"
+    );
+}
+
+#[test]
+fn calibrate_reads_its_declared_options_and_refuses_what_cannot_act() {
+    let Some(fx) = common::fixtures() else { return };
+    let mut s = Session::new(ScriptOptions {
+        quiet: true,
+        ..ScriptOptions::default()
+    });
+    let model = fx.join("models/opt-tiny").to_string_lossy().into_owned();
+    let calib = fx
+        .join("data/wikitext2/wiki.valid.raw")
+        .to_string_lossy()
+        .into_owned();
+    s.eval("setup", &format!("let m = load_model({model:?});"))
+        .unwrap();
+    for (opts, expected) in [
+        (
+            "#{nsamples: 2, seqlen: 32, nsample: 3}",
+            "calibrate: unknown option `nsample` (did you mean `nsamples`?)",
+        ),
+        (
+            "#{nsamples: 2, seqlen: 32, fingerprint: \"mine\"}",
+            "calibrate: `fingerprint` names the policy stored in a checkpoint, and no `checkpoint` was given",
+        ),
+        (
+            "#{nsamples: 2, seqlen: 32, gemm: \"f16\"}",
+            "calibrate: option `gemm` is unknown GEMM precision `f16`",
+        ),
+        (
+            "#{nsamples: \"2\"}",
+            "calibrate: option `nsamples` must be an integer, got string",
+        ),
+        (
+            "#{nsamples: 2, memory_limit: \"8Q\"}",
+            "calibrate: option `memory_limit` is not a size",
+        ),
+    ] {
+        let e = s
+            .eval("c.rhai", &format!("calibrate(m, {calib:?}, {opts});"))
+            .unwrap_err();
+        assert!(e.contains(expected), "{opts}: {e}");
+    }
+    s.eval(
+        "c.rhai",
+        &format!(
+            "let c = calibrate(m, {calib:?}, #{{nsamples: 2, seqlen: 32, batch: 1, memory_limit: \"1G\", gemm: \"f32\"}});"
+        ),
+    )
+    .unwrap();
+}
+
+/// `sparselab prune --report` and a script's `write_report` write one
+/// document: compression.json's content, with the evaluations under `eval`.
+#[test]
+fn prune_reports_what_a_script_run_reports() {
+    let Some(fx) = common::fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let cli_report = tmp.path().join("cli.json");
+    let test = fx.join("data/wikitext2/wiki.test.raw");
+    let test = test.to_str().unwrap();
+    let (ok, err) = cli(
+        &fx,
+        &[("sparsity", "0.5")],
+        &[
+            "--eval",
+            test,
+            "--eval-nsamples",
+            "2",
+            "--report",
+            cli_report.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    let script_report = tmp.path().join("script.json");
+    let mut s = Session::new(ScriptOptions {
+        quiet: true,
+        ..ScriptOptions::default()
+    });
+    let text = format!(
+        "let m = load_model({:?});\n\
+         let calib = calibrate(m, {:?}, #{{nsamples: 2, seqlen: 32}});\n\
+         for layer in calib.layers() {{\n\
+             if layer.index < 1 {{ for linear in layer.linears {{ prune_layer(layer, linear, #{{sparsity: 0.5}}); }} }}\n\
+         }}\n\
+         let r = eval_ppl_stats(m, {test:?}, #{{seqlen: 32, nsamples: 2}});\n\
+         write_report(m, {:?}, #{{\"eval\": #{{wikitext2: r}}}});",
+        fx.join("models/opt-tiny").to_string_lossy(),
+        fx.join("data/wikitext2/wiki.valid.raw").to_string_lossy(),
+        script_report.to_string_lossy()
+    );
+    s.eval("run.rhai", &text).unwrap_or_else(|e| panic!("{e}"));
+    let read = |p: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    let (a, b) = (read(&cli_report), read(&script_report));
+    let keys = |v: &serde_json::Value| -> Vec<String> {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&a), keys(&b));
+    assert_eq!(keys(&a["calibration"]), keys(&b["calibration"]));
+    assert_eq!(a["calibration"]["nsamples"], 2);
+    assert_eq!(a["calibration"]["seqlen"], 32);
+    // Both compressed layer 0 alike, with the same per-linear records.
+    assert_eq!(
+        a["linears"].as_array().unwrap().len(),
+        b["linears"].as_array().unwrap().len()
+    );
+    for (x, y) in a["linears"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(b["linears"].as_array().unwrap())
+    {
+        assert_eq!(keys(x), keys(y));
+        assert_eq!(x["linear"], y["linear"]);
+        assert_eq!(x["sparsity"], y["sparsity"]);
+    }
+    let (pa, pb) = (&a["eval"][test]["ppl"], &b["eval"]["wikitext2"]["ppl"]);
+    assert!(
+        pa.as_f64().unwrap() > 1.0
+            && (pa.as_f64().unwrap() - pb.as_f64().unwrap()).abs() < 1e-6 * pa.as_f64().unwrap(),
+        "{pa} vs {pb}"
+    );
+}
+
+/// `--kl-base` on `sparselab prune`: the KL of the compressed model against
+/// the dense base stored by `sparselab eval --save-kl-base`, on the --eval
+/// dataset the base holds; a base of another dataset or window length is
+/// refused before the calibration.
+#[test]
+fn prune_measures_kl_against_a_stored_base() {
+    let Some(fx) = common::fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base.klb");
+    let test = fx.join("data/wikitext2/wiki.test.raw");
+    let test = test.to_str().unwrap();
+    let out = Command::new(BIN)
+        .args(["eval", "--model"])
+        .arg(fx.join("models/opt-tiny"))
+        .args(["--dataset", test, "--seqlen", "32", "--nsamples", "3", "-q"])
+        .arg("--save-kl-base")
+        .arg(&base)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = tmp.path().join("r.json");
+    let b = base.to_str().unwrap();
+    let (ok, err) = cli(
+        &fx,
+        &[("sparsity", "0.5")],
+        &[
+            "--eval",
+            test,
+            "--kl-base",
+            b,
+            "--report",
+            report.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let e = &r["eval"][test];
+    assert_eq!(e["windows"], 3);
+    let kl = e["kl"].as_f64().unwrap();
+    assert!(kl > 0.0 && kl < 1.0, "{e}");
+    assert!(e["top1"].as_f64().unwrap() > 0.5, "{e}");
+    assert!(
+        (e["delta_ppl"].as_f64().unwrap()
+            - (e["ppl"].as_f64().unwrap() - e["base_ppl"].as_f64().unwrap()))
+        .abs()
+            < 1e-9
+    );
+    let (ok, err) = cli(
+        &fx,
+        &[("sparsity", "0.5")],
+        &["--eval", "ptb", "--kl-base", b],
+    );
+    assert!(
+        !ok && err.contains(&format!(
+            "holds the base of `{test}`, which is not an --eval dataset"
+        )),
+        "{err}"
+    );
+    let short = tmp.path().join("short.klb");
+    let out = Command::new(BIN)
+        .args(["eval", "--model"])
+        .arg(fx.join("models/opt-tiny"))
+        .args(["--dataset", test, "--seqlen", "16", "--nsamples", "2", "-q"])
+        .arg("--save-kl-base")
+        .arg(&short)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (ok, err) = cli(
+        &fx,
+        &[("sparsity", "0.5")],
+        &["--eval", test, "--kl-base", short.to_str().unwrap()],
+    );
+    assert!(
+        !ok && err.contains("holds windows of 16 tokens, and this run's are 32"),
+        "{err}"
+    );
+}

@@ -1783,7 +1783,7 @@ fn cli_prune_saves_refuses_and_overwrites() {
     let o = run(&[]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("not empty"), "{err}");
-    let o = run(&["--overwrite", "--packed"]);
+    let o = run(&["--overwrite", "--format", "packed"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(out.join("packed.json").is_file() && !out.join("model.safetensors").exists());
     let packed = load(&out);
