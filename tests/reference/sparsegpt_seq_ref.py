@@ -376,9 +376,11 @@ def perplexity(arch, tokens, seqlen, nwindows):
 # ---------------------------------------------------------------- comparison
 
 def ppl_value(p):
-    # sparselab's report maps each --eval dataset to its perplexity; ours is one number
+    # sparselab's report maps each --eval dataset to its evaluation (under "eval");
+    # ours is one number
     if isinstance(p, dict):
-        return next(iter(p.values()), None)
+        v = next(iter(p.values()), None)
+        return v.get("ppl") if isinstance(v, dict) else v
     return p
 
 
@@ -414,7 +416,7 @@ def compare(ours, report_path, labels=("reference", "sparselab")):
         overall = {"n": len(v), "mean_rel_diff": mean, "std_err": se, "mean_abs_rel_diff": sum(map(abs, v)) / len(v)}
         print(f"all {len(v)} linears: mean rel diff {mean:+.2e} ± {se:.1e} (std. error), mean |rel diff| {overall['mean_abs_rel_diff']:.2e}")
     return {"report": report_path, "linears": rows, "per_layer": summary, "overall": overall,
-            "other_ppl": ppl_value(rep.get("ppl"))}
+            "other_ppl": ppl_value(rep.get("eval", rep.get("ppl")))}
 
 
 def compare_files(base, other):
@@ -423,7 +425,7 @@ def compare_files(base, other):
     with open(base) as f:
         b = json.load(f)
     res = compare(b["linears"], other, labels=(os.path.basename(base)[:14], os.path.basename(other)[:14]))
-    pb, po = ppl_value(b.get("ppl")), res["other_ppl"]
+    pb, po = ppl_value(b.get("eval", b.get("ppl"))), res["other_ppl"]
     if pb is not None and po is not None:
         print(f"ppl: {base} {pb:.6f}, {other} {po:.6f} ({(po - pb) / pb:+.1e})")
 
