@@ -12,10 +12,10 @@ use sparselab::compress::rules::{Front, Settings};
 use sparselab::compress::Method;
 use sparselab::eval::{eval_dataset, PplOptions};
 use sparselab::model::save::check_target;
-use sparselab::model::{LoadOptions, Model, SaveOptions, SaveSettings};
+use sparselab::model::{LoadOptions, LoadSettings, Model, SaveOptions, SaveSettings};
 use sparselab::options::{cli_flag, Declared};
 use sparselab::report::RunInfo;
-use sparselab::runtime::device::{dtype_name, parse_device, parse_dtype};
+use sparselab::runtime::device::dtype_name;
 use sparselab::script::options::EvalOptions;
 use sparselab::script::{check_file, parse_set, run_file, ScriptOptions};
 
@@ -153,8 +153,9 @@ struct PruneArgs {
     #[arg(long, value_name = "N")]
     eval_nsamples: Option<usize>,
     /// KL divergence and top-1 agreement against a stored base (a file
-    /// `sparselab eval --save-kl-base` wrote) on the --eval dataset it was
-    /// computed on. Repeatable, one per dataset.
+    /// `sparselab eval --save-kl-base` wrote) on the windows it holds of the
+    /// --eval dataset it was computed on (perplexity still covers the --eval
+    /// windows). Repeatable, one per dataset.
     #[arg(long, value_name = "FILE")]
     kl_base: Vec<std::path::PathBuf>,
     /// Write the run's report here: compression.json's content plus the
@@ -172,12 +173,10 @@ struct PruneArgs {
     /// memory (for models larger than the host's memory); removed at exit.
     #[arg(long)]
     spill_dir: Option<std::path::PathBuf>,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// f32, f16 or bf16 (default: the checkpoint's).
-    #[arg(long)]
-    dtype: Option<String>,
+    /// Device, dtype and hub revision (declared once with `load_model`'s
+    /// options map).
+    #[command(flatten)]
+    load: LoadSettings,
 }
 
 impl PruneArgs {
@@ -301,12 +300,7 @@ fn prune(args: PruneArgs) -> Result<()> {
         // Before a long calibration, not after it.
         check_target(dir, args.saving.overwrite())?;
     }
-    let opts = LoadOptions {
-        device: parse_device(&args.device)?,
-        dtype: args.dtype.as_deref().map(parse_dtype).transpose()?,
-        ..LoadOptions::default()
-    };
-    let mut model = Model::load(&args.model, &opts)?;
+    let mut model = Model::load(&args.model, &args.load.load_options()?)?;
     if let Some(dir) = &args.spill_dir {
         model.weights_mut().spill_to_disk(Some(dir))?;
     }
@@ -383,34 +377,46 @@ fn prune(args: PruneArgs) -> Result<()> {
     let method_name = &calib.reports[0].method;
     let mut evals = serde_json::Map::new();
     for dataset in &args.eval {
+        // Perplexity on the --eval windows; with a base, KL on the windows the
+        // base holds (one pass when they are the same windows).
         let base = kl_bases.iter().find(|(d, ..)| d == dataset);
-        let entry = match base {
+        let kl = match base {
             Some((_, path, _)) => {
                 let tokens = dataset_tokens(&model, dataset, calib.seqlen())?;
-                let r = kl_divergence(&model, path, &tokens, &ppl_opts)?;
-                println!(
-                    "{} ({method_name}) on {dataset}: ppl {} ({} windows)\n  against {}: {}",
-                    args.model,
-                    sparselab::eval::format_pm(r.ppl, r.ppl_se),
-                    r.windows,
-                    path.display(),
-                    r.text()
-                );
-                let mut v = serde_json::to_value(&r)?;
-                v["kl_base"] = path.display().to_string().into();
-                v
+                let kl_opts = PplOptions {
+                    max_windows: None,
+                    ..ppl_opts.clone()
+                };
+                Some((path, kl_divergence(&model, path, &tokens, &kl_opts)?))
             }
-            None => {
-                let r = eval_dataset(&model, dataset, &ppl_opts)?;
-                println!(
-                    "{} ({method_name}) on {dataset}: ppl {} ({} windows)",
-                    args.model,
-                    r.text(),
-                    r.windows
-                );
-                serde_json::to_value(&r)?
-            }
+            None => None,
         };
+        let mut entry = match &kl {
+            Some((_, k)) if args.eval_nsamples == Some(k.windows) => serde_json::json!({
+                "ppl": k.ppl, "ppl_se": k.ppl_se, "windows": k.windows, "seqlen": k.seqlen,
+                "tokens": k.tokens, "seconds": k.seconds,
+            }),
+            _ => serde_json::to_value(eval_dataset(&model, dataset, &ppl_opts)?)?,
+        };
+        println!(
+            "{} ({method_name}) on {dataset}: ppl {} ({} windows)",
+            args.model,
+            sparselab::eval::format_pm(
+                entry["ppl"].as_f64().unwrap_or(f64::NAN),
+                entry["ppl_se"].as_f64().unwrap_or(f64::NAN)
+            ),
+            entry["windows"]
+        );
+        if let Some((path, k)) = &kl {
+            println!(
+                "  against {} ({} windows): {}",
+                path.display(),
+                k.windows,
+                k.text()
+            );
+            entry["kl"] = serde_json::to_value(k)?;
+            entry["kl_base"] = path.display().to_string().into();
+        }
         evals.insert(dataset.clone(), entry);
     }
     let n = calib.reports.len() as f64;
@@ -462,15 +468,10 @@ struct EvalArgs {
     /// Score only the first N documents of each --task.
     #[arg(long)]
     task_limit: Option<usize>,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// f32, f16 or bf16 (default: the checkpoint's).
-    #[arg(long)]
-    dtype: Option<String>,
-    /// Hub revision (branch, tag or commit).
-    #[arg(long)]
-    revision: Option<String>,
+    /// Device, dtype and hub revision (declared once with `load_model`'s
+    /// options map).
+    #[command(flatten)]
+    load: LoadSettings,
     /// Print one JSON object per dataset and task instead of text.
     #[arg(long)]
     json: bool,
@@ -506,12 +507,7 @@ fn eval(args: EvalArgs) -> Result<()> {
         .iter()
         .map(|t| TaskSpec::parse(t))
         .collect::<Result<Vec<_>>>()?;
-    let opts = LoadOptions {
-        device: parse_device(&args.device)?,
-        dtype: args.dtype.as_deref().map(parse_dtype).transpose()?,
-        revision: args.revision.clone(),
-        ..LoadOptions::default()
-    };
+    let opts = args.load.load_options()?;
     let model = Model::load(&args.model, &opts)?;
     let quiet = args.opts.quiet() || args.json;
     // The base: a stored file, or a model whose base file is written first.

@@ -7,11 +7,12 @@
 #   bash tools/smollm2-results.sh [ROW ...]      (default: every row)
 #   SEEDS="0 1 2" bash tools/smollm2-results.sh sparsegpt50 sparsegpt50-4bit
 #
-# KL from the dense model on the first 32 WikiText-2 windows (one base file,
-# computed once, then reused by every row):
+# KL from the dense model on the first 64 WikiText-2 windows (one base file of
+# 3.2 GB, computed once, then reused by every row):
 #   sparselab eval --model SmolLM2-135M-Instruct.Q4_1.gguf --dataset wikitext2 \
-#       --seqlen 512 --nsamples 32 --save-kl-base wikitext2-32.klb
-#   KL_BASE=wikitext2-32.klb EVAL=wikitext2 EVAL_WINDOWS=32 bash tools/smollm2-results.sh
+#       --seqlen 512 --nsamples 64 --save-kl-base wikitext2-64.klb
+#   KL_BASE=wikitext2-64.klb bash tools/smollm2-results.sh gptq3
+#   KL_BASE=wikitext2-64.klb EVAL=wikitext2 EVAL_WINDOWS=64 bash tools/smollm2-results.sh
 #
 # Each row is one `sparselab prune` (or `eval` for dense) command, printed
 # before it runs; its report and time/memory log go to $OUT (default
@@ -33,8 +34,9 @@ eval_windows="${EVAL_WINDOWS:-}"
 # EVAL="wikitext2" drops PTB.
 eval_sets="${EVAL:-wikitext2 ptb}"
 # KL_BASE=FILE: a base stored by `sparselab eval --save-kl-base` (the dense
-# model on one of the eval sets, same seqlen and windows): every compressed
-# row then reports KL from the dense model and top-1 agreement on that set.
+# model on the first windows of one of the eval sets, same seqlen): every
+# compressed row then reports KL from the dense model and top-1 agreement on
+# the windows the base holds (perplexity still covers the eval windows).
 kl_dataset() {
   python3 -c 'import json,struct,sys
 f=open(sys.argv[1],"rb"); assert f.read(8)==b"SLKLBASE"
@@ -106,7 +108,8 @@ if kl_ds:
     if row == "dense":
         cells += ["0", "100 %"]
     elif "kl" in e:
-        cells += [f"{e['kl']:.4f} ± {e['kl_se']:.4f}", f"{100 * e['top1']:.1f} ± {100 * e['top1_se']:.1f} %"]
+        k = e["kl"]
+        cells += [f"{k['kl']:.4f} ± {k['kl_se']:.4f}", f"{100 * k['top1']:.1f} ± {100 * k['top1_se']:.1f} %"]
     else:
         cells += ["-", "-"]
 print(" | ".join(cells))

@@ -26,6 +26,7 @@ use hf_hub::RepoType;
 pub use config::{Arch, ModelConfig};
 pub use layers::LinearHook;
 pub use save::{SaveFormat, SaveOptions, SaveSettings, SaveSummary};
+
 pub use weights::{CheckpointFormat, CompressedInfo, WeightStore};
 
 use crate::data::TextTokenizer;
@@ -42,6 +43,39 @@ pub struct LoadOptions {
     pub revision: Option<String>,
     /// Hub cache and offline mode.
     pub hub: HubOptions,
+}
+
+crate::declare_options! {
+    /// The options of loading a model: the options map of `load_model(spec,
+    /// #{…})` and the loading flags of `sparselab eval` and `sparselab prune`.
+    pub struct LoadSettings {
+        /// "cpu", "cuda" or "cuda:N" (CUDA needs a `--features cuda` build,
+        /// otherwise it is an error that says so).
+        device: String = "cpu".to_string(),
+        /// "f32", "f16" or "bf16": converts the weights (default: the
+        /// checkpoint's); norms, softmax and the loss are computed in f32.
+        dtype: String,
+        /// Hub revision (branch, tag or commit), overriding an `@revision` in
+        /// the model's spec.
+        revision: String,
+    }
+}
+
+impl LoadSettings {
+    /// The loading options these settings give (the hub's from the
+    /// environment).
+    pub fn load_options(&self) -> Result<LoadOptions> {
+        Ok(LoadOptions {
+            device: crate::runtime::device::parse_device(&self.device())?,
+            dtype: self
+                .dtype
+                .as_deref()
+                .map(crate::runtime::device::parse_dtype)
+                .transpose()?,
+            revision: self.revision.clone(),
+            ..LoadOptions::default()
+        })
+    }
 }
 
 impl Default for LoadOptions {

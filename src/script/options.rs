@@ -22,7 +22,7 @@ use crate::compress::importance::{ImportanceOptions, MiOptions};
 use crate::compress::rules::Settings;
 use crate::compress::{QuantizerConfig, SparsityPattern};
 use crate::eval::PplOptions;
-use crate::model::SaveSettings;
+use crate::model::{LoadSettings, SaveSettings};
 use crate::options::{help_text, markdown_table, script_markdown_table, Declared};
 pub use crate::options::{type_label, unknown_key_message};
 
@@ -31,7 +31,7 @@ type R<T> = Result<T, Box<EvalAltResult>>;
 /// The option keys of each primitive that takes an options map, in
 /// documentation order. Register a new primitive's keys here.
 pub const OPTION_KEYS: &[(&str, &[&str])] = &[
-    ("load_model", &["device", "dtype", "revision"]),
+    ("load_model", <LoadSettings as Declared>::KEYS),
     ("score_importance", <ImportanceSettings as Declared>::KEYS),
     ("group_channels", <GroupOptions as Declared>::KEYS),
     ("allocate_bits", <AllocateOptions as Declared>::KEYS),
@@ -275,6 +275,11 @@ pub type Text = fn() -> String;
 /// `:help` and for the documentation (`docs/options.md`, checked by a test).
 pub const DECLARED: &[(&str, Text, Text)] = &[
     (
+        "load_model",
+        help_text::<LoadSettings>,
+        markdown_table::<LoadSettings>,
+    ),
+    (
         "calibrate",
         help_text::<CalibrateSettings>,
         markdown_table::<CalibrateSettings>,
@@ -492,6 +497,7 @@ impl Opts {
 /// The option tables of `docs/options.md`, by the name of their marker
 /// (`<!-- options: NAME -->` … `<!-- /options -->`).
 pub const DOC_TABLES: &[(&str, Text)] = &[
+    ("load", markdown_table::<LoadSettings>),
     ("calibrate", markdown_table::<CalibrateSettings>),
     ("compress", markdown_table::<Settings>),
     ("save", markdown_table::<SaveSettings>),

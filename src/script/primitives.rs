@@ -23,11 +23,11 @@ use crate::calibrate::{CalibrateSettings, Calibration};
 use crate::compress::rules::{Front, Settings};
 use crate::compress::Method;
 use crate::eval::{eval_dataset, PplOptions};
-use crate::model::{LoadOptions, Model, SaveOptions, SaveSettings};
+use crate::model::{LoadSettings, Model, SaveOptions, SaveSettings};
 use crate::report::summary::TARGET_TOLERANCE;
 use crate::report::LinearReport;
 use crate::report::RunInfo;
-use crate::runtime::device::{device_name, dtype_name, parse_device, parse_dtype};
+use crate::runtime::device::{device_name, dtype_name};
 
 type R<T> = Result<T, Box<EvalAltResult>>;
 
@@ -179,20 +179,16 @@ pub mod primitives {
     pub fn load_model(spec: &str) -> R<ModelHandle> {
         load_model_with(spec, Map::new())
     }
-    /// Loads a model with options `#{device, dtype, revision}`:
-    /// `device` "cpu" (default), "cuda" or "cuda:N"; `dtype` "f32", "f16" or "bf16"
-    /// (default: the checkpoint's); `revision` a hub branch, tag or commit.
+    /// Loads a model with options `#{device, dtype, revision}` (`:help
+    /// load_model` lists them): `device` "cpu" (default), "cuda" or "cuda:N";
+    /// `dtype` "f32", "f16" or "bf16" (default: the checkpoint's); `revision` a
+    /// hub branch, tag or commit.
     #[rhai_fn(name = "load_model", return_raw)]
     pub fn load_model_with(spec: &str, options: Map) -> R<ModelHandle> {
-        let o = Opts::new("load_model", options)?;
-        let mut opts = LoadOptions::default();
-        if let Some(d) = o.string("device")? {
-            opts.device = parse_device(&d).map_err(script_err)?;
-        }
-        if let Some(d) = o.string("dtype")? {
-            opts.dtype = Some(parse_dtype(&d).map_err(script_err)?);
-        }
-        opts.revision = o.string("revision")?;
+        let opts = Opts::new("load_model", options)?
+            .parse::<LoadSettings>()?
+            .load_options()
+            .or_else(|e| err(format!("load_model: {e}")))?;
         let model = Model::load(spec, &opts).map_err(script_err)?;
         Ok(ModelHandle::new(model, spec))
     }

@@ -191,7 +191,8 @@ fn calibrate_reads_its_declared_options_and_refuses_what_cannot_act() {
         .join("data/wikitext2/wiki.valid.raw")
         .to_string_lossy()
         .into_owned();
-    s.eval("setup", &format!("let m = load_model({model:?});"))
+    let _ = s
+        .eval("setup", &format!("let m = load_model({model:?});"))
         .unwrap();
     for (opts, expected) in [
         (
@@ -220,7 +221,8 @@ fn calibrate_reads_its_declared_options_and_refuses_what_cannot_act() {
             .unwrap_err();
         assert!(e.contains(expected), "{opts}: {e}");
     }
-    s.eval(
+    let _ = s
+        .eval(
         "c.rhai",
         &format!(
             "let c = calibrate(m, {calib:?}, #{{nsamples: 2, seqlen: 32, batch: 1, memory_limit: \"1G\", gemm: \"f32\"}});"
@@ -268,7 +270,7 @@ fn prune_reports_what_a_script_run_reports() {
         fx.join("data/wikitext2/wiki.valid.raw").to_string_lossy(),
         script_report.to_string_lossy()
     );
-    s.eval("run.rhai", &text).unwrap_or_else(|e| panic!("{e}"));
+    let _ = s.eval("run.rhai", &text).unwrap_or_else(|e| panic!("{e}"));
     let read = |p: &Path| -> serde_json::Value {
         serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
     };
@@ -306,9 +308,9 @@ fn prune_reports_what_a_script_run_reports() {
 }
 
 /// `--kl-base` on `sparselab prune`: the KL of the compressed model against
-/// the dense base stored by `sparselab eval --save-kl-base`, on the --eval
-/// dataset the base holds; a base of another dataset or window length is
-/// refused before the calibration.
+/// the dense base stored by `sparselab eval --save-kl-base`, on the windows
+/// the base holds of its --eval dataset (perplexity on the --eval windows); a
+/// base of another dataset or window length is refused before calibrating.
 #[test]
 fn prune_measures_kl_against_a_stored_base() {
     let Some(fx) = common::fixtures() else { return };
@@ -337,6 +339,36 @@ fn prune_measures_kl_against_a_stored_base() {
         &[
             "--eval",
             test,
+            "--eval-nsamples",
+            "5",
+            "--kl-base",
+            b,
+            "--report",
+            report.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    // Perplexity on the 5 --eval windows, KL on the 3 the base holds.
+    let e = &r["eval"][test];
+    assert_eq!(e["windows"], 5);
+    let k = &e["kl"];
+    assert_eq!(k["windows"], 3);
+    let kl = k["kl"].as_f64().unwrap();
+    assert!(kl > 0.0 && kl < 1.0, "{k}");
+    assert!(k["top1"].as_f64().unwrap() > 0.5, "{k}");
+    let d = k["ppl"].as_f64().unwrap() - k["base_ppl"].as_f64().unwrap();
+    assert!((k["delta_ppl"].as_f64().unwrap() - d).abs() < 1e-9, "{k}");
+    // The same windows: the KL pass's perplexity is the run's.
+    let (ok, err) = cli(
+        &fx,
+        &[("sparsity", "0.5")],
+        &[
+            "--eval",
+            test,
+            "--eval-nsamples",
+            "3",
             "--kl-base",
             b,
             "--report",
@@ -348,15 +380,7 @@ fn prune_measures_kl_against_a_stored_base() {
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     let e = &r["eval"][test];
     assert_eq!(e["windows"], 3);
-    let kl = e["kl"].as_f64().unwrap();
-    assert!(kl > 0.0 && kl < 1.0, "{e}");
-    assert!(e["top1"].as_f64().unwrap() > 0.5, "{e}");
-    assert!(
-        (e["delta_ppl"].as_f64().unwrap()
-            - (e["ppl"].as_f64().unwrap() - e["base_ppl"].as_f64().unwrap()))
-        .abs()
-            < 1e-9
-    );
+    assert_eq!(e["ppl"], e["kl"]["ppl"]);
     let (ok, err) = cli(
         &fx,
         &[("sparsity", "0.5")],
