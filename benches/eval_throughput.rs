@@ -94,6 +94,31 @@ fn measure(dir: &Path) -> Result<()> {
         peak_rss_mib(),
         r.ppl
     );
+    attention_kernel(windows.min(batch), seqlen, dtype, model.device())
+}
+
+/// Times the causal attention alone on one forward pass's shape (12 heads of
+/// 64, as the model), counting the FLOPs of the causal half.
+fn attention_kernel(b: usize, t: usize, dtype: DType, device: &candle_core::Device) -> Result<()> {
+    let (heads, d) = (12, 64);
+    let x = || candle_core::Tensor::randn(0f32, 1., (b, t, heads * d), device)?.to_dtype(dtype);
+    let (q, k, v) = (x()?, x()?, x()?);
+    let run = || sparselab::model::layers::causal_attention(&q, &k, &v, heads, heads, 0.125);
+    run()?;
+    device.synchronize()?;
+    let reps = 5;
+    let start = std::time::Instant::now();
+    for _ in 0..reps {
+        run()?;
+    }
+    device.synchronize()?;
+    let secs = start.elapsed().as_secs_f64() / reps as f64;
+    let flops = 4.0 * (b * heads * d) as f64 * (t * (t + 1) / 2) as f64;
+    println!(
+        "attention  [{b}, {t}, {heads}x{d}] per layer: {:.1} ms, {:.0} GFLOP/s (causal half)",
+        secs * 1e3,
+        flops / secs / 1e9
+    );
     Ok(())
 }
 

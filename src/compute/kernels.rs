@@ -467,67 +467,151 @@ pub fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     Ok(f(&data[start..end]))
 }
 
-/// Query rows per block of the CPU attention: a block's scores stay in cache,
-/// and keys after its last row are never touched (half the work of a full
-/// `[t, t]` score matrix).
+/// Query rows per block of the CPU attention: a block's scores (`128 × t`
+/// floats, 1 MiB at t = 2048) stay in L2, and keys after its last row are
+/// never touched, so the score GEMMs do half the work of a full `[t, t]`
+/// matrix plus half a block per block row.
 const ATTENTION_BLOCK: usize = 128;
 
-/// Causal attention over `[heads, t, d]` f32 CPU tensors: per head and block of
-/// query rows, scores against the keys up to the block's end (faer), a fused
-/// masked softmax, and the weighted sum of values (faer). Heads run in parallel.
-pub fn causal_attention_f32(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
-    let (heads, t, d) = q.dims3()?;
-    let mut out = vec![0f32; heads * t * d];
+/// A pointer that rayon tasks may share; each task writes its own elements.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+// SAFETY: only used to hand disjoint parts of one buffer to parallel tasks.
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    /// The pointer (a method, so that closures capture the `Sync` wrapper).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Causal attention on f32 CPU tensors laid out as the projections produce
+/// them: `q` `[b, t, heads·d]`, `k` and `v` `[b, t, kv_heads·d]` (query head
+/// `h` reads kv head `h / (heads / kv_heads)`); returns `[b, t, heads·d]`, the
+/// layout the output projection reads. Queries are read and outputs written
+/// in place through strides, so the `[b, heads, t, d]` copies of q, k, v and
+/// of the output, and the repeated kv heads of grouped-query attention, are
+/// never made.
+///
+/// Heads run in parallel. Per head, its keys and values are gathered, then
+/// per block of query rows: scores against the keys up to the block's end
+/// (faer), a masked softmax per row (max, then `e^(s − max)` and its sum in
+/// one pass), the weighted sum of values (faer), and the division by the
+/// row's sum on the `d` outputs rather than on the `t` probabilities.
+pub fn causal_attention_f32(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    kv_heads: usize,
+    scale: f32,
+) -> Result<Tensor> {
+    let (b, t, qw) = q.dims3()?;
+    if heads == 0 || kv_heads == 0 || !qw.is_multiple_of(heads) || !heads.is_multiple_of(kv_heads) {
+        candle_core::bail!("causal_attention_f32: {heads} heads, {kv_heads} kv heads, width {qw}")
+    }
+    let d = qw / heads;
+    let kw = kv_heads * d;
+    if k.dims() != [b, t, kw] || v.dims() != [b, t, kw] {
+        candle_core::bail!(
+            "causal_attention_f32: q {:?} with k {:?}, v {:?}",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        )
+    }
+    let rep = heads / kv_heads;
+    let mut out = vec![0f32; b * t * qw];
+    let out_ptr = SharedMut(out.as_mut_ptr());
     with_cpu_f32(q, |qs| {
         with_cpu_f32(k, |ks| {
             with_cpu_f32(v, |vs| {
-                out.par_chunks_mut(t * d).enumerate().for_each(|(h, o)| {
-                    let span = h * t * d..(h + 1) * t * d;
-                    let (qh, kh, vh) = (&qs[span.clone()], &ks[span.clone()], &vs[span]);
-                    let mut scores = vec![0f32; ATTENTION_BLOCK * t];
-                    for r0 in (0..t).step_by(ATTENTION_BLOCK) {
-                        let rows = ATTENTION_BLOCK.min(t - r0);
-                        let keys = r0 + rows;
-                        let s = &mut scores[..rows * keys];
-                        // Row-major S [rows, keys] is column-major Sᵀ = K·Q_blockᵀ.
-                        let kr = MatRef::from_row_major_slice(&kh[..keys * d], keys, d);
-                        let qr = MatRef::from_row_major_slice(&qh[r0 * d..keys * d], rows, d);
-                        let dst = MatMut::from_column_major_slice_mut(s, keys, rows);
-                        faer::linalg::matmul::matmul(
-                            dst,
-                            Accum::Replace,
-                            kr,
-                            qr.transpose(),
-                            scale,
-                            Par::Seq,
-                        );
-                        for (i, row) in s.chunks_mut(keys).enumerate() {
-                            let visible = r0 + i + 1;
-                            let max = max_f32(&row[..visible]);
-                            let sum = exp_sub_sum(&mut row[..visible], max);
-                            let inv = 1.0 / sum;
-                            row[..visible].iter_mut().for_each(|x| *x *= inv);
-                            row[visible..].iter_mut().for_each(|x| *x = 0.0);
+                (0..b * heads).into_par_iter().for_each_init(
+                    || vec![0f32; 2 * t * d + ATTENTION_BLOCK * t + ATTENTION_BLOCK],
+                    |scratch, bh| {
+                        let (bi, h) = (bh / heads, bh % heads);
+                        let (kh, rest) = scratch.split_at_mut(t * d);
+                        let (vh, rest) = rest.split_at_mut(t * d);
+                        let (scores, inv) = rest.split_at_mut(ATTENTION_BLOCK * t);
+                        // The head's keys and values, gathered: strided they span
+                        // `t` pages each, and the TLB misses cost more than the copy.
+                        let kv_off = bi * t * kw + (h / rep) * d;
+                        for (j, (kr, vr)) in kh
+                            .chunks_exact_mut(d)
+                            .zip(vh.chunks_exact_mut(d))
+                            .enumerate()
+                        {
+                            kr.copy_from_slice(&ks[kv_off + j * kw..][..d]);
+                            vr.copy_from_slice(&vs[kv_off + j * kw..][..d]);
                         }
-                        // Row-major O_block [rows, d] is column-major O_blockᵀ = Vᵀ·Pᵀ.
-                        let pr = MatRef::from_row_major_slice(&scores[..rows * keys], rows, keys);
-                        let vr = MatRef::from_row_major_slice(&vh[..keys * d], keys, d);
-                        let dst =
-                            MatMut::from_column_major_slice_mut(&mut o[r0 * d..keys * d], d, rows);
-                        faer::linalg::matmul::matmul(
-                            dst,
-                            Accum::Replace,
-                            vr.transpose(),
-                            pr.transpose(),
-                            1.0f32,
-                            Par::Seq,
-                        );
-                    }
-                });
+                        for r0 in (0..t).step_by(ATTENTION_BLOCK) {
+                            let rows = ATTENTION_BLOCK.min(t - r0);
+                            let keys = r0 + rows;
+                            let s = &mut scores[..rows * keys];
+                            let q_off = (bi * t + r0) * qw + h * d;
+                            let qr = MatRef::from_row_major_slice_with_stride(
+                                &qs[q_off..q_off + (rows - 1) * qw + d],
+                                rows,
+                                d,
+                                qw,
+                            );
+                            let kr = MatRef::from_row_major_slice(&kh[..keys * d], keys, d);
+                            let vr = MatRef::from_row_major_slice(&vh[..keys * d], keys, d);
+                            // Row-major S [rows, keys] is column-major Sᵀ = K·Q_blockᵀ.
+                            faer::linalg::matmul::matmul(
+                                MatMut::from_column_major_slice_mut(s, keys, rows),
+                                Accum::Replace,
+                                kr,
+                                qr.transpose(),
+                                scale,
+                                Par::Seq,
+                            );
+                            for (i, row) in s.chunks_mut(keys).enumerate() {
+                                let visible = r0 + i + 1;
+                                let max = max_f32(&row[..visible]);
+                                inv[i] = 1.0 / exp_sub_sum(&mut row[..visible], max);
+                                row[visible..].fill(0.0);
+                            }
+                            // SAFETY: this task alone writes columns h·d..(h+1)·d of
+                            // batch bi, all inside `out`; nothing reads `out` until
+                            // every task is done.
+                            let o = unsafe {
+                                MatMut::from_raw_parts_mut(
+                                    out_ptr.get().add(q_off),
+                                    d,
+                                    rows,
+                                    1,
+                                    qw as isize,
+                                )
+                            };
+                            // O_blockᵀ [d, rows] = Vᵀ·Pᵀ, P row-major [rows, keys].
+                            faer::linalg::matmul::matmul(
+                                o,
+                                Accum::Replace,
+                                vr.transpose(),
+                                MatRef::from_column_major_slice(s, keys, rows),
+                                1.0f32,
+                                Par::Seq,
+                            );
+                            for (i, &inv) in inv[..rows].iter().enumerate() {
+                                // SAFETY: row r0 + i of this task's head, as above.
+                                let row = unsafe {
+                                    std::slice::from_raw_parts_mut(
+                                        out_ptr.get().add(q_off + i * qw),
+                                        d,
+                                    )
+                                };
+                                row.iter_mut().for_each(|x| *x *= inv);
+                            }
+                        }
+                    },
+                );
             })
         })
     })???;
-    Tensor::from_vec(out, (heads, t, d), &Device::Cpu)
+    Tensor::from_vec(out, (b, t, qw), &Device::Cpu)
 }
 
 simd_dispatch! {

@@ -159,24 +159,36 @@ pub fn causal_mask(t: usize, device: &Device) -> Result<Tensor> {
 
 /// Scaled dot-product attention with a causal mask.
 ///
-/// `q`: `[b, heads, t, d]`; `k`, `v`: `[b, kv_heads, t, d]` (repeated to `heads`
-/// for grouped-query attention). Scores and softmax in f32 (as transformers'
-/// eager attention), the weighted sum in the input dtype. Returns `[b, t, heads·d]`.
-pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
-    let (b, heads, t, d) = q.dims4()?;
-    let kv_heads = k.dim(1)?;
-    let rep = heads / kv_heads;
-    let k = candle_transformers::utils::repeat_kv(k.contiguous()?, rep)?;
-    let v = candle_transformers::utils::repeat_kv(v.contiguous()?, rep)?;
-    let out = if crate::compute::kernels::is_cpu_f32(q) {
-        crate::compute::kernels::causal_attention_f32(
-            &q.reshape((b * heads, t, d))?,
-            &k.reshape((b * heads, t, d))?,
-            &v.reshape((b * heads, t, d))?,
+/// `q`: `[b, t, heads·d]`; `k`, `v`: `[b, t, kv_heads·d]`, as the projections
+/// produce them (query head `h` attends with kv head `h / (heads / kv_heads)`,
+/// grouped-query attention). Scores and softmax in f32 (as transformers'
+/// eager attention), the weighted sum in the input dtype. Returns
+/// `[b, t, heads·d]`, as the output projection reads it.
+pub fn causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    kv_heads: usize,
+    scale: f64,
+) -> Result<Tensor> {
+    if crate::compute::kernels::is_cpu_f32(q) {
+        return crate::compute::kernels::causal_attention_f32(
+            q,
+            k,
+            v,
+            heads,
+            kv_heads,
             scale as f32,
-        )?
-        .reshape((b, heads, t, d))?
-    } else if q.device().is_cpu() {
+        );
+    }
+    let (b, t, width) = q.dims3()?;
+    let d = width / heads;
+    let q = split_heads(q, heads, d)?;
+    let rep = heads / kv_heads;
+    let k = candle_transformers::utils::repeat_kv(split_heads(k, kv_heads, d)?, rep)?;
+    let v = candle_transformers::utils::repeat_kv(split_heads(v, kv_heads, d)?, rep)?;
+    let out = if q.device().is_cpu() {
         cpu_causal_attention(
             &q.reshape((b * heads, t, d))?,
             &k.reshape((b * heads, t, d))?,
@@ -186,10 +198,7 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Resul
         .reshape((b, heads, t, d))?
     } else {
         let dtype = q.dtype();
-        let scores = q
-            .contiguous()?
-            .matmul(&k.t()?.contiguous()?)?
-            .to_dtype(DType::F32)?;
+        let scores = q.matmul(&k.t()?.contiguous()?)?.to_dtype(DType::F32)?;
         let scores = (scores * scale)?.broadcast_add(&causal_mask(t, q.device())?)?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
         probs.matmul(&v.contiguous()?)?
@@ -220,8 +229,8 @@ fn cpu_causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Resul
     Tensor::cat(&outs, 1)
 }
 
-/// Splits `[b, t, heads·d]` into `[b, heads, t, d]`.
-pub fn split_heads(x: &Tensor, heads: usize, head_dim: usize) -> Result<Tensor> {
+/// Splits `[b, t, heads·d]` into `[b, heads, t, d]` (contiguous).
+fn split_heads(x: &Tensor, heads: usize, head_dim: usize) -> Result<Tensor> {
     let (b, t, _) = x.dims3()?;
     x.reshape((b, t, heads, head_dim))?
         .transpose(1, 2)?
@@ -245,29 +254,89 @@ mod tests {
         Ok(())
     }
 
+    /// Causal softmax attention in f64, straight from the definition, on
+    /// `q` `[b, t, heads·d]` and `k`, `v` `[b, t, kv_heads·d]`.
+    #[allow(clippy::too_many_arguments)]
+    fn reference_attention(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        (b, t, heads, kv_heads, d): (usize, usize, usize, usize, usize),
+        scale: f64,
+    ) -> Vec<f64> {
+        let rep = heads / kv_heads;
+        let mut out = vec![0f64; b * t * heads * d];
+        for bi in 0..b {
+            for h in 0..heads {
+                let kh = h / rep;
+                let q_at = |i: usize, c: usize| q[(bi * t + i) * heads * d + h * d + c] as f64;
+                let k_at = |j: usize, c: usize| k[(bi * t + j) * kv_heads * d + kh * d + c] as f64;
+                let v_at = |j: usize, c: usize| v[(bi * t + j) * kv_heads * d + kh * d + c] as f64;
+                for i in 0..t {
+                    let s: Vec<f64> = (0..=i)
+                        .map(|j| (0..d).map(|c| q_at(i, c) * k_at(j, c)).sum::<f64>() * scale)
+                        .collect();
+                    let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = s.iter().map(|x| (x - max).exp()).collect();
+                    let sum: f64 = e.iter().sum();
+                    for c in 0..d {
+                        out[(bi * t + i) * heads * d + h * d + c] = e
+                            .iter()
+                            .enumerate()
+                            .map(|(j, p)| p * v_at(j, c))
+                            .sum::<f64>()
+                            / sum;
+                    }
+                }
+            }
+        }
+        out
+    }
+
     #[test]
-    fn blocked_attention_matches_a_full_masked_softmax() -> anyhow::Result<()> {
-        // 300 positions span three blocks, the last one partial; two kv heads
-        // shared by four query heads.
+    fn attention_matches_an_f64_reference() -> anyhow::Result<()> {
         let dev = Device::Cpu;
-        let q = Tensor::randn(0f32, 1., (1, 4, 300, 16), &dev)?;
-        let k = Tensor::randn(0f32, 1., (1, 2, 300, 16), &dev)?;
-        let v = Tensor::randn(0f32, 1., (1, 2, 300, 16), &dev)?;
-        let got = causal_attention(&q, &k, &v, 0.25)?;
-        let k4 = candle_transformers::utils::repeat_kv(k, 2)?;
-        let v4 = candle_transformers::utils::repeat_kv(v, 2)?;
-        let scores =
-            (q.matmul(&k4.t()?.contiguous()?)? * 0.25)?.broadcast_add(&causal_mask(300, &dev)?)?;
-        let want = candle_nn::ops::softmax_last_dim(&scores)?
-            .matmul(&v4)?
-            .transpose(1, 2)?
-            .reshape((1, 300, 64))?;
-        let diff = (got - want)?
-            .abs()?
-            .flatten_all()?
-            .max(0)?
-            .to_scalar::<f32>()?;
-        assert!(diff < 1e-5, "max difference {diff}");
+        // (b, t, heads, kv_heads, d): lengths that end inside a 128-row block,
+        // a single position, grouped-query attention with 3 heads per kv head.
+        for dims in [
+            (2, 300, 6, 2, 64),
+            (1, 129, 3, 1, 32),
+            (1, 1, 2, 2, 32),
+            (2, 77, 4, 4, 16),
+        ] {
+            let (b, t, heads, kv_heads, d) = dims;
+            let q = Tensor::randn(0f32, 1., (b, t, heads * d), &dev)?;
+            let k = Tensor::randn(0f32, 1., (b, t, kv_heads * d), &dev)?;
+            let v = Tensor::randn(0f32, 1., (b, t, kv_heads * d), &dev)?;
+            let scale = (d as f64).powf(-0.5);
+            let want = reference_attention(
+                &q.flatten_all()?.to_vec1()?,
+                &k.flatten_all()?.to_vec1()?,
+                &v.flatten_all()?.to_vec1()?,
+                dims,
+                scale,
+            );
+            for dtype in [DType::F32, DType::BF16] {
+                let got = causal_attention(
+                    &q.to_dtype(dtype)?,
+                    &k.to_dtype(dtype)?,
+                    &v.to_dtype(dtype)?,
+                    heads,
+                    kv_heads,
+                    scale,
+                )?;
+                assert_eq!(got.dims(), [b, t, heads * d]);
+                let got = got.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                let diff = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(g, w)| (*g as f64 - w).abs())
+                    .fold(0f64, f64::max);
+                // bf16 rounds the inputs and the probabilities (2⁻⁹ each).
+                let tol = if dtype == DType::F32 { 2e-6 } else { 5e-2 };
+                assert!(diff < tol, "{dims:?} {dtype:?}: max difference {diff}");
+            }
+        }
         Ok(())
     }
 
@@ -275,10 +344,10 @@ mod tests {
     fn attention_is_causal() -> anyhow::Result<()> {
         // With v = one-hot positions, row i of the output may only mix positions ≤ i.
         let dev = Device::Cpu;
-        let q = Tensor::randn(0f32, 1., (1, 1, 4, 4), &dev)?;
-        let k = Tensor::randn(0f32, 1., (1, 1, 4, 4), &dev)?;
-        let v = Tensor::eye(4, DType::F32, &dev)?.reshape((1, 1, 4, 4))?;
-        let out = causal_attention(&q, &k, &v, 0.5)?
+        let q = Tensor::randn(0f32, 1., (1, 4, 4), &dev)?;
+        let k = Tensor::randn(0f32, 1., (1, 4, 4), &dev)?;
+        let v = Tensor::eye(4, DType::F32, &dev)?.reshape((1, 4, 4))?;
+        let out = causal_attention(&q, &k, &v, 1, 1, 0.5)?
             .reshape((4, 4))?
             .to_vec2::<f32>()?;
         for (i, row) in out.iter().enumerate() {

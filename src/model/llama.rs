@@ -4,7 +4,7 @@
 use candle_core::{DType, Device, Result, Tensor};
 
 use super::config::{LlamaConfig, RopeScaling};
-use super::layers::{causal_attention, rms_norm, split_heads, Linear, LinearHook};
+use super::layers::{causal_attention, rms_norm, Linear, LinearHook};
 
 /// RoPE inverse frequencies as transformers computes them for `cfg`.
 pub fn inv_freq(cfg: &LlamaConfig) -> Vec<f64> {
@@ -73,6 +73,48 @@ fn rope_tables(
     Ok((cos, sin))
 }
 
+/// The rotary embedding of `x` `[b, t, heads·d]` at positions 0…t−1, in that
+/// layout (the attention reads it so), with `cos`, `sin` `[t, d/2]` from
+/// [`rope_tables`]: `x₁·cos − x₂·sin`, `x₁·sin + x₂·cos` on each head's halves,
+/// as candle's and transformers' `rope`. On the CPU in f32, rows in parallel
+/// (candle's `rope_thd` runs one thread per sequence).
+fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, t, width) = x.dims3()?;
+    let d = width / heads;
+    if !crate::compute::kernels::is_cpu_f32(x) {
+        let x = x.reshape((b, t, heads, d))?.contiguous()?;
+        return candle_nn::rotary_emb::rope_thd(&x, cos, sin)?.reshape((b, t, width));
+    }
+    use crate::compute::kernels::with_cpu_f32;
+    use rayon::prelude::*;
+    let half = d / 2;
+    let mut out = vec![0f32; b * t * width];
+    with_cpu_f32(x, |xs| {
+        with_cpu_f32(cos, |cos| {
+            with_cpu_f32(sin, |sin| {
+                out.par_chunks_mut(width)
+                    .zip(xs.par_chunks(width))
+                    .enumerate()
+                    .with_min_len(64)
+                    .for_each(|(row, (o, x))| {
+                        let p = row % t;
+                        let c = &cos[p * half..(p + 1) * half];
+                        let s = &sin[p * half..(p + 1) * half];
+                        for (o, x) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                            let (x1, x2) = x.split_at(half);
+                            let (o1, o2) = o.split_at_mut(half);
+                            for i in 0..half {
+                                o1[i] = x1[i] * c[i] - x2[i] * s[i];
+                                o2[i] = x1[i] * s[i] + x2[i] * c[i];
+                            }
+                        }
+                    });
+            })
+        })
+    })???;
+    Tensor::from_vec(out, (b, t, width), x.device())
+}
+
 /// One Llama decoder layer, resident on a device.
 pub struct LlamaLayer {
     heads: usize,
@@ -136,13 +178,12 @@ impl LlamaLayer {
         };
         let t = x.dim(1)?;
         let h = rms_norm(x, &self.input_norm, self.eps)?;
-        let q = split_heads(&q_proj.forward(&h, hook)?, self.heads, self.head_dim)?;
-        let k = split_heads(&k_proj.forward(&h, hook)?, self.kv_heads, self.head_dim)?;
-        let v = split_heads(&v_proj.forward(&h, hook)?, self.kv_heads, self.head_dim)?;
         let (cos, sin) = rope_tables(&self.inv_freq, t, x.dtype(), x.device())?;
-        let q = candle_nn::rotary_emb::rope(&q, &cos, &sin)?;
-        let k = candle_nn::rotary_emb::rope(&k, &cos, &sin)?;
-        let attn = causal_attention(&q, &k, &v, (self.head_dim as f64).powf(-0.5))?;
+        let q = rope(&q_proj.forward(&h, hook)?, &cos, &sin, self.heads)?;
+        let k = rope(&k_proj.forward(&h, hook)?, &cos, &sin, self.kv_heads)?;
+        let v = v_proj.forward(&h, hook)?;
+        let scale = (self.head_dim as f64).powf(-0.5);
+        let attn = causal_attention(&q, &k, &v, self.heads, self.kv_heads, scale)?;
         let x = (x + o_proj.forward(&attn, hook)?)?;
         let h = rms_norm(&x, &self.post_attn_norm, self.eps)?;
         let g = gate.forward(&h, hook)?;

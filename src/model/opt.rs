@@ -4,7 +4,7 @@
 use candle_core::{DType, Device, Result, Tensor};
 
 use super::config::OptConfig;
-use super::layers::{causal_attention, layer_norm, split_heads, Linear, LinearHook};
+use super::layers::{causal_attention, layer_norm, Linear, LinearHook};
 
 /// OPT's LayerNorm epsilon (torch's default).
 const LN_EPS: f64 = 1e-5;
@@ -106,10 +106,11 @@ impl OptLayer {
         } else {
             x.clone()
         };
-        let q = split_heads(&q_proj.forward(&h, hook)?, self.heads, self.head_dim)?;
-        let k = split_heads(&k_proj.forward(&h, hook)?, self.heads, self.head_dim)?;
-        let v = split_heads(&v_proj.forward(&h, hook)?, self.heads, self.head_dim)?;
-        let attn = causal_attention(&q, &k, &v, (self.head_dim as f64).powf(-0.5))?;
+        let q = q_proj.forward(&h, hook)?;
+        let k = k_proj.forward(&h, hook)?;
+        let v = v_proj.forward(&h, hook)?;
+        let scale = (self.head_dim as f64).powf(-0.5);
+        let attn = causal_attention(&q, &k, &v, self.heads, self.heads, scale)?;
         let mut x = (residual + out_proj.forward(&attn, hook)?)?;
         if !self.pre_norm {
             x = self.attn_norm.forward(&x)?;
