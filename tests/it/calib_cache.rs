@@ -294,8 +294,7 @@ fn a_checkpoint_of_the_other_calibration_mode_is_refused() {
 
 /// Deterministic values in [-1, 1) (SplitMix64).
 fn noise(seed: u64, len: usize) -> Vec<f32> {
-    let mut rng = crate::common::rng::SplitMix64(seed);
-    (0..len).map(|_| rng.symmetric_f32()).collect()
+    crate::common::rng::symmetric_f32s(seed, len)
 }
 
 /// Batches `[2, 8, columns]` of input `which` (three per input).

@@ -164,17 +164,7 @@ fn sparsegpt_on_cuda_matches_cpu() {
 
 /// Uniform values in [-1, 1) from a fixed seed (SplitMix64).
 fn uniform(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
+    crate::common::rng::symmetric_f32s(seed, n)
 }
 
 /// `fasterprune` with the lazy updates on the device (CUDA weight) against the

@@ -33,3 +33,9 @@ impl SplitMix64 {
         self.normal() as f32
     }
 }
+
+/// `n` values uniform in [-1, 1) from `seed` ([`SplitMix64::symmetric_f32`]).
+pub fn symmetric_f32s(seed: u64, n: usize) -> Vec<f32> {
+    let mut rng = SplitMix64(seed);
+    (0..n).map(|_| rng.symmetric_f32()).collect()
+}
