@@ -74,7 +74,7 @@ pub const TASK_NAMES: &[(&str, TaskKind)] = &[
 ];
 
 /// A task to run: its name, layout and file.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TaskSpec {
     /// The name it was given by.
     pub name: String,
@@ -116,6 +116,83 @@ impl TaskSpec {
             kind,
             file,
         })
+    }
+}
+
+impl TaskSpec {
+    /// `NAME=FILE`, or `NAME` alone where the task needs no file.
+    pub fn text(&self) -> String {
+        match &self.file {
+            Some(f) => format!("{}={}", self.name, f.display()),
+            None => self.name.clone(),
+        }
+    }
+}
+
+/// The tasks of an evaluation as options give them: in a script a map from
+/// task name to its file (`()` where none is needed) or an array of
+/// `"name=file"`; on the command line `--task NAME=FILE`, repeated.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TaskList(pub Vec<TaskSpec>);
+
+// As an array of `NAME=FILE`, as the command line writes each.
+impl Serialize for TaskList {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(TaskSpec::text))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for TaskList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|t| TaskSpec::parse(t))
+            .collect::<Result<Vec<_>>>()
+            .map(TaskList)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl crate::options::OptionValue for TaskList {
+    const LABEL: &'static str =
+        "a map from task name to its JSONL file, or an array of \"name=file\"";
+    const VALUE_NAME: &'static str = "NAME=FILE";
+    fn from_dynamic(v: &rhai::Dynamic) -> std::result::Result<Self, crate::options::ValueError> {
+        use crate::options::ValueError;
+        let invalid = |e: anyhow::Error| ValueError::Invalid(format!("has {e}"));
+        let mut out = Vec::new();
+        if let Some(map) = v.read_lock::<rhai::Map>() {
+            for (name, file) in map.iter() {
+                let file = if file.is_unit() {
+                    None
+                } else if file.is_string() {
+                    Some(PathBuf::from(file.to_string()))
+                } else {
+                    return Err(ValueError::Invalid(format!(
+                        "has the file of task `{name}` as `{file}`, not a string"
+                    )));
+                };
+                out.push(TaskSpec::new(name, file).map_err(invalid)?);
+            }
+        } else if let Some(list) = v.read_lock::<rhai::Array>() {
+            for t in list.iter() {
+                out.push(TaskSpec::parse(&t.to_string()).map_err(invalid)?);
+            }
+        } else {
+            return Err(ValueError::WrongType);
+        }
+        Ok(Self(out))
+    }
+    fn parse_text(s: &str) -> std::result::Result<Self, String> {
+        TaskSpec::parse(s)
+            .map(|t| Self(vec![t]))
+            .map_err(|e| e.to_string())
+    }
+    fn show(&self) -> String {
+        format!(
+            "{:?}",
+            self.0.iter().map(TaskSpec::text).collect::<Vec<_>>()
+        )
     }
 }
 

@@ -16,7 +16,7 @@ use rhai::plugin::*;
 use rhai::{Dynamic, Map, FLOAT, INT};
 
 use super::handles::{script_err, ModelHandle};
-use super::options::Opts;
+use super::options::{Opts, TaskSettings};
 use super::primitives::{engine_quiet, ppl_options};
 use super::vector::err;
 use crate::eval::KlResult;
@@ -241,38 +241,16 @@ pub mod evaluation {
     }
 
     /// Zero-shot tasks scored by log-likelihood as lm-eval-harness does, from
-    /// local files: options `#{tasks, limit, batch, quiet}` where `tasks` maps
-    /// task names to JSONL files (`#{piqa: "piqa.jsonl", arc_easy: "arc.jsonl"}`;
-    /// names: lambada, piqa, arc_easy, arc_challenge, hellaswag, winogrande, and
-    /// wikitext2_lastword, whose file is optional) or is an array of
+    /// local files: options `#{tasks, limit, batch, quiet}` (`:help
+    /// eval_tasks` lists them) where `tasks` maps task names to JSONL files
+    /// (`#{piqa: "piqa.jsonl", arc_easy: "arc.jsonl"}`) or is an array of
     /// `"name=file"` strings; `limit` scores only each file's first documents.
     /// Returns a map from task name to `#{acc, acc_se, acc_norm, acc_norm_se,
     /// ppl, docs, seconds, text}` (fractions; `()` where a metric does not apply).
     #[rhai_fn(return_raw)]
     pub fn eval_tasks(ctx: NativeCallContext, model: ModelHandle, options: Map) -> R<Map> {
-        let mut options = options;
-        let tasks = options.remove("tasks").unwrap_or(Dynamic::UNIT);
-        let o = Opts::new("eval_tasks", options)?;
-        let spec_err = |e: anyhow::Error| script_err(e.context("eval_tasks"));
-        let mut specs = Vec::new();
-        if let Some(map) = tasks.read_lock::<Map>() {
-            for (name, file) in map.iter() {
-                let file = if file.is_unit() {
-                    None
-                } else if file.is_string() {
-                    Some(std::path::PathBuf::from(file.to_string()))
-                } else {
-                    return err(format!(
-                        "eval_tasks: the file of task `{name}` must be a string, got `{file}`"
-                    ));
-                };
-                specs.push(crate::eval::TaskSpec::new(name, file).map_err(spec_err)?);
-            }
-        } else if let Some(list) = tasks.read_lock::<rhai::Array>() {
-            for t in list.iter() {
-                specs.push(crate::eval::TaskSpec::parse(&t.to_string()).map_err(spec_err)?);
-            }
-        }
+        let o = Opts::new("eval_tasks", options)?.parse::<TaskSettings>()?;
+        let specs = o.tasks.clone().map(|t| t.0).unwrap_or_default();
         if specs.is_empty() {
             return err(
                 "eval_tasks: give the tasks as option `tasks`: a map from task name to its \
@@ -280,11 +258,9 @@ pub mod evaluation {
             );
         }
         let opts = crate::eval::TaskOptions {
-            limit: o.usize("limit")?,
-            batch: o
-                .usize("batch")?
-                .unwrap_or(crate::eval::TaskOptions::default().batch),
-            quiet: o.bool("quiet")?.unwrap_or_else(|| engine_quiet(&ctx)),
+            limit: o.limit,
+            batch: o.batch(),
+            quiet: o.quiet.unwrap_or_else(|| engine_quiet(&ctx)),
         };
         let m = model.settled()?;
         let results = crate::eval::eval_tasks(&m, &specs, &opts).map_err(script_err)?;

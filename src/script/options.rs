@@ -21,7 +21,8 @@ use crate::compress::channel_error::{ChannelErrorOptions, ErrorWeight};
 use crate::compress::importance::{ImportanceOptions, MiOptions};
 use crate::compress::rules::Settings;
 use crate::compress::{QuantizerConfig, SparsityPattern};
-use crate::eval::PplOptions;
+use crate::eval::tasks::TaskList;
+use crate::eval::{PplOptions, TaskOptions};
 use crate::model::{LoadSettings, SaveSettings};
 use crate::options::{help_text, markdown_table, script_markdown_table, Declared};
 pub use crate::options::{type_label, unknown_key_message};
@@ -57,7 +58,7 @@ pub const OPTION_KEYS: &[(&str, &[&str])] = &[
     ("eval_ppl_stats", <EvalOptions as Declared>::KEYS),
     ("kl_base", <EvalOptions as Declared>::KEYS),
     ("eval_kl", <EvalOptions as Declared>::KEYS),
-    ("eval_tasks", &["tasks", "limit", "batch", "quiet"]),
+    ("eval_tasks", <TaskSettings as Declared>::KEYS),
     ("save", <SaveSettings as Declared>::KEYS),
 ];
 
@@ -89,6 +90,27 @@ impl EvalOptions {
             max_windows: self.nsamples,
             quiet: self.quiet.unwrap_or(quiet),
         }
+    }
+}
+
+crate::declare_options! {
+    /// The options map of `eval_tasks(model, #{…})`. `sparselab eval` takes
+    /// the tasks as `--task NAME=FILE` (repeatable) and the limit as
+    /// `--task-limit N`; `--batch` and `--quiet` are the evaluation's.
+    pub struct TaskSettings {
+        /// The tasks (required): a map from task name to its JSONL file in
+        /// lm-eval-harness layout (`#{piqa: "piqa.jsonl"}`; `()` for
+        /// `wikitext2_lastword`, which needs no file), or an array of
+        /// `"name=file"`. Names: lambada, piqa, arc_easy, arc_challenge,
+        /// hellaswag, winogrande, wikitext2_lastword.
+        tasks: TaskList,
+        /// Score only the first N documents of each task (default: all).
+        limit: usize,
+        /// Requests run together through each layer.
+        batch: usize = TaskOptions::default().batch,
+        /// No progress output (in a script, the default is the engine's
+        /// `--quiet`).
+        @short 'q' quiet: bool = false,
     }
 }
 
@@ -315,6 +337,11 @@ pub const DECLARED: &[(&str, Text, Text)] = &[
         markdown_table::<EvalOptions>,
     ),
     (
+        "eval_tasks",
+        help_text::<TaskSettings>,
+        script_markdown_table::<TaskSettings>,
+    ),
+    (
         "score_importance",
         help_text::<ImportanceSettings>,
         script_markdown_table::<ImportanceSettings>,
@@ -502,6 +529,7 @@ pub const DOC_TABLES: &[(&str, Text)] = &[
     ("compress", markdown_table::<Settings>),
     ("save", markdown_table::<SaveSettings>),
     ("eval", markdown_table::<EvalOptions>),
+    ("eval_tasks", script_markdown_table::<TaskSettings>),
     (
         "score_importance",
         script_markdown_table::<ImportanceSettings>,
