@@ -110,7 +110,10 @@ pub const CLOSED_VALUES: &[ClosedSet] = &[
         function: "calibrate",
         slot: Slot::Key("gemm"),
         what: "GEMM precision",
-        values: || vec!["f32", "bf16"],
+        values: || {
+            use crate::compute::kernels::CpuGemm;
+            [CpuGemm::F32, CpuGemm::Bf16].map(CpuGemm::name).to_vec()
+        },
         any_case: false,
     },
     ClosedSet {
@@ -128,7 +131,12 @@ pub const CLOSED_VALUES: &[ClosedSet] = &[
         function: "save",
         slot: Slot::Key("format"),
         what: "save format",
-        values: || vec!["safetensors", "packed"],
+        values: || {
+            use crate::model::SaveFormat;
+            [SaveFormat::Dense, SaveFormat::Packed]
+                .map(SaveFormat::name)
+                .to_vec()
+        },
         any_case: false,
     },
     ClosedSet {
