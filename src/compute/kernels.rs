@@ -157,9 +157,7 @@ pub fn matmul_xwt_bias(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
 fn output_rows(n: usize, m: usize, b: Option<&Tensor>) -> Result<Vec<f32>> {
     let mut out = vec![0f32; n * m];
     if let Some(b) = b {
-        if b.dims() != [m] {
-            candle_core::bail!("bias of shape {:?} for {m} outputs", b.dims());
-        }
+        check_bias(b, m)?;
         with_cpu_f32(b, |bs| {
             out.par_chunks_mut(m)
                 .for_each(|row| row.copy_from_slice(bs));
@@ -168,29 +166,177 @@ fn output_rows(n: usize, m: usize, b: Option<&Tensor>) -> Result<Vec<f32>> {
     Ok(out)
 }
 
+fn check_bias(b: &Tensor, m: usize) -> Result<()> {
+    if b.dims() != [m] {
+        candle_core::bail!("bias of shape {:?} for {m} outputs", b.dims());
+    }
+    Ok(())
+}
+
+/// `dst ← dst + x · wᵀ` (`add`) or `dst ← x · wᵀ` through faer, for row-major
+/// `x` `[n, k]`, `w` `[m, k]` and `dst` `[n, m]`.
+fn gemm_xwt(dst: &mut [f32], x: &[f32], w: &[f32], (n, k, m): (usize, usize, usize), add: bool) {
+    let xr = MatRef::from_row_major_slice(x, n, k);
+    let wr = MatRef::from_row_major_slice(w, m, k);
+    // The row-major [n, m] result is the column-major [m, n] matrix W·Xᵀ.
+    let dst = MatMut::from_column_major_slice_mut(dst, m, n);
+    let accum = if add { Accum::Add } else { Accum::Replace };
+    faer::linalg::matmul::matmul(dst, accum, wr, xr.transpose(), 1.0f32, Par::rayon(0));
+}
+
 /// `x · wᵀ (+ b)` through faer: the product is added onto the bias rows.
 fn xwt_f32(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let (n, m, out) = xwt_vec(x, w, b)?;
+    Tensor::from_vec(out, (n, m), &Device::Cpu)
+}
+
+/// [`xwt_f32`]'s rows `n`, columns `m` and row-major data.
+fn xwt_vec(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<(usize, usize, Vec<f32>)> {
     let (n, k) = x.dims2()?;
     let (m, k2) = w.dims2()?;
     if k != k2 {
         candle_core::bail!("matmul_xwt: x is [{n}, {k}] but w is [{m}, {k2}]");
     }
     let mut out = output_rows(n, m, b)?;
-    let accum = if b.is_some() {
-        Accum::Add
-    } else {
-        Accum::Replace
-    };
     with_cpu_f32(x, |xs| {
-        with_cpu_f32(w, |ws| {
-            let xr = MatRef::from_row_major_slice(xs, n, k);
-            let wr = MatRef::from_row_major_slice(ws, m, k);
-            // The row-major [n, m] result is the column-major [m, n] matrix W·Xᵀ.
-            let dst = MatMut::from_column_major_slice_mut(&mut out, m, n);
-            faer::linalg::matmul::matmul(dst, accum, wr, xr.transpose(), 1.0f32, Par::rayon(0));
-        })
+        with_cpu_f32(w, |ws| gemm_xwt(&mut out, xs, ws, (n, k, m), b.is_some()))
+    })??;
+    Ok((n, m, out))
+}
+
+/// `max(x · wᵀ + b, 0)` for `x` `[n, k]`, `w` `[m, k]`, `b` `[m]` (f32, CPU):
+/// the ReLU in place on the product, in parallel, where candle's `relu` is a
+/// single-threaded pass into a second `[n, m]` buffer.
+pub fn linear_relu_f32(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let (n, m, mut out) = xwt_vec(x, w, b)?;
+    relu_slice(&mut out);
+    Tensor::from_vec(out, (n, m), &Device::Cpu)
+}
+
+fn relu_slice(ys: &mut [f32]) {
+    ys.par_chunks_mut(1 << 14)
+        .for_each(|c| c.iter_mut().for_each(|v| *v = v.max(0.0)));
+}
+
+/// `residual + x · wᵀ (+ b)` for `x` `[n, k]`, `w` `[m, k]`, `b` `[m]` and
+/// `residual` `[n, m]` (f32, CPU): the product is added onto `residual + b`,
+/// which spares the separate residual add (single-threaded in candle) and its
+/// `[n, m]` output.
+pub fn linear_residual_f32(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    residual: &Tensor,
+) -> Result<Tensor> {
+    let (n, k) = x.dims2()?;
+    let (m, k2) = w.dims2()?;
+    if k != k2 || residual.dims() != [n, m] {
+        candle_core::bail!(
+            "linear_residual: x {:?}, w {:?}, residual {:?}",
+            x.dims(),
+            w.dims(),
+            residual.dims()
+        );
+    }
+    let mut out = residual_rows(residual, b, m)?;
+    with_cpu_f32(x, |xs| {
+        with_cpu_f32(w, |ws| gemm_xwt(&mut out, xs, ws, (n, k, m), true))
     })??;
     Tensor::from_vec(out, (n, m), &Device::Cpu)
+}
+
+/// `residual + b` row by row, as a fresh buffer.
+fn residual_rows(residual: &Tensor, b: Option<&Tensor>, m: usize) -> Result<Vec<f32>> {
+    let bias = b
+        .map(|b| {
+            check_bias(b, m)?;
+            b.to_vec1::<f32>()
+        })
+        .transpose()?;
+    with_cpu_f32(residual, |rs| {
+        let mut out = vec![0f32; rs.len()];
+        out.par_chunks_mut(m)
+            .zip(rs.par_chunks(m))
+            .for_each(|(o, r)| match &bias {
+                Some(b) => o
+                    .iter_mut()
+                    .zip(r.iter().zip(b))
+                    .for_each(|(o, (r, b))| *o = r + b),
+                None => o.copy_from_slice(r),
+            });
+        out
+    })
+}
+
+/// Bytes of the `[rows, ffn]` intermediate of one chunk of rows in
+/// [`mlp_relu_residual_f32`]: below the allocator's mmap threshold
+/// (`runtime::alloc`), so that it is reused from the heap instead of faulted
+/// in afresh for every layer.
+const MLP_CHUNK_BYTES: usize = 48 << 20;
+
+/// OPT's MLP with its residual, `residual + relu(x·w1ᵀ + b1)·w2ᵀ + b2`, for
+/// `x`, `residual` `[n, d]`, `w1` `[f, d]`, `w2` `[d, f]` (f32, CPU), by
+/// chunks of rows whose `[rows, f]` intermediate stays below
+/// [`MLP_CHUNK_BYTES`]: one intermediate buffer, reused, and the second GEMM
+/// of each chunk adds onto `residual + b2` in the output.
+pub fn mlp_relu_residual_f32(
+    x: &Tensor,
+    residual: &Tensor,
+    (w1, b1): (&Tensor, Option<&Tensor>),
+    (w2, b2): (&Tensor, Option<&Tensor>),
+) -> Result<Tensor> {
+    let f = w1.dim(0)?;
+    let chunk = MLP_CHUNK_BYTES / 4 / f.max(1);
+    mlp_chunked(x, residual, (w1, b1), (w2, b2), chunk)
+}
+
+/// [`mlp_relu_residual_f32`] by chunks of `chunk` rows.
+fn mlp_chunked(
+    x: &Tensor,
+    residual: &Tensor,
+    (w1, b1): (&Tensor, Option<&Tensor>),
+    (w2, b2): (&Tensor, Option<&Tensor>),
+    chunk: usize,
+) -> Result<Tensor> {
+    let (n, d) = x.dims2()?;
+    let (f, d1) = w1.dims2()?;
+    if d1 != d || w2.dims() != [d, f] || residual.dims() != [n, d] {
+        candle_core::bail!(
+            "mlp: x {:?}, residual {:?}, w1 {:?}, w2 {:?}",
+            x.dims(),
+            residual.dims(),
+            w1.dims(),
+            w2.dims()
+        );
+    }
+    let bias1 = b1
+        .map(|b| {
+            check_bias(b, f)?;
+            b.to_vec1::<f32>()
+        })
+        .transpose()?;
+    let mut out = residual_rows(residual, b2, d)?;
+    let chunk = chunk.clamp(1, n.max(1));
+    let mut mid = vec![0f32; chunk * f];
+    with_cpu_f32(x, |xs| {
+        with_cpu_f32(w1, |w1s| {
+            with_cpu_f32(w2, |w2s| {
+                for r0 in (0..n).step_by(chunk) {
+                    let rows = chunk.min(n - r0);
+                    let mid = &mut mid[..rows * f];
+                    if let Some(b) = &bias1 {
+                        mid.par_chunks_mut(f).for_each(|r| r.copy_from_slice(b));
+                    }
+                    let xc = &xs[r0 * d..(r0 + rows) * d];
+                    gemm_xwt(mid, xc, w1s, (rows, d, f), bias1.is_some());
+                    relu_slice(mid);
+                    let oc = &mut out[r0 * d..(r0 + rows) * d];
+                    gemm_xwt(oc, mid, w2s, (rows, f, d), true);
+                }
+            })
+        })
+    })???;
+    Tensor::from_vec(out, (n, d), &Device::Cpu)
 }
 
 /// LayerNorm over the last dimension of an f32 CPU tensor in one parallel
@@ -802,6 +948,40 @@ fn rms_norm_row_portable(o: &mut [f32], row: &[f32], w: &[f32], eps: f32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fused_linears_match_separate_ops() -> Result<()> {
+        let dev = Device::Cpu;
+        let (n, d, f) = (37, 24, 56);
+        let x = Tensor::randn(0f32, 1., (n, d), &dev)?;
+        let r = Tensor::randn(0f32, 1., (n, d), &dev)?;
+        let w1 = Tensor::randn(0f32, 1., (f, d), &dev)?;
+        let b1 = Tensor::randn(0f32, 1., f, &dev)?;
+        let w2 = Tensor::randn(0f32, 1., (d, f), &dev)?;
+        let b2 = Tensor::randn(0f32, 1., d, &dev)?;
+        let lin = |x: &Tensor, w: &Tensor, b: &Tensor| x.matmul(&w.t()?)?.broadcast_add(b);
+        let diff = |a: &Tensor, b: &Tensor| -> Result<f32> {
+            (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+        };
+        let h = lin(&x, &w1, &b1)?.relu()?;
+        assert!(diff(&linear_relu_f32(&x, &w1, Some(&b1))?, &h)? < 1e-4);
+        let y = (&r + lin(&x, &w1.narrow(0, 0, d)?, &b2)?)?;
+        let got = linear_residual_f32(&x, &w1.narrow(0, 0, d)?, Some(&b2), &r)?;
+        assert!(diff(&got, &y)? < 1e-4);
+        let got = linear_residual_f32(&x, &w1.narrow(0, 0, d)?, None, &r)?;
+        assert!(diff(&got, &(&r + x.matmul(&w1.narrow(0, 0, d)?.t()?)?)?)? < 1e-4);
+        let want = (&r + lin(&h, &w2, &b2)?)?;
+        // One chunk, chunks that divide the rows, and a short last chunk.
+        for chunk in [n, 1, 8, 1 << 20] {
+            let got = mlp_chunked(&x, &r, (&w1, Some(&b1)), (&w2, Some(&b2)), chunk)?;
+            assert!(diff(&got, &want)? < 1e-3, "chunk {chunk}");
+        }
+        let h0 = x.matmul(&w1.t()?)?.relu()?;
+        let want = (&r + h0.matmul(&w2.t()?)?)?;
+        let got = mlp_chunked(&x, &r, (&w1, None), (&w2, None), 8)?;
+        assert!(diff(&got, &want)? < 1e-3);
+        Ok(())
+    }
 
     #[test]
     fn exp_sum_and_silu_match_libm() -> Result<()> {

@@ -133,11 +133,19 @@ pub fn perplexity(model: &Model, tokens: &[u32], opts: &PplOptions) -> Result<Pp
     let mut nll = Moments::default();
     forward_batches(model, &batches, "perplexity", opts.quiet, |i, h| {
         let b = batches[i];
-        for w in 0..b.n {
-            let window = &b.ids[w * seqlen..(w + 1) * seqlen];
-            let per_token = token_nlls(model, &h.narrow(0, w, 1)?, window)?;
-            per_token.iter().for_each(|&x| nll.add(x));
-            nll_sum += per_token.iter().sum::<f64>() / (seqlen - 1) as f64 * seqlen as f64;
+        // On the host, the head runs once for all of the batch's windows: the
+        // streamed logits' GEMMs then have `n·(t−1)` rows and narrower slices
+        // of the vocabulary, a better shape for them than one window's (and
+        // the weight is read once per batch). An accelerator holds a whole
+        // window's logits at once, so it goes window by window.
+        let step = if model.device().is_cpu() { b.n } else { 1 };
+        for w0 in (0..b.n).step_by(step) {
+            let k = step.min(b.n - w0);
+            let ids = &b.ids[w0 * seqlen..(w0 + k) * seqlen];
+            for per_token in token_nlls(model, &h.narrow(0, w0, k)?, ids)?.chunks(seqlen - 1) {
+                per_token.iter().for_each(|&x| nll.add(x));
+                nll_sum += per_token.iter().sum::<f64>() / (seqlen - 1) as f64 * seqlen as f64;
+            }
         }
         Ok(())
     })?;
@@ -180,13 +188,21 @@ pub fn dataset_tokens(model: &Model, dataset: &str, seqlen: usize) -> Result<Vec
 /// same heap pages.
 pub const HEAD_CHUNK: usize = 128;
 
-/// The NLL of each of ids 1…t−1 given the tokens before it, from the window's
-/// final hidden states `[1, t, hidden]`: the logits streamed by slices of the
+/// The NLL of each of ids 1…t−1 given the tokens before it, window by window,
+/// from `n` windows' final hidden states `[n, t, hidden]` and their ids
+/// (`n·t`, row-major): `n·(t−1)` values, the logits streamed by slices of the
 /// vocabulary ([`streamed_nlls`](super::streamed_nlls)).
 pub fn token_nlls(model: &Model, hidden: &Tensor, ids: &[u32]) -> Result<Vec<f64>> {
-    let t = ids.len();
+    let n = hidden.dim(0)?;
+    let t = ids.len() / n.max(1);
+    anyhow::ensure!(
+        n * t == ids.len() && t >= 1,
+        "token_nlls: {} ids for {n} windows",
+        ids.len()
+    );
     let (features, weight) = model.head_parts(&hidden.narrow(1, 0, t - 1)?)?;
-    super::streamed_nlls(&features, &weight, &ids[1..])
+    let targets: Vec<u32> = ids.chunks(t).flat_map(|w| w[1..].iter().copied()).collect();
+    super::streamed_nlls(&features, &weight, &targets)
 }
 
 /// Mean cross-entropy of the window's logits at positions 0…t−2 against ids 1…t−1,

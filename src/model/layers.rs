@@ -96,6 +96,106 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// Whether `x` through this linear can take the fused f32 CPU kernels: f32
+    /// GEMM precision, and `x`, weight and bias f32 on the CPU.
+    fn fused_f32(&self, x: &Tensor) -> bool {
+        use crate::compute::kernels::is_cpu_f32;
+        self.gemm == crate::compute::kernels::CpuGemm::F32
+            && is_cpu_f32(x)
+            && is_cpu_f32(self.weight())
+            && self.bias().is_none_or(is_cpu_f32)
+    }
+
+    /// `relu(self(x))`, the ReLU fused into the product on the f32 CPU path.
+    pub fn forward_relu(
+        &self,
+        x: &Tensor,
+        hook: &mut Option<&mut LinearHook<'_>>,
+    ) -> anyhow::Result<Tensor> {
+        if !self.fused_f32(x) {
+            return Ok(self.forward(x, hook)?.relu()?);
+        }
+        if let Some(h) = hook.as_mut() {
+            h(self.name, x)?;
+        }
+        let (rows, k, mut dims) = flat_rows(x)?;
+        *dims.last_mut().expect("rank ≥ 1") = self.weight().dim(0)?;
+        let y = crate::compute::kernels::linear_relu_f32(
+            &x.reshape((rows, k))?,
+            self.weight(),
+            self.bias(),
+        )?;
+        Ok(y.reshape(dims)?)
+    }
+
+    /// `residual + self(x)`, the product added onto `residual + bias` on the
+    /// f32 CPU path.
+    pub fn forward_residual(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        hook: &mut Option<&mut LinearHook<'_>>,
+    ) -> anyhow::Result<Tensor> {
+        if !(self.fused_f32(x) && crate::compute::kernels::is_cpu_f32(residual)) {
+            return Ok((residual + self.forward(x, hook)?)?);
+        }
+        if let Some(h) = hook.as_mut() {
+            h(self.name, x)?;
+        }
+        let (rows, k, _) = flat_rows(x)?;
+        let m = self.weight().dim(0)?;
+        let y = crate::compute::kernels::linear_residual_f32(
+            &x.reshape((rows, k))?,
+            self.weight(),
+            self.bias(),
+            &residual.reshape((rows, m))?,
+        )?;
+        Ok(y.reshape(residual.dims())?)
+    }
+}
+
+/// `x`'s rows (all dimensions but the last), its last dimension and its dims.
+fn flat_rows(x: &Tensor) -> Result<(usize, usize, Vec<usize>)> {
+    let dims = x.dims().to_vec();
+    let k = *dims
+        .last()
+        .ok_or_else(|| candle_core::Error::Msg("rank 0".into()))?;
+    Ok((x.elem_count() / k.max(1), k, dims))
+}
+
+/// OPT's MLP with its residual, `residual + fc2(relu(fc1(x)))`. Without a
+/// hook, on the f32 CPU path, by chunks of rows through one reused
+/// intermediate ([`crate::compute::kernels::mlp_relu_residual_f32`]).
+pub fn mlp_relu_residual(
+    fc1: &Linear,
+    fc2: &Linear,
+    x: &Tensor,
+    residual: &Tensor,
+    hook: &mut Option<&mut LinearHook<'_>>,
+) -> anyhow::Result<Tensor> {
+    use crate::compute::kernels::is_cpu_f32;
+    if hook.is_none()
+        && fc1.fused_f32(x)
+        && is_cpu_f32(residual)
+        && fc2.gemm == crate::compute::kernels::CpuGemm::F32
+        && is_cpu_f32(fc2.weight())
+        && fc2.bias().is_none_or(is_cpu_f32)
+    {
+        let (rows, k, _) = flat_rows(x)?;
+        let d = residual.dim(candle_core::D::Minus1)?;
+        let y = crate::compute::kernels::mlp_relu_residual_f32(
+            &x.reshape((rows, k))?,
+            &residual.reshape((rows, d))?,
+            (fc1.weight(), fc1.bias()),
+            (fc2.weight(), fc2.bias()),
+        )?;
+        return Ok(y.reshape(residual.dims())?);
+    }
+    let h = fc1.forward_relu(x, hook)?;
+    fc2.forward_residual(&h, residual, hook)
+}
+
 /// LayerNorm over the last dimension, computed in f32 and returned in `x`'s dtype.
 /// `weight`/`bias` are f32.
 pub fn layer_norm(

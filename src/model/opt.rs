@@ -4,7 +4,7 @@
 use candle_core::{DType, Device, Result, Tensor};
 
 use super::config::OptConfig;
-use super::layers::{causal_attention, layer_norm, Linear, LinearHook};
+use super::layers::{causal_attention, layer_norm, mlp_relu_residual, Linear, LinearHook};
 
 /// OPT's LayerNorm epsilon (torch's default).
 const LN_EPS: f64 = 1e-5;
@@ -111,7 +111,7 @@ impl OptLayer {
         let v = v_proj.forward(&h, hook)?;
         let scale = (self.head_dim as f64).powf(-0.5);
         let attn = causal_attention(&q, &k, &v, self.heads, self.heads, scale)?;
-        let mut x = (residual + out_proj.forward(&attn, hook)?)?;
+        let mut x = out_proj.forward_residual(&attn, residual, hook)?;
         if !self.pre_norm {
             x = self.attn_norm.forward(&x)?;
         }
@@ -121,8 +121,7 @@ impl OptLayer {
         } else {
             x.clone()
         };
-        let h = fc1.forward(&h, hook)?.relu()?;
-        let mut out = (residual + fc2.forward(&h, hook)?)?;
+        let mut out = mlp_relu_residual(fc1, fc2, &h, residual, hook)?;
         if !self.pre_norm {
             out = self.mlp_norm.forward(&out)?;
         }
