@@ -318,38 +318,14 @@ fn prune_measures_kl_against_a_stored_base() {
     let base = tmp.path().join("base.klb");
     let test = fx.join("data/wikitext2/wiki.test.raw");
     let test = test.to_str().unwrap();
-    let out = Command::new(BIN)
-        .args(["eval", "--model"])
-        .arg(fx.join("models/opt-tiny"))
-        .args(["--dataset", test, "--seqlen", "32", "--nsamples", "3", "-q"])
-        .arg("--save-kl-base")
-        .arg(&base)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    save_base(&fx, test, "32", "3", &base);
     let report = tmp.path().join("r.json");
     let b = base.to_str().unwrap();
-    let (ok, err) = cli(
+    let r = prune_report(
         &fx,
-        &[("sparsity", "0.5")],
-        &[
-            "--eval",
-            test,
-            "--eval-nsamples",
-            "5",
-            "--kl-base",
-            b,
-            "--report",
-            report.to_str().unwrap(),
-        ],
+        &["--eval", test, "--eval-nsamples", "5", "--kl-base", b],
+        &report,
     );
-    assert!(ok, "{err}");
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     // Perplexity on the 5 --eval windows, KL on the 3 the base holds.
     let e = &r["eval"][test];
     assert_eq!(e["windows"], 5);
@@ -361,23 +337,11 @@ fn prune_measures_kl_against_a_stored_base() {
     let d = k["ppl"].as_f64().unwrap() - k["base_ppl"].as_f64().unwrap();
     assert!((k["delta_ppl"].as_f64().unwrap() - d).abs() < 1e-9, "{k}");
     // The same windows: the KL pass's perplexity is the run's.
-    let (ok, err) = cli(
+    let r = prune_report(
         &fx,
-        &[("sparsity", "0.5")],
-        &[
-            "--eval",
-            test,
-            "--eval-nsamples",
-            "3",
-            "--kl-base",
-            b,
-            "--report",
-            report.to_str().unwrap(),
-        ],
+        &["--eval", test, "--eval-nsamples", "3", "--kl-base", b],
+        &report,
     );
-    assert!(ok, "{err}");
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     let e = &r["eval"][test];
     assert_eq!(e["windows"], 3);
     assert_eq!(e["ppl"], e["kl"]["ppl"]);
@@ -393,19 +357,7 @@ fn prune_measures_kl_against_a_stored_base() {
         "{err}"
     );
     let short = tmp.path().join("short.klb");
-    let out = Command::new(BIN)
-        .args(["eval", "--model"])
-        .arg(fx.join("models/opt-tiny"))
-        .args(["--dataset", test, "--seqlen", "16", "--nsamples", "2", "-q"])
-        .arg("--save-kl-base")
-        .arg(&short)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    save_base(&fx, test, "16", "2", &short);
     let (ok, err) = cli(
         &fx,
         &[("sparsity", "0.5")],
@@ -415,4 +367,39 @@ fn prune_measures_kl_against_a_stored_base() {
         !ok && err.contains("holds windows of 16 tokens, and this run's are 32"),
         "{err}"
     );
+}
+
+/// opt-tiny's log-probabilities on `windows` windows of `seqlen` tokens of
+/// `dataset`, stored at `path` by `sparselab eval --save-kl-base`.
+fn save_base(fx: &Path, dataset: &str, seqlen: &str, windows: &str, path: &Path) {
+    let out = Command::new(BIN)
+        .args(["eval", "--model"])
+        .arg(fx.join("models/opt-tiny"))
+        .args([
+            "--dataset",
+            dataset,
+            "--seqlen",
+            seqlen,
+            "--nsamples",
+            windows,
+            "-q",
+        ])
+        .arg("--save-kl-base")
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The `--report` of a 50% `sparselab prune` run with `extra` flags.
+fn prune_report(fx: &Path, extra: &[&str], report: &Path) -> serde_json::Value {
+    let mut args = extra.to_vec();
+    args.extend(["--report", report.to_str().unwrap()]);
+    let (ok, err) = cli(fx, &[("sparsity", "0.5")], &args);
+    assert!(ok, "{err}");
+    serde_json::from_str(&std::fs::read_to_string(report).unwrap()).unwrap()
 }
