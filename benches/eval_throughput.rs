@@ -1,8 +1,12 @@
-//! Evaluation throughput and peak memory on an OPT-125M-shaped model with random
-//! weights (12 layers, 768 wide, vocab 50272), against PyTorch eager on the same
-//! checkpoint and tokens when a Python with torch and transformers is available.
+//! Evaluation throughput and peak memory on a model with random weights, against
+//! PyTorch eager on the same checkpoint and tokens when a Python with torch and
+//! transformers is available. Two shapes (`SPARSELAB_BENCH_ARCH`): `opt`, OPT-125M
+//! (12 layers, 768 wide, vocab 50272, the default), and `llama`, SmolLM2-135M
+//! (30 layers, 576 wide, 9 query and 3 key/value heads, SwiGLU 1536, vocab
+//! 49152, tied head: the real model of docs/results.md).
 //!
-//! `cargo bench --bench eval_throughput`; environment: `SPARSELAB_BENCH_WINDOWS`
+//! `cargo bench --bench eval_throughput`; environment: `SPARSELAB_BENCH_ARCH`,
+//! `SPARSELAB_BENCH_WINDOWS`
 //! (default 4), `SPARSELAB_BENCH_SEQLEN` (default 2048), `SPARSELAB_BENCH_BATCH`
 //! (windows per forward pass; default `eval_ppl`'s), `SPARSELAB_BENCH_DTYPE`
 //! (default f32), `SPARSELAB_BENCH_DEVICE` (default cpu), `SPARSELAB_PYTHON`
@@ -17,12 +21,51 @@ use anyhow::{Context, Result};
 use candle_core::DType;
 use common::peak_rss_mib;
 use sparselab::eval::{perplexity, PplOptions};
-use sparselab::model::random::{opt_config, write_random_model};
+use sparselab::model::random::{llama_config, opt_config, write_random_model};
 use sparselab::model::{LoadOptions, Model};
 use sparselab::runtime::device::{parse_device, parse_dtype};
 
 fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+/// A benchmarked model shape: its label, its `config.json` and the attention's
+/// query and key/value heads and head width.
+struct Shape {
+    label: &'static str,
+    config: serde_json::Value,
+    vocab: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+fn shape(arch: &str) -> Result<Shape> {
+    Ok(match arch {
+        "opt" => Shape {
+            label: "OPT-125M-shaped",
+            config: opt_config(50272, 768, 12, 12, 3072, 2048),
+            vocab: 50272,
+            heads: 12,
+            kv_heads: 12,
+            head_dim: 64,
+        },
+        "llama" => {
+            // SmolLM2-135M's config.json: tied head, rope θ 100000.
+            let mut config = llama_config(49152, 576, 30, 9, 3, 1536, 8192);
+            config["tie_word_embeddings"] = true.into();
+            config["rope_theta"] = 100000.0.into();
+            Shape {
+                label: "SmolLM2-135M-shaped",
+                config,
+                vocab: 49152,
+                heads: 9,
+                kv_heads: 3,
+                head_dim: 64,
+            }
+        }
+        other => anyhow::bail!("SPARSELAB_BENCH_ARCH={other}: expected opt or llama"),
+    })
 }
 
 fn main() -> Result<()> {
@@ -35,15 +78,11 @@ fn main() -> Result<()> {
     let windows: usize = env_or("SPARSELAB_BENCH_WINDOWS", "4").parse()?;
     let seqlen: usize = env_or("SPARSELAB_BENCH_SEQLEN", "2048").parse()?;
     let dtype = parse_dtype(&env_or("SPARSELAB_BENCH_DTYPE", "f32"))?;
+    let shape = shape(&env_or("SPARSELAB_BENCH_ARCH", "opt"))?;
     let tmp = tempfile::tempdir()?;
-    let dir = tmp.path().join("opt-125m-random");
-    let vocab = 50272;
-    write_random_model(
-        &dir,
-        &opt_config(vocab, 768, 12, 12, 3072, 2048),
-        DType::F32,
-        0,
-    )?;
+    let dir = tmp.path().join("random-model");
+    let vocab = shape.vocab;
+    write_random_model(&dir, &shape.config, DType::F32, 0)?;
     // Deterministic pseudo-random token ids shared with the PyTorch run.
     let tokens: Vec<u32> = (0..windows * seqlen)
         .map(|i| ((i as u64 * 2_654_435_761) % vocab as u64) as u32)
@@ -53,10 +92,17 @@ fn main() -> Result<()> {
         .env("SPARSELAB_BENCH_CHILD", &dir)
         .status()?;
     anyhow::ensure!(status.success(), "the measured run failed");
-    torch_baseline(&dir, seqlen, dtype, rayon::current_num_threads())
+    torch_baseline(
+        &dir,
+        shape.label,
+        seqlen,
+        dtype,
+        rayon::current_num_threads(),
+    )
 }
 
 fn measure(dir: &Path) -> Result<()> {
+    let shape = shape(&env_or("SPARSELAB_BENCH_ARCH", "opt"))?;
     let seqlen: usize = env_or("SPARSELAB_BENCH_SEQLEN", "2048").parse()?;
     let dtype = parse_dtype(&env_or("SPARSELAB_BENCH_DTYPE", "f32"))?;
     let device = parse_device(&env_or("SPARSELAB_BENCH_DEVICE", "cpu"))?;
@@ -86,24 +132,31 @@ fn measure(dir: &Path) -> Result<()> {
     let r = perplexity(&model, &tokens, &ppl_opts)?;
     let threads = rayon::current_num_threads();
     println!(
-        "sparselab  OPT-125M-shaped, {windows} x {seqlen} tokens (batches of {batch}), {dtype:?}, {} ({threads} threads): \
+        "sparselab  {}, {windows} x {seqlen} tokens (batches of {batch}), {dtype:?}, {} ({threads} threads): \
          {:.0} tokens/s, {:.2} s, peak RSS {:.0} MiB, ppl {:.1}",
+        shape.label,
         sparselab::runtime::device::device_name(model.device()),
         (windows * seqlen) as f64 / r.seconds,
         r.seconds,
         peak_rss_mib(),
         r.ppl
     );
-    attention_kernel(windows.min(batch), seqlen, dtype, model.device())
+    attention_kernel(&shape, windows.min(batch), seqlen, dtype, model.device())
 }
 
-/// Times the causal attention alone on one forward pass's shape (12 heads of
-/// 64, as the model), counting the FLOPs of the causal half.
-fn attention_kernel(b: usize, t: usize, dtype: DType, device: &candle_core::Device) -> Result<()> {
-    let (heads, d) = (12, 64);
-    let x = || candle_core::Tensor::randn(0f32, 1., (b, t, heads * d), device)?.to_dtype(dtype);
-    let (q, k, v) = (x()?, x()?, x()?);
-    let run = || sparselab::model::layers::causal_attention(&q, &k, &v, heads, heads, 0.125);
+/// Times the causal attention alone on one forward pass's shape (the model's
+/// heads), counting the FLOPs of the causal half.
+fn attention_kernel(
+    shape: &Shape,
+    b: usize,
+    t: usize,
+    dtype: DType,
+    device: &candle_core::Device,
+) -> Result<()> {
+    let (heads, kv_heads, d) = (shape.heads, shape.kv_heads, shape.head_dim);
+    let x = |h: usize| candle_core::Tensor::randn(0f32, 1., (b, t, h * d), device)?.to_dtype(dtype);
+    let (q, k, v) = (x(heads)?, x(kv_heads)?, x(kv_heads)?);
+    let run = || sparselab::model::layers::causal_attention(&q, &k, &v, heads, kv_heads, 0.125);
     run()?;
     device.synchronize()?;
     let reps = 5;
@@ -123,7 +176,13 @@ fn attention_kernel(b: usize, t: usize, dtype: DType, device: &candle_core::Devi
 }
 
 /// Runs benches/torch_eval.py on the same checkpoint and tokens, if possible.
-fn torch_baseline(dir: &Path, seqlen: usize, dtype: DType, threads: usize) -> Result<()> {
+fn torch_baseline(
+    dir: &Path,
+    label: &str,
+    seqlen: usize,
+    dtype: DType,
+    threads: usize,
+) -> Result<()> {
     let python = env_or("SPARSELAB_PYTHON", "python3");
     let script = common::baseline_script("torch_eval.py");
     let probe = Command::new(&python)
@@ -145,6 +204,7 @@ fn torch_baseline(dir: &Path, seqlen: usize, dtype: DType, threads: usize) -> Re
                 .next()
                 .unwrap_or("cpu"),
         )
+        .arg(label)
         .output()
         .context("running the PyTorch baseline")?;
     print!("{}", String::from_utf8_lossy(&out.stdout));

@@ -1,6 +1,6 @@
 """PyTorch eager baseline for benches/eval_throughput.rs.
 
-Usage: torch_eval.py MODEL_DIR SEQLEN DTYPE THREADS [DEVICE] — loads the checkpoint with
+Usage: torch_eval.py MODEL_DIR SEQLEN DTYPE THREADS [DEVICE [LABEL]] — loads the checkpoint with
 transformers, evaluates the token ids in MODEL_DIR/tokens.json in windows of
 SEQLEN exactly as the reference SparseGPT `opt_eval` does (loss on logits[:-1]
 against ids[1:]), and prints tokens/s, seconds and peak RSS.
@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM
 
 model_dir, seqlen, dtype, threads = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 dev = torch.device(sys.argv[5] if len(sys.argv) > 5 else "cpu")
+label = sys.argv[6] if len(sys.argv) > 6 else "OPT-125M-shaped"
 torch.set_num_threads(threads)
 dt = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[dtype]
 model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dt).eval().to(dev)
@@ -44,6 +45,6 @@ peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 if dev.type == "cuda":
     peak = torch.cuda.max_memory_allocated() / 2**20  # the device's, not the host's
 print(
-    f"pytorch    OPT-125M-shaped, {n} x {seqlen} tokens, {dtype}, torch {torch.__version__} "
+    f"pytorch    {label}, {n} x {seqlen} tokens, {dtype}, torch {torch.__version__} "
     f"({threads} threads, {dev}): {n * seqlen / secs:.0f} tokens/s, {secs:.2f} s, peak {'CUDA' if dev.type == 'cuda' else 'RSS'} {peak:.0f} MiB, ppl {ppl:.1f}"
 )
