@@ -3,6 +3,8 @@
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 
+use crate::compute::kernels::{MlpUp, WeightBias};
+
 /// Called with (linear name within the layer, that linear's input) just before
 /// each linear runs; calibration uses it to accumulate Hessians.
 pub type LinearHook<'a> = dyn FnMut(&str, &Tensor) -> anyhow::Result<()> + 'a;
@@ -166,7 +168,7 @@ fn flat_rows(x: &Tensor) -> Result<(usize, usize, Vec<usize>)> {
 
 /// OPT's MLP with its residual, `residual + fc2(relu(fc1(x)))`. Without a
 /// hook, on the f32 CPU path, by chunks of rows through one reused
-/// intermediate ([`crate::compute::kernels::mlp_relu_residual_f32`]).
+/// intermediate ([`crate::compute::kernels::mlp_residual_f32`]).
 pub fn mlp_relu_residual(
     fc1: &Linear,
     fc2: &Linear,
@@ -174,26 +176,78 @@ pub fn mlp_relu_residual(
     residual: &Tensor,
     hook: &mut Option<&mut LinearHook<'_>>,
 ) -> anyhow::Result<Tensor> {
-    use crate::compute::kernels::is_cpu_f32;
-    if hook.is_none()
-        && fc1.fused_f32(x)
-        && is_cpu_f32(residual)
-        && fc2.gemm == crate::compute::kernels::CpuGemm::F32
-        && is_cpu_f32(fc2.weight())
-        && fc2.bias().is_none_or(is_cpu_f32)
-    {
-        let (rows, k, _) = flat_rows(x)?;
-        let d = residual.dim(candle_core::D::Minus1)?;
-        let y = crate::compute::kernels::mlp_relu_residual_f32(
-            &x.reshape((rows, k))?,
-            &residual.reshape((rows, d))?,
-            (fc1.weight(), fc1.bias()),
-            (fc2.weight(), fc2.bias()),
-        )?;
-        return Ok(y.reshape(residual.dims())?);
+    if let Some(y) = fused_mlp(&[fc1], fc2, x, residual, hook, |w| MlpUp::Relu(w[0]))? {
+        return Ok(y);
     }
     let h = fc1.forward_relu(x, hook)?;
     fc2.forward_residual(&h, residual, hook)
+}
+
+/// Llama's MLP with its residual, `residual + down(silu(gate(x)) · up(x))`.
+/// Without a hook, on the f32 CPU path, by chunks of rows through reused
+/// intermediates ([`crate::compute::kernels::mlp_residual_f32`]).
+pub fn mlp_swiglu_residual<'a>(
+    gate: &'a Linear,
+    up: &'a Linear,
+    down: &'a Linear,
+    x: &Tensor,
+    residual: &Tensor,
+    hook: &mut Option<&mut LinearHook<'_>>,
+) -> anyhow::Result<Tensor> {
+    use crate::compute::kernels::{is_cpu_f32, silu_mul_f32};
+    let swiglu = |w: &[WeightBias<'a>]| MlpUp::SwiGlu {
+        gate: w[0],
+        up: w[1],
+    };
+    if let Some(y) = fused_mlp(&[gate, up], down, x, residual, hook, swiglu)? {
+        return Ok(y);
+    }
+    let g = gate.forward(x, hook)?;
+    let u = up.forward(x, hook)?;
+    let h = if is_cpu_f32(&g) && is_cpu_f32(&u) {
+        silu_mul_f32(&g.contiguous()?, &u.contiguous()?)?
+    } else {
+        (candle_nn::ops::silu(&g)? * u)?
+    };
+    down.forward_residual(&h, residual, hook)
+}
+
+/// The chunked MLP ([`crate::compute::kernels::mlp_residual_f32`]) of
+/// `ups` (made into an [`MlpUp`](crate::compute::kernels::MlpUp) by `kind`)
+/// and `down`, when it applies: no hook (calibration must see every linear's
+/// whole input) and every operand on the f32 CPU path. `None` otherwise.
+fn fused_mlp<'a>(
+    ups: &[&'a Linear],
+    down: &'a Linear,
+    x: &Tensor,
+    residual: &Tensor,
+    hook: &Option<&mut LinearHook<'_>>,
+    kind: impl Fn(&[WeightBias<'a>]) -> MlpUp<'a>,
+) -> anyhow::Result<Option<Tensor>> {
+    use crate::compute::kernels::is_cpu_f32;
+    let f32_linear = |l: &Linear| {
+        l.gemm == crate::compute::kernels::CpuGemm::F32
+            && is_cpu_f32(l.weight())
+            && l.bias().is_none_or(is_cpu_f32)
+    };
+    if hook.is_some()
+        || !is_cpu_f32(x)
+        || !is_cpu_f32(residual)
+        || !ups.iter().all(|l| f32_linear(l))
+        || !f32_linear(down)
+    {
+        return Ok(None);
+    }
+    let (rows, k, _) = flat_rows(x)?;
+    let d = residual.dim(candle_core::D::Minus1)?;
+    let weights: Vec<WeightBias<'a>> = ups.iter().map(|l| (l.weight(), l.bias())).collect();
+    let y = crate::compute::kernels::mlp_residual_f32(
+        &x.reshape((rows, k))?,
+        &residual.reshape((rows, d))?,
+        &kind(&weights),
+        (down.weight(), down.bias()),
+    )?;
+    Ok(Some(y.reshape(residual.dims())?))
 }
 
 /// LayerNorm over the last dimension, computed in f32 and returned in `x`'s dtype.

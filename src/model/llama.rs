@@ -4,7 +4,7 @@
 use candle_core::{DType, Device, Result, Tensor};
 
 use super::config::{LlamaConfig, RopeScaling};
-use super::layers::{causal_attention, rms_norm, Linear, LinearHook};
+use super::layers::{causal_attention, mlp_swiglu_residual, rms_norm, Linear, LinearHook};
 
 /// RoPE inverse frequencies as transformers computes them for `cfg`.
 pub fn inv_freq(cfg: &LlamaConfig) -> Vec<f64> {
@@ -184,17 +184,9 @@ impl LlamaLayer {
         let v = v_proj.forward(&h, hook)?;
         let scale = (self.head_dim as f64).powf(-0.5);
         let attn = causal_attention(&q, &k, &v, self.heads, self.kv_heads, scale)?;
-        let x = (x + o_proj.forward(&attn, hook)?)?;
+        let x = o_proj.forward_residual(&attn, x, hook)?;
         let h = rms_norm(&x, &self.post_attn_norm, self.eps)?;
-        let g = gate.forward(&h, hook)?;
-        let u = up.forward(&h, hook)?;
-        let gu =
-            if crate::compute::kernels::is_cpu_f32(&g) && crate::compute::kernels::is_cpu_f32(&u) {
-                crate::compute::kernels::silu_mul_f32(&g.contiguous()?, &u.contiguous()?)?
-            } else {
-                (candle_nn::ops::silu(&g)? * u)?
-            };
-        Ok((x + down.forward(&gu, hook)?)?)
+        mlp_swiglu_residual(gate, up, down, &h, &x, hook)
     }
 }
 
