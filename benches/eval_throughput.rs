@@ -5,6 +5,12 @@
 //! (30 layers, 576 wide, 9 query and 3 key/value heads, SwiGLU 1536, vocab
 //! 49152, tied head: the real model of docs/results.md).
 //!
+//! `SPARSELAB_BENCH_MODEL=PATH` benchmarks a real checkpoint instead (a model
+//! directory or a GGUF file, such as SmolLM2-135M's from `tools/fetch-smollm2.sh`)
+//! on the first windows of WikiText-2's test split (`SPARSELAB_DATA`); PyTorch
+//! then loads the same checkpoint (a GGUF through transformers' `gguf_file`,
+//! dequantized to f32 as sparselab does), and both print the perplexity.
+//!
 //! `cargo bench --bench eval_throughput`; environment: `SPARSELAB_BENCH_ARCH`,
 //! `SPARSELAB_BENCH_WINDOWS`
 //! (default 4), `SPARSELAB_BENCH_SEQLEN` (default 2048), `SPARSELAB_BENCH_BATCH`
@@ -78,31 +84,58 @@ fn main() -> Result<()> {
     let windows: usize = env_or("SPARSELAB_BENCH_WINDOWS", "4").parse()?;
     let seqlen: usize = env_or("SPARSELAB_BENCH_SEQLEN", "2048").parse()?;
     let dtype = parse_dtype(&env_or("SPARSELAB_BENCH_DTYPE", "f32"))?;
-    let shape = shape(&env_or("SPARSELAB_BENCH_ARCH", "opt"))?;
     let tmp = tempfile::tempdir()?;
-    let dir = tmp.path().join("random-model");
-    let vocab = shape.vocab;
-    write_random_model(&dir, &shape.config, DType::F32, 0)?;
-    // Deterministic pseudo-random token ids shared with the PyTorch run.
-    let tokens: Vec<u32> = (0..windows * seqlen)
-        .map(|i| ((i as u64 * 2_654_435_761) % vocab as u64) as u32)
-        .collect();
+    let dir = tmp.path();
+    let (model, label, tokens) = match std::env::var("SPARSELAB_BENCH_MODEL") {
+        Ok(path) => {
+            let model = Model::load(&path, &LoadOptions::default())?;
+            let mut tokens = sparselab::eval::dataset_tokens(&model, "wikitext2", seqlen)?;
+            anyhow::ensure!(
+                tokens.len() >= windows * seqlen,
+                "WikiText-2's test split has fewer than {windows} windows of {seqlen}"
+            );
+            tokens.truncate(windows * seqlen);
+            let label = format!("{}, WikiText-2 test", model_label(&path));
+            (path.into(), label, tokens)
+        }
+        Err(_) => {
+            let shape = shape(&env_or("SPARSELAB_BENCH_ARCH", "opt"))?;
+            let model = dir.join("random-model");
+            write_random_model(&model, &shape.config, DType::F32, 0)?;
+            // Deterministic pseudo-random token ids shared with the PyTorch run.
+            let tokens: Vec<u32> = (0..windows * seqlen)
+                .map(|i| ((i as u64 * 2_654_435_761) % shape.vocab as u64) as u32)
+                .collect();
+            (model, shape.label.to_string(), tokens)
+        }
+    };
     std::fs::write(dir.join("tokens.json"), serde_json::to_string(&tokens)?)?;
     let status = Command::new(std::env::current_exe()?)
-        .env("SPARSELAB_BENCH_CHILD", &dir)
+        .env("SPARSELAB_BENCH_CHILD", dir)
+        .env("SPARSELAB_BENCH_CHILD_MODEL", &model)
+        .env("SPARSELAB_BENCH_CHILD_LABEL", &label)
         .status()?;
     anyhow::ensure!(status.success(), "the measured run failed");
     torch_baseline(
-        &dir,
-        shape.label,
+        &model,
+        &dir.join("tokens.json"),
+        &label,
         seqlen,
         dtype,
         rayon::current_num_threads(),
     )
 }
 
+/// A real checkpoint's name for the printed lines: its file or directory name.
+fn model_label(path: &str) -> String {
+    Path::new(path)
+        .file_name()
+        .map_or_else(|| path.to_string(), |n| n.to_string_lossy().into_owned())
+}
+
 fn measure(dir: &Path) -> Result<()> {
-    let shape = shape(&env_or("SPARSELAB_BENCH_ARCH", "opt"))?;
+    let model_path = std::env::var("SPARSELAB_BENCH_CHILD_MODEL")?;
+    let label = std::env::var("SPARSELAB_BENCH_CHILD_LABEL")?;
     let seqlen: usize = env_or("SPARSELAB_BENCH_SEQLEN", "2048").parse()?;
     let dtype = parse_dtype(&env_or("SPARSELAB_BENCH_DTYPE", "f32"))?;
     let device = parse_device(&env_or("SPARSELAB_BENCH_DEVICE", "cpu"))?;
@@ -114,7 +147,7 @@ fn measure(dir: &Path) -> Result<()> {
         dtype: Some(dtype),
         ..LoadOptions::default()
     };
-    let model = Model::load(dir.to_str().unwrap(), &opts)?;
+    let model = Model::load(&model_path, &opts)?;
     // The batch `sparselab eval` and `eval_ppl` use unless told otherwise.
     let batch: usize = env_or(
         "SPARSELAB_BENCH_BATCH",
@@ -133,14 +166,18 @@ fn measure(dir: &Path) -> Result<()> {
     let threads = rayon::current_num_threads();
     println!(
         "sparselab  {}, {windows} x {seqlen} tokens (batches of {batch}), {dtype:?}, {} ({threads} threads): \
-         {:.0} tokens/s, {:.2} s, peak RSS {:.0} MiB, ppl {:.1}",
-        shape.label,
+         {:.0} tokens/s, {:.2} s, peak RSS {:.0} MiB, ppl {:.2}",
+        label,
         sparselab::runtime::device::device_name(model.device()),
         (windows * seqlen) as f64 / r.seconds,
         r.seconds,
         peak_rss_mib(),
         r.ppl
     );
+    if std::env::var_os("SPARSELAB_BENCH_MODEL").is_some() {
+        return Ok(());
+    }
+    let shape = shape(&env_or("SPARSELAB_BENCH_ARCH", "opt"))?;
     attention_kernel(&shape, windows.min(batch), seqlen, dtype, model.device())
 }
 
@@ -177,7 +214,8 @@ fn attention_kernel(
 
 /// Runs benches/torch_eval.py on the same checkpoint and tokens, if possible.
 fn torch_baseline(
-    dir: &Path,
+    model: &Path,
+    tokens: &Path,
     label: &str,
     seqlen: usize,
     dtype: DType,
@@ -194,7 +232,8 @@ fn torch_baseline(
     }
     let out = Command::new(&python)
         .arg(&script)
-        .arg(dir)
+        .arg(model)
+        .arg(tokens)
         .arg(seqlen.to_string())
         .arg(dtype.as_str())
         .arg(threads.to_string())

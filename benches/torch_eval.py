@@ -1,11 +1,13 @@
 """PyTorch eager baseline for benches/eval_throughput.rs.
 
-Usage: torch_eval.py MODEL_DIR SEQLEN DTYPE THREADS [DEVICE [LABEL]] — loads the checkpoint with
-transformers, evaluates the token ids in MODEL_DIR/tokens.json in windows of
+Usage: torch_eval.py MODEL TOKENS_JSON SEQLEN DTYPE THREADS [DEVICE [LABEL]] — loads the
+checkpoint (a directory, or a GGUF file through transformers' `gguf_file`) with
+transformers, evaluates the token ids in TOKENS_JSON in windows of
 SEQLEN exactly as the reference SparseGPT `opt_eval` does (loss on logits[:-1]
 against ids[1:]), and prints tokens/s, seconds and peak RSS.
 """
 import json
+import os
 import resource
 import sys
 import time
@@ -13,13 +15,19 @@ import time
 import torch
 from transformers import AutoModelForCausalLM
 
-model_dir, seqlen, dtype, threads = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-dev = torch.device(sys.argv[5] if len(sys.argv) > 5 else "cpu")
-label = sys.argv[6] if len(sys.argv) > 6 else "OPT-125M-shaped"
+model_path, tokens_json = sys.argv[1], sys.argv[2]
+seqlen, dtype, threads = int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+dev = torch.device(sys.argv[6] if len(sys.argv) > 6 else "cpu")
+label = sys.argv[7] if len(sys.argv) > 7 else "OPT-125M-shaped"
 torch.set_num_threads(threads)
 dt = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[dtype]
-model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dt).eval().to(dev)
-ids = torch.tensor(json.load(open(f"{model_dir}/tokens.json")), dtype=torch.long, device=dev)
+if model_path.endswith(".gguf"):
+    where, name = os.path.split(os.path.abspath(model_path))
+    model = AutoModelForCausalLM.from_pretrained(where, gguf_file=name, dtype=dt)
+else:
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dt)
+model = model.eval().to(dev)
+ids = torch.tensor(json.load(open(tokens_json)), dtype=torch.long, device=dev)
 n = ids.numel() // seqlen
 ids = ids[: n * seqlen].view(n, seqlen)
 
@@ -46,5 +54,5 @@ if dev.type == "cuda":
     peak = torch.cuda.max_memory_allocated() / 2**20  # the device's, not the host's
 print(
     f"pytorch    {label}, {n} x {seqlen} tokens, {dtype}, torch {torch.__version__} "
-    f"({threads} threads, {dev}): {n * seqlen / secs:.0f} tokens/s, {secs:.2f} s, peak {'CUDA' if dev.type == 'cuda' else 'RSS'} {peak:.0f} MiB, ppl {ppl:.1f}"
+    f"({threads} threads, {dev}): {n * seqlen / secs:.0f} tokens/s, {secs:.2f} s, peak {'CUDA' if dev.type == 'cuda' else 'RSS'} {peak:.0f} MiB, ppl {ppl:.2f}"
 )
