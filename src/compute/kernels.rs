@@ -174,16 +174,17 @@ fn check_bias(b: &Tensor, m: usize) -> Result<()> {
 }
 
 /// Rows of `x` per thread from which [`gemm_xwt`] splits the rows among the
-/// threads, each running faer's single-threaded GEMM, instead of letting faer
-/// split the product. On the 2-vCPU Xeon, with the forward passes' shapes
-/// (`k` 576–3072, `m` 192–3072, `n` 2048–8192), the split runs at 396–448
-/// GFLOP/s against faer's own parallel 339–431 (MKL through PyTorch: 346–472);
-/// with fewer rows per thread faer's own split does better.
-const SPLIT_ROWS_PER_THREAD: usize = 512;
+/// threads, each part through faer's single-threaded GEMM, instead of letting
+/// faer split the product. On the 2-vCPU Xeon (2026-12-06), with the forward
+/// passes' shapes (`k` 576–3072, `m` 192–3072, 1024–4096 rows per thread),
+/// the split ran at 396–448 GFLOP/s against faer's own parallel 339–431 (MKL
+/// through PyTorch: 346–472). With 64–256 rows per part it fell to 289–402:
+/// below this, faer's own split (which also divides the outputs) does better.
+const SPLIT_ROWS_PER_THREAD: usize = 1024;
 
-/// Rows per thread from which [`gemm_xwt`] makes two tasks per thread, so
+/// Rows per thread from which [`gemm_xwt`] makes two parts per thread, so
 /// that work stealing evens out a thread slowed by the rest of the machine
-/// (the cost, at 2048+ rows per task, is within 1–2 %).
+/// (measured within 1–2 % of one part per thread at 2048+ rows per part).
 const SPLIT_TWO_PER_THREAD: usize = 4096;
 
 /// `dst ← dst + x · wᵀ` (`add`) or `dst ← x · wᵀ` through faer, for row-major
@@ -191,21 +192,37 @@ const SPLIT_TWO_PER_THREAD: usize = 4096;
 fn gemm_xwt(dst: &mut [f32], x: &[f32], w: &[f32], (n, k, m): (usize, usize, usize), add: bool) {
     let threads = rayon::current_num_threads();
     let per_thread = n / threads.max(1);
-    if threads > 1 && per_thread >= SPLIT_ROWS_PER_THREAD && k > 0 && m > 0 {
-        let tasks = threads
-            * if per_thread >= SPLIT_TWO_PER_THREAD {
-                2
-            } else {
-                1
-            };
-        let rows = n.div_ceil(tasks);
-        dst[..n * m]
-            .par_chunks_mut(rows * m)
-            .zip(x[..n * k].par_chunks(rows * k))
-            .for_each(|(d, x)| gemm_xwt_with(d, x, w, (x.len() / k, k, m), add, Par::Seq));
-        return;
+    if threads > 1 && per_thread >= SPLIT_ROWS_PER_THREAD {
+        let per = if per_thread >= SPLIT_TWO_PER_THREAD {
+            2
+        } else {
+            1
+        };
+        gemm_xwt_parts(dst, x, w, (n, k, m), add, threads * per);
+    } else {
+        gemm_xwt_with(dst, x, w, (n, k, m), add, Par::rayon(0));
     }
-    gemm_xwt_with(dst, x, w, (n, k, m), add, Par::rayon(0));
+}
+
+/// [`gemm_xwt`] by `parts` contiguous parts of the rows, in parallel, each
+/// through faer's single-threaded GEMM.
+fn gemm_xwt_parts(
+    dst: &mut [f32],
+    x: &[f32],
+    w: &[f32],
+    (n, k, m): (usize, usize, usize),
+    add: bool,
+    parts: usize,
+) {
+    if n == 0 || k == 0 || m == 0 {
+        // Nothing to split (and no zero-sized chunks to ask rayon for).
+        return gemm_xwt_with(dst, x, w, (n, k, m), add, Par::Seq);
+    }
+    let rows = n.div_ceil(parts.max(1));
+    dst[..n * m]
+        .par_chunks_mut(rows * m)
+        .zip(x[..n * k].par_chunks(rows * k))
+        .for_each(|(d, x)| gemm_xwt_with(d, x, w, (x.len() / k, k, m), add, Par::Seq));
 }
 
 /// [`gemm_xwt`] with faer's parallelism `par`.
@@ -1128,6 +1145,35 @@ mod tests {
             }
         }
         Ok(())
+    }
+
+    #[test]
+    fn gemm_by_parts_of_rows_matches_one_gemm() {
+        let (k, m) = (19, 23);
+        let fill = |len: usize, seed: usize| -> Vec<f32> {
+            (0..len)
+                .map(|i| ((i * 7919 + seed) % 113) as f32 / 56.0 - 1.0)
+                .collect()
+        };
+        // Rows that divide into the parts, that do not, fewer rows than
+        // parts, and no rows.
+        for (n, parts) in [(12, 3), (10, 3), (2, 5), (0, 2)] {
+            let (x, w) = (fill(n * k, 1), fill(m * k, 2));
+            for add in [false, true] {
+                let mut want = fill(n * m, 3);
+                gemm_xwt_with(&mut want, &x, &w, (n, k, m), add, Par::Seq);
+                let mut got = fill(n * m, 3);
+                gemm_xwt_parts(&mut got, &x, &w, (n, k, m), add, parts);
+                // faer may order a part's sums differently by its row count
+                // (one row is a matrix-vector product): rounding only.
+                for (g, w) in got.iter().zip(&want) {
+                    assert!(
+                        (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                        "{n} rows in {parts} parts, add {add}: {g} vs {w}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
