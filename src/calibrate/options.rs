@@ -22,8 +22,8 @@ pub struct CalibOptions {
     pub seed: u64,
     /// Windows per forward pass; 0 (the default) takes as many as fill
     /// [`AUTO_BATCH_TOKENS`] tokens, at least one. A pass's temporaries (the
-    /// fc1/MLP activations above all) grow with it: at 1024 tokens an OPT-125M
-    /// layer's are about 50 MiB, at 8 windows of 2048 tokens 0.8 GiB.
+    /// fc1/MLP activations above all) grow with it: at 2048 tokens an OPT-125M
+    /// layer's are about 100 MiB, at 8 windows of 2048 tokens 0.8 GiB.
     pub batch: usize,
     /// GPTQ's order: each group of linears that read one input gets its Hessian
     /// only after the groups before it are compressed. Default false.
@@ -66,7 +66,7 @@ pub struct CalibOptions {
 /// the GEMMs to run at full rate (OPT-125M-shaped, 16 × 512 on 2 cores: the same
 /// time as 2048), few enough that the pass's temporaries stay small next to
 /// the calibration activations (peak of the Hessian pass 152 MiB against 197).
-pub const AUTO_BATCH_TOKENS: usize = 1024;
+pub const AUTO_BATCH_TOKENS: usize = 2048;
 
 impl CalibOptions {
     /// Windows per forward pass for windows of `seqlen` tokens: `batch`, or
@@ -140,7 +140,7 @@ crate::declare_options! {
         seqlen: usize,
         /// Seed of the window sampler.
         seed: u64 = 0,
-        /// Windows per forward pass; 0 takes as many as fill 1024 tokens (at
+        /// Windows per forward pass; 0 takes as many as fill 2048 tokens (at
         /// least one).
         batch: usize = 0,
         /// GPTQ's order: each group of linears that read one input gets its
