@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 
 use crate::compress::reservoir::DEFAULT_RESERVOIR_CAPACITY;
 use crate::compute::kernels::CpuGemm;
-use crate::options::{Front, OptionValue, ValueError};
+use crate::options::Front;
 use crate::runtime::memory::ByteSize;
 
 /// Settings of a calibration run.
@@ -100,34 +100,11 @@ impl Default for CalibOptions {
     }
 }
 
-// By name ("f32", "bf16"), as every front end spells it.
-impl serde::Serialize for CpuGemm {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_str(self.name())
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for CpuGemm {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Self::parse(&s).map_err(serde::de::Error::custom)
-    }
-}
-
-impl OptionValue for CpuGemm {
-    const LABEL: &'static str = "a GEMM precision (\"f32\" or \"bf16\")";
-    const VALUE_NAME: &'static str = "f32|bf16";
-    fn from_dynamic(v: &rhai::Dynamic) -> std::result::Result<Self, ValueError> {
-        let s = String::from_dynamic(v)?;
-        Self::parse(&s).map_err(|e| ValueError::Invalid(format!("is {e}")))
-    }
-    fn parse_text(s: &str) -> std::result::Result<Self, String> {
-        Self::parse(s).map_err(|e| e.to_string())
-    }
-    fn show(&self) -> String {
-        format!("{:?}", self.name())
-    }
-}
+crate::named_option_value!(
+    CpuGemm,
+    "a GEMM precision (\"f32\" or \"bf16\")",
+    "f32|bf16"
+);
 
 crate::declare_options! {
     /// The options of a calibration: the options map of `calibrate(model,

@@ -94,33 +94,11 @@ impl SaveFormat {
     }
 }
 
-// By name, as every front end spells it.
-impl serde::Serialize for SaveFormat {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.name())
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for SaveFormat {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Self::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
-    }
-}
-
-impl crate::options::OptionValue for SaveFormat {
-    const LABEL: &'static str = "a format (\"safetensors\" or \"packed\")";
-    const VALUE_NAME: &'static str = "safetensors|packed";
-    fn from_dynamic(v: &rhai::Dynamic) -> Result<Self, crate::options::ValueError> {
-        let s = <String as crate::options::OptionValue>::from_dynamic(v)?;
-        Self::parse(&s).map_err(|e| crate::options::ValueError::Invalid(format!("is an {e}")))
-    }
-    fn parse_text(s: &str) -> Result<Self, String> {
-        Self::parse(s)
-    }
-    fn show(&self) -> String {
-        format!("{:?}", self.name())
-    }
-}
+crate::named_option_value!(
+    SaveFormat,
+    "a format (\"safetensors\" or \"packed\")",
+    "safetensors|packed"
+);
 
 crate::declare_options! {
     /// The options of saving a model: the options map of `save(model, dir,

@@ -539,6 +539,56 @@ pub fn help_text<T: Declared>() -> String {
     out
 }
 
+/// Implements serde and [`OptionValue`] for a type that every front end spells
+/// by name (a closed set such as a GEMM precision or a save format): JSON and
+/// scripts hold the name, the CLI takes it as the flag's value. The type
+/// provides `fn name(self) -> &'static str` and `fn parse(&str) -> Result<Self,
+/// E>` with `E: Display`, whose message reads after "is" ("unknown format
+/// `x`; …").
+///
+/// ```ignore
+/// named_option_value!(CpuGemm, "a GEMM precision (\"f32\" or \"bf16\")", "f32|bf16");
+/// ```
+#[macro_export]
+macro_rules! named_option_value {
+    ($t:ty, $label:expr, $value_name:expr) => {
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(
+                &self,
+                s: S,
+            ) -> ::std::result::Result<S::Ok, S::Error> {
+                s.serialize_str(self.name())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(
+                d: D,
+            ) -> ::std::result::Result<Self, D::Error> {
+                let s = <String as serde::Deserialize>::deserialize(d)?;
+                <$t>::parse(&s).map_err(serde::de::Error::custom)
+            }
+        }
+
+        impl $crate::options::OptionValue for $t {
+            const LABEL: &'static str = $label;
+            const VALUE_NAME: &'static str = $value_name;
+            fn from_dynamic(
+                v: &rhai::Dynamic,
+            ) -> ::std::result::Result<Self, $crate::options::ValueError> {
+                let s = <String as $crate::options::OptionValue>::from_dynamic(v)?;
+                <$t>::parse(&s).map_err(|e| $crate::options::ValueError::Invalid(format!("is {e}")))
+            }
+            fn parse_text(s: &str) -> ::std::result::Result<Self, String> {
+                <$t>::parse(s).map_err(|e| e.to_string())
+            }
+            fn show(&self) -> String {
+                format!("{:?}", self.name())
+            }
+        }
+    };
+}
+
 /// Declares an operation's options: a struct whose fields are all `Option`s
 /// (`None`: not given), with serde, [`Declared`], `clap::Args` (for
 /// `#[command(flatten)]`; with feature `cli`) and, for each option with a default, an accessor of
