@@ -88,6 +88,11 @@ fn main() -> Result<()> {
     let dir = tmp.path();
     let (model, label, tokens) = match std::env::var("SPARSELAB_BENCH_MODEL") {
         Ok(path) => {
+            anyhow::ensure!(
+                std::env::var_os("SPARSELAB_BENCH_ARCH").is_none(),
+                "SPARSELAB_BENCH_ARCH picks a random model's shape; it has no effect with \
+                 SPARSELAB_BENCH_MODEL (unset one of them)"
+            );
             let model = Model::load(&path, &LoadOptions::default())?;
             let mut tokens = sparselab::eval::dataset_tokens(&model, "wikitext2", seqlen)?;
             anyhow::ensure!(
