@@ -224,17 +224,10 @@ fn fused_mlp<'a>(
     hook: &Option<&mut LinearHook<'_>>,
     kind: impl Fn(&[WeightBias<'a>]) -> MlpUp<'a>,
 ) -> anyhow::Result<Option<Tensor>> {
-    use crate::compute::kernels::is_cpu_f32;
-    let f32_linear = |l: &Linear| {
-        l.gemm == crate::compute::kernels::CpuGemm::F32
-            && is_cpu_f32(l.weight())
-            && l.bias().is_none_or(is_cpu_f32)
-    };
+    // The intermediate `down` reads lives where `x` does, in its dtype.
     if hook.is_some()
-        || !is_cpu_f32(x)
-        || !is_cpu_f32(residual)
-        || !ups.iter().all(|l| f32_linear(l))
-        || !f32_linear(down)
+        || !crate::compute::kernels::is_cpu_f32(residual)
+        || !ups.iter().chain([&down]).all(|l| l.fused_f32(x))
     {
         return Ok(None);
     }
