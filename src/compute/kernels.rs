@@ -156,21 +156,27 @@ pub fn matmul_xwt_bias(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// row, or zeros.
 fn output_rows(n: usize, m: usize, b: Option<&Tensor>) -> Result<Vec<f32>> {
     let mut out = vec![0f32; n * m];
-    if let Some(b) = b {
-        check_bias(b, m)?;
-        with_cpu_f32(b, |bs| {
-            out.par_chunks_mut(m)
-                .for_each(|row| row.copy_from_slice(bs));
-        })?;
+    if let Some(b) = bias_vec(b, m)? {
+        fill_rows(&mut out, &b);
     }
     Ok(out)
 }
 
-fn check_bias(b: &Tensor, m: usize) -> Result<()> {
-    if b.dims() != [m] {
-        candle_core::bail!("bias of shape {:?} for {m} outputs", b.dims());
-    }
-    Ok(())
+/// A bias `[m]` as a vector, checked to have `m` elements.
+fn bias_vec(b: Option<&Tensor>, m: usize) -> Result<Option<Vec<f32>>> {
+    b.map(|b| {
+        if b.dims() != [m] {
+            candle_core::bail!("bias of shape {:?} for {m} outputs", b.dims());
+        }
+        b.to_vec1::<f32>()
+    })
+    .transpose()
+}
+
+/// Every row of the row-major `out` set to `row`, in parallel.
+fn fill_rows(out: &mut [f32], row: &[f32]) {
+    out.par_chunks_mut(row.len())
+        .for_each(|r| r.copy_from_slice(row));
 }
 
 /// Rows of `x` per thread from which [`gemm_xwt`] splits the rows among the
@@ -305,12 +311,7 @@ pub fn linear_residual_f32(
 
 /// `residual + b` row by row, as a fresh buffer.
 fn residual_rows(residual: &Tensor, b: Option<&Tensor>, m: usize) -> Result<Vec<f32>> {
-    let bias = b
-        .map(|b| {
-            check_bias(b, m)?;
-            b.to_vec1::<f32>()
-        })
-        .transpose()?;
+    let bias = bias_vec(b, m)?;
     with_cpu_f32(residual, |rs| {
         let mut out = vec![0f32; rs.len()];
         out.par_chunks_mut(m)
@@ -404,20 +405,14 @@ fn mlp_chunked(
     }
     let biases = projections
         .iter()
-        .map(|(_, b)| {
-            b.map(|b| {
-                check_bias(b, f)?;
-                b.to_vec1::<f32>()
-            })
-            .transpose()
-        })
+        .map(|(_, b)| bias_vec(*b, f))
         .collect::<Result<Vec<_>>>()?;
     let mut out = residual_rows(residual, b2, d)?;
     let chunk = chunk.clamp(1, n.max(1));
     let mut mids = vec![vec![0f32; chunk * f]; projections.len()];
     let project = |mid: &mut [f32], xc: &[f32], (w, _): WeightBias<'_>, bias: &Option<Vec<f32>>| {
         if let Some(b) = bias {
-            mid.par_chunks_mut(f).for_each(|r| r.copy_from_slice(b));
+            fill_rows(mid, b);
         }
         with_cpu_f32(w, |ws| {
             gemm_xwt(mid, xc, ws, (xc.len() / d, d, f), bias.is_some())
