@@ -325,6 +325,7 @@ mod imp {
     use rayon::prelude::*;
 
     use super::{bf16_bits, StridedMut, StridedRef};
+    use crate::compute::SendPtr;
 
     /// Rows of `C` per micro-tile.
     pub const MR: usize = 14;
@@ -610,25 +611,6 @@ mod imp {
             }
         }
     }
-
-    /// A pointer shared by tasks that write disjoint elements behind it.
-    struct SendPtr<T>(*mut T);
-    impl<T> Clone for SendPtr<T> {
-        fn clone(&self) -> Self {
-            *self
-        }
-    }
-    impl<T> Copy for SendPtr<T> {}
-    impl<T> SendPtr<T> {
-        /// The pointer (a method, so that closures capture the whole wrapper).
-        fn get(self) -> *mut T {
-            self.0
-        }
-    }
-    // SAFETY: the tasks sharing one write disjoint elements (tiles of a
-    // non-overlapping `C`, pair ranges of packed strips).
-    unsafe impl<T> Send for SendPtr<T> {}
-    unsafe impl<T> Sync for SendPtr<T> {}
 
     /// See [`super::gemm_bf16`]; the caller checked shapes, bounds and features.
     pub unsafe fn gemm(

@@ -721,20 +721,6 @@ pub fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
 /// matrix plus half a block per block row.
 const ATTENTION_BLOCK: usize = 128;
 
-/// A pointer that rayon tasks may share; each task writes its own elements.
-#[derive(Clone, Copy)]
-struct SharedMut(*mut f32);
-// SAFETY: only used to hand disjoint parts of one buffer to parallel tasks.
-unsafe impl Send for SharedMut {}
-unsafe impl Sync for SharedMut {}
-
-impl SharedMut {
-    /// The pointer (a method, so that closures capture the `Sync` wrapper).
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
 /// Causal attention on f32 CPU tensors laid out as the projections produce
 /// them: `q` `[b, t, heads·d]`, `k` and `v` `[b, t, kv_heads·d]` (query head
 /// `h` reads kv head `h / (heads / kv_heads)`); returns `[b, t, heads·d]`, the
@@ -772,7 +758,7 @@ pub fn causal_attention_f32(
     }
     let rep = heads / kv_heads;
     let mut out = vec![0f32; b * t * qw];
-    let out_ptr = SharedMut(out.as_mut_ptr());
+    let out_ptr = super::SendPtr(out.as_mut_ptr());
     with_cpu_f32(q, |qs| {
         with_cpu_f32(k, |ks| {
             with_cpu_f32(v, |vs| {
