@@ -79,9 +79,7 @@ impl Linear {
         }
         let w = self.weight();
         if crate::compute::kernels::is_cpu_f32(x) && crate::compute::kernels::is_cpu_f32(w) {
-            let dims = x.dims().to_vec();
-            let k = dims[dims.len() - 1];
-            let rows = x.elem_count() / k;
+            let (rows, k, mut dims) = flat_rows(x)?;
             let x2 = x.reshape((rows, k))?;
             let y = match self.bias() {
                 Some(b) if !crate::compute::kernels::is_cpu_f32(b) => {
@@ -90,9 +88,8 @@ impl Linear {
                 }
                 b => crate::compute::kernels::linear_cpu(&x2, w, b, self.gemm)?,
             };
-            let mut out_dims = dims;
-            *out_dims.last_mut().expect("rank ≥ 1") = w.dim(0)?;
-            return Ok(y.reshape(out_dims)?);
+            *dims.last_mut().expect("rank ≥ 1") = w.dim(0)?;
+            return Ok(y.reshape(dims)?);
         }
         Ok(self.inner.forward(x)?)
     }

@@ -26,7 +26,6 @@ use hf_hub::RepoType;
 pub use config::{Arch, ModelConfig};
 pub use layers::LinearHook;
 pub use save::{SaveFormat, SaveOptions, SaveSettings, SaveSummary};
-
 pub use weights::{CheckpointFormat, CompressedInfo, WeightStore};
 
 use crate::data::TextTokenizer;
